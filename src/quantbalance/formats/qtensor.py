@@ -1,0 +1,208 @@
+"""QuantizedTensor: packed codes + parameters + the scheme that made them + the original shape.
+
+Stored fields and their byte cost (``n`` = number of elements, ``B`` = number of blocks,
+``s`` = bytes of the scale dtype, ``b`` = bits):
+
+=================  ===========================  =============================================
+kind               tensors                      ``nbytes``
+=================  ===========================  =============================================
+uniform symmetric  packed, scale                ``ceil(n·b/8) + B·s``
+uniform asym.      packed, scale, zero_point    ``ceil(n·b/8) + B·s + B`` (zero point int8/uint8)
+nf4                packed, scale (absmax)       ``ceil(n·4/8) + B·s`` (table is a constant)
+codebook           packed, codebook             ``ceil(n·b/8) + B·2^b·s``
+fp8_*              packed (float8 bits), scale  ``n + B·s``
+=================  ===========================  =============================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+
+from quantbalance.errors import CheckpointError
+from quantbalance.formats import packing
+from quantbalance.formats.granularity import expand_params, from_blocks, to_blocks
+from quantbalance.formats.nonuniform import NF4_TABLE
+from quantbalance.formats.scheme import Scheme
+from quantbalance.formats.uniform import SCALE_DTYPES, dequantize_affine
+
+FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """A quantized tensor: one object that can dequantize itself and report its exact size.
+
+    Attributes:
+        packed: uint8 codes, densely packed (see ``formats.packing``).
+        scale: per-block scales in the parameter grid shape, stored in the scheme's scale dtype
+            (None for codebooks, whose entries are absolute values).
+        zero_point: per-block zero points (int8 or uint8) for asymmetric uniform schemes, else None.
+        codebook: ``grid_shape + (2**bits,)`` lookup tables for ``codebook`` schemes, else None.
+        scheme: the scheme that produced the codes.
+        shape: the original shape.
+        dtype: the original dtype (what ``dequantize`` returns).
+    """
+
+    packed: torch.Tensor
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+    codebook: torch.Tensor | None
+    scheme: Scheme
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def numel(self) -> int:
+        """Number of quantized elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Exact bytes of the codes and every stored parameter (see the module table)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Effective bits per element, parameters included."""
+        return 8 * self.nbytes / max(self.numel, 1)
+
+    def codes(self) -> torch.Tensor:
+        """Unsigned codes (``q - qmin`` for uniform, table indices otherwise) in ``shape``.
+
+        Returns:
+            uint8 tensor of the original shape.
+        """
+        return packing.unpack(self.packed, self.scheme.bits, self.numel).reshape(self.shape)
+
+    def dequantize(self) -> torch.Tensor:
+        """Reconstruct the values.
+
+        Returns:
+            Tensor of ``shape`` and ``dtype``.
+        """
+        s = self.scheme
+        u = self.codes()
+        gran = s.granularity
+        if s.kind == "codebook":
+            assert self.codebook is not None
+            blocks, _ = to_blocks(u.long(), gran)
+            table = self.codebook.float().reshape(blocks.shape[0], -1)
+            out = from_blocks(torch.gather(table, 1, blocks), self.shape, gran)
+            return out.to(self.dtype)
+        assert self.scale is not None
+        scale = expand_params(self.scale.float(), self.shape, gran)
+        if s.kind == "nf4":
+            out = NF4_TABLE[u.long()] * scale
+        elif s.kind in FP8_DTYPES:
+            out = u.view(FP8_DTYPES[s.kind]).float() * scale
+        else:
+            q = u.to(torch.int32) + s.qmin
+            zp = None
+            if self.zero_point is not None:
+                zp = expand_params(self.zero_point.to(torch.int32), self.shape, gran)
+            out = dequantize_affine(q, scale, zp, s)
+        return out.to(self.dtype)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out = {"packed": self.packed}
+        for name in ("scale", "zero_point", "codebook"):
+            t = getattr(self, name)
+            if t is not None:
+                out[name] = t
+        return out
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """Plain tensors for safetensors: the stored tensors plus a ``meta`` uint8 JSON blob.
+
+        Returns:
+            Name -> contiguous tensor. ``meta`` holds the scheme, shape, dtype and format version.
+        """
+        meta = {
+            "format": FORMAT_VERSION,
+            "scheme": self.scheme.model_dump(mode="json"),
+            "shape": list(self.shape),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+        blob = torch.tensor(list(json.dumps(meta, sort_keys=True).encode()), dtype=torch.uint8)
+        out = {k: v.contiguous() for k, v in self._tensors().items()}
+        out["meta"] = blob
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, torch.Tensor]) -> QuantizedTensor:
+        """Rebuild from :meth:`to_dict` output, checking every size against the scheme.
+
+        Args:
+            d: name -> tensor, as written by ``to_dict``.
+
+        Returns:
+            The QuantizedTensor.
+        """
+        try:
+            meta = json.loads(bytes(d["meta"].tolist()).decode())
+        except (KeyError, ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"quantized tensor has no readable 'meta' entry ({e})") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"quantized tensor format {meta.get('format')!r} is not supported; "
+                f"this quantbalance reads format {FORMAT_VERSION}"
+            )
+        scheme = Scheme(**meta["scheme"])
+        shape = tuple(int(v) for v in meta["shape"])
+        dtype = getattr(torch, meta["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointError(f"unknown dtype {meta['dtype']!r} in quantized tensor meta")
+        qt = cls(
+            packed=d["packed"],
+            scale=d.get("scale"),
+            zero_point=d.get("zero_point"),
+            codebook=d.get("codebook"),
+            scheme=scheme,
+            shape=shape,
+            dtype=dtype,
+        )
+        qt.validate()
+        return qt
+
+    def validate(self) -> None:
+        """Check that every stored tensor has the size the scheme and shape imply.
+
+        Raises:
+            CheckpointError: naming the tensor, its size and the expected size.
+        """
+        from quantbalance.formats.granularity import grid_shape
+
+        grid = grid_shape(self.shape, self.scheme.granularity)
+        want_packed = packing.packed_nbytes(self.numel, self.scheme.bits)
+        if self.packed.dtype != torch.uint8 or self.packed.numel() != want_packed:
+            raise CheckpointError(
+                f"packed codes: {self.packed.numel()} {self.packed.dtype} values, expected "
+                f"{want_packed} uint8 for {self.numel} elements of {self.scheme.bits} bits"
+            )
+        if self.scheme.kind == "codebook":
+            want = (*grid, self.scheme.n_levels)
+            if self.codebook is None or tuple(self.codebook.shape) != want:
+                got = None if self.codebook is None else tuple(self.codebook.shape)
+                raise CheckpointError(f"codebook shape {got}, expected {want}")
+            return
+        if self.scale is None or tuple(self.scale.shape) != grid:
+            got = None if self.scale is None else tuple(self.scale.shape)
+            raise CheckpointError(f"scale shape {got}, expected {grid}")
+        if self.scale.dtype != SCALE_DTYPES[self.scheme.scale_dtype]:
+            raise CheckpointError(
+                f"scale dtype {self.scale.dtype}, expected {self.scheme.scale_dtype}"
+            )
+        needs_zp = self.scheme.kind == "uniform" and not self.scheme.symmetric
+        if needs_zp and (self.zero_point is None or tuple(self.zero_point.shape) != grid):
+            raise CheckpointError(f"zero_point missing or not of shape {grid}")
+
+    def __repr__(self) -> str:
+        return (
+            f"QuantizedTensor({self.scheme.label}, shape={self.shape}, nbytes={self.nbytes}, "
+            f"bpw={self.bits_per_weight:.3f})"
+        )

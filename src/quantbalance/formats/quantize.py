@@ -1,0 +1,206 @@
+"""quantize_tensor (real, packed) and fake_quantize (simulated, differentiable).
+
+Both share the same primitives, so a simulated model and its packed twin agree exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from quantbalance.errors import ConfigError, NonFiniteError, UnsupportedError
+from quantbalance.formats import packing
+from quantbalance.formats.granularity import from_blocks, grid_shape, to_blocks
+from quantbalance.formats.nonuniform import NF4_TABLE, kmeans_codebook, nearest_code
+from quantbalance.formats.qtensor import FP8_DTYPES, QuantizedTensor
+from quantbalance.formats.scheme import Scheme
+from quantbalance.formats.ste import ste
+from quantbalance.formats.uniform import (
+    FP8_MAX,
+    SCALE_DTYPES,
+    qparams_from_range,
+    quantize_affine,
+    round_values,
+    store_scale,
+)
+
+
+class RangeObserver(Protocol):
+    """What ``quantize_tensor`` needs from an observer (see ``quantbalance.calibration``)."""
+
+    def update(self, x: torch.Tensor) -> None:
+        """Record statistics of ``x``."""
+
+    def qparams(self, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scale and zero point in the scheme's parameter grid shape."""
+
+
+def check_finite(x: torch.Tensor, what: str = "tensor") -> None:
+    """Raise NonFiniteError if ``x`` holds NaN or ±Inf.
+
+    Args:
+        x: the tensor to check.
+        what: name used in the message (e.g. the layer name).
+    """
+    if not torch.isfinite(x).all():
+        n_nan = int(torch.isnan(x).sum())
+        n_inf = int(torch.isinf(x).sum())
+        raise NonFiniteError(
+            f"{what} has {n_nan} NaN and {n_inf} infinite values out of {x.numel()}; "
+            "only finite values can be quantized"
+        )
+
+
+def _check_input(x: torch.Tensor, what: str) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype
+        raise UnsupportedError(
+            f"{what}: expected a floating-point tensor (float32/float16/bfloat16), got {got}"
+        )
+    if x.numel() == 0:
+        raise UnsupportedError(f"{what}: cannot quantize an empty tensor of shape {tuple(x.shape)}")
+
+
+def quantize_tensor(
+    x: torch.Tensor,
+    scheme: Scheme,
+    observer: RangeObserver | None = None,
+    *,
+    weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    name: str = "tensor",
+) -> QuantizedTensor:
+    """Quantize ``x`` with ``scheme`` into a packed :class:`QuantizedTensor`.
+
+    Args:
+        x: finite floating-point tensor.
+        scheme: the scheme.
+        observer: optional range observer (uniform / nf4 / fp8). It is updated with ``x`` and
+            its ``qparams`` are used; default: the min/max of each block.
+        weights: optional per-element importance for ``codebook`` k-means (same shape as ``x``).
+        generator: random generator for stochastic rounding.
+        name: what to call ``x`` in error messages.
+
+    Returns:
+        The quantized tensor.
+
+    Example:
+        >>> w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+        >>> qt = quantize_tensor(w, Scheme(4, granularity=PerGroup(size=128)))
+        >>> qt.nbytes  # 64*256*4/8 codes + 64*2 float32 scales
+        8704
+    """
+    _check_input(x, name)
+    check_finite(x, name)
+    shape = tuple(x.shape)
+    gran = scheme.granularity
+    grid = grid_shape(shape, gran)
+    blocks, mask = to_blocks(x.detach().float(), gran)
+    zp = None
+    codebook = None
+    scale = None
+    if scheme.kind == "codebook":
+        if observer is not None:
+            raise ConfigError("kind='codebook' learns its table by k-means; pass observer=None")
+        w = None
+        if weights is not None:
+            if tuple(weights.shape) != shape:
+                raise ConfigError(f"weights shape {tuple(weights.shape)} != tensor shape {shape}")
+            w, _ = to_blocks(weights.detach().float(), gran)
+        if mask is not None:
+            w = mask.float() if w is None else w * mask
+        cent, u = kmeans_codebook(blocks, scheme.n_levels, w)
+        dt = SCALE_DTYPES[scheme.scale_dtype]
+        codebook = cent.to(dt).reshape(*grid, scheme.n_levels)
+    else:
+        if observer is not None:
+            if getattr(observer, "granularity", gran) != gran:
+                raise ConfigError(
+                    f"observer granularity {observer.granularity!r} differs from the scheme's "
+                    f"{gran!r}; construct the observer with the scheme's granularity"
+                )
+            observer.update(x.detach())
+            s, z = observer.qparams(scheme)
+            s = s.reshape(-1)
+            z = None if z is None else z.reshape(-1)
+        elif scheme.kind == "uniform" and scheme.bits == 1:
+            real = blocks.abs() if mask is None else blocks.abs() * mask
+            count = blocks.shape[1] if mask is None else mask.sum(1)
+            s, z = store_scale(real.sum(1) / count, scheme), None
+        else:
+            s, z = qparams_from_range(blocks.amin(1), blocks.amax(1), scheme)
+        zcol = None if z is None else z.unsqueeze(1)
+        u = _encode(blocks, s.unsqueeze(1), zcol, scheme, generator)
+        scale = s.to(SCALE_DTYPES[scheme.scale_dtype]).reshape(grid)
+        if z is not None:
+            zdt = torch.int8 if scheme.signed else torch.uint8
+            zp = z.to(zdt).reshape(grid)
+    codes = from_blocks(u.to(torch.uint8), shape, gran)
+    return QuantizedTensor(
+        packed=packing.pack(codes, scheme.bits),
+        scale=scale,
+        zero_point=zp,
+        codebook=codebook,
+        scheme=scheme,
+        shape=shape,
+        dtype=x.dtype,
+    )
+
+
+def _encode(
+    blocks: torch.Tensor,
+    scale: torch.Tensor,
+    zp: torch.Tensor | None,
+    scheme: Scheme,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Unsigned codes of ``blocks`` (N, L) for uniform / nf4 / fp8 schemes."""
+    if scheme.kind == "nf4":
+        return nearest_code(blocks / scale, NF4_TABLE)
+    if scheme.kind in FP8_DTYPES:
+        fmax = FP8_MAX[scheme.kind]
+        return (blocks / scale).clamp(-fmax, fmax).to(FP8_DTYPES[scheme.kind]).view(torch.uint8)
+    return quantize_affine(blocks, scale, zp, scheme, generator) - scheme.qmin
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    scheme: Scheme,
+    scale: torch.Tensor | None = None,
+    zero_point: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Quantize-dequantize ``x`` in float, differentiably (straight-through estimator).
+
+    For uniform schemes the gradient flows to ``x`` inside the clipping range (zero outside) and
+    to ``scale`` if it requires grad (LSQ). Other kinds pass the gradient straight through.
+
+    Args:
+        x: float tensor.
+        scheme: the scheme.
+        scale: optional scales in the parameter grid shape (default: from each block's range).
+        zero_point: optional zero points in the grid shape (asymmetric schemes).
+        generator: random generator for stochastic rounding.
+
+    Returns:
+        Tensor like ``x`` holding values on the quantization grid.
+    """
+    _check_input(x, "fake_quantize input")
+    if scheme.kind != "uniform" or scheme.bits == 1:
+        return ste(x, quantize_tensor(x.detach(), scheme, generator=generator).dequantize())
+    gran = scheme.granularity
+    blocks, _ = to_blocks(x, gran)
+    if scale is None:
+        d = blocks.detach()
+        scale, zero_point = qparams_from_range(d.amin(1), d.amax(1), scheme)
+    s = scale.reshape(-1, 1).to(blocks.dtype)
+    zp = (
+        (scheme.qmin + scheme.qmax + 1) // 2
+        if zero_point is None
+        else zero_point.reshape(-1, 1).to(blocks.dtype)
+    )
+    v = blocks / s
+    r = v + (round_values(v.detach(), scheme.rounding, generator) - v).detach()
+    q = torch.clamp(r + zp, scheme.qmin, scheme.qmax)
+    return from_blocks((q - zp) * s, tuple(x.shape), gran)

@@ -1,0 +1,46 @@
+import pytest
+
+import quantbalance as qb
+from quantbalance.errors import ConfigError, QuantBalanceError
+
+
+def test_defaults_and_ranges() -> None:
+    s = qb.Scheme(8)
+    assert (s.qmin, s.qmax) == (-128, 127)
+    assert s.granularity == qb.PerChannel(axis=0)
+    u = qb.Scheme(4, signed=False, symmetric=False)
+    assert (u.qmin, u.qmax) == (0, 15)
+    g128 = qb.PerGroup(size=128)
+    assert qb.Scheme(4, granularity=g128, symmetric=False).label == "int4-g128-asym"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"bits": 3, "kind": "nf4"}, "nf4"),
+        ({"bits": 4, "kind": "fp8_e4m3"}, "bits=8"),
+        ({"bits": 9}, "bits"),
+        ({"bits": 0}, "bits"),
+        ({"bits": 4, "granularity": {"type": "per_group", "size": 0}}, "size"),
+        ({"bits": 4, "kind": "int4"}, "kind"),
+        ({"bits": 4, "colour": "red"}, "unknown field 'colour'"),
+        ({"bits": 1, "symmetric": False}, "binary"),
+    ],
+)
+def test_bad_schemes_name_the_field(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        qb.Scheme(**kwargs)
+    assert needle in str(info.value)
+    assert isinstance(info.value, QuantBalanceError)
+
+
+def test_group_size_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="size"):
+        qb.PerGroup(size=-4)
+
+
+def test_scheme_is_immutable_and_serialisable() -> None:
+    s = qb.Scheme(4, granularity=qb.PerGroup(size=64), kind="nf4")
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error
+        s.bits = 3  # type: ignore[misc]
+    assert qb.Scheme(**s.model_dump(mode="json")) == s
