@@ -1,5 +1,13 @@
-"""quantbalance: quantize networks and find, measured, the balance of size, speed and accuracy."""
+"""quantbalance: quantize networks and find, measured, the balance of size, speed and accuracy.
 
+>>> import quantbalance as qb
+>>> plan = qb.preset("w8a8")
+>>> plan.name
+'w8a8'
+"""
+
+from quantbalance import tasks
+from quantbalance.analysis import Analysis, analyze
 from quantbalance.errors import (
     AssetMissingError,
     CalibrationError,
@@ -10,6 +18,7 @@ from quantbalance.errors import (
     QuantBalanceError,
     UnsupportedError,
 )
+from quantbalance.evaluate import Comparison, compare, model_nbytes, sqnr
 from quantbalance.formats import (
     PerChannel,
     PerGroup,
@@ -20,25 +29,41 @@ from quantbalance.formats import (
     fake_quantize,
     quantize_tensor,
 )
+from quantbalance.plan import PRESETS, LayerSpec, Plan, preset
+from quantbalance.quantize import QuantizationInfo, quantize, quantize_dynamic
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
+    "Analysis",
     "AssetMissingError",
     "CalibrationError",
     "CheckpointError",
+    "Comparison",
     "ConfigError",
+    "LayerSpec",
     "NonFiniteError",
     "PerChannel",
     "PerGroup",
     "PerTensor",
     "PerToken",
+    "Plan",
     "PlanError",
     "QuantBalanceError",
+    "QuantizationInfo",
     "QuantizedTensor",
     "Scheme",
     "UnsupportedError",
     "__version__",
+    "analyze",
+    "compare",
     "fake_quantize",
+    "model_nbytes",
+    "preset",
+    "quantize",
+    "quantize_dynamic",
     "quantize_tensor",
+    "sqnr",
+    "tasks",
 ]

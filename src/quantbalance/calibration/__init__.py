@@ -23,3 +23,13 @@ __all__ = [
     "PercentileObserver",
     "make_observer",
 ]
+
+from quantbalance.calibration.batch import call_model
+from quantbalance.calibration.pipeline import (
+    capture,
+    check_calib_data,
+    describe_batch,
+    run_batches,
+)
+
+__all__ += ["call_model", "capture", "check_calib_data", "describe_batch", "run_batches"]

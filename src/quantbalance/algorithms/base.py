@@ -1,0 +1,114 @@
+"""The algorithm contract and registry.
+
+An algorithm is a function ``step(ctx)`` over a :class:`QuantContext`: it may transform the
+float model (e.g. migrate scales, for SmoothQuant/AWQ) and/or fill ``ctx.qweights`` with
+quantized weights for the layers it owns. Steps compose with ``+`` (``"awq+gptq"``); round to
+nearest fills whatever is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from quantbalance.errors import CalibrationError, ConfigError
+from quantbalance.formats import QuantizedTensor
+from quantbalance.plan import LayerSpec
+
+
+@dataclass
+class QuantContext:
+    """State shared by the algorithm steps of one ``quantize`` call.
+
+    Attributes:
+        model: the (copied) float model being quantized; steps may modify it.
+        specs: layer name -> LayerSpec for the layers to quantize.
+        calib_data: validated calibration batches, or None.
+        qweights: layer name -> quantized weight, filled by the steps.
+        progress: show progress bars.
+        log: per-step facts for the result (e.g. chosen scales, errors).
+    """
+
+    model: nn.Module
+    specs: dict[str, LayerSpec]
+    calib_data: list[Any] | None
+    qweights: dict[str, QuantizedTensor] = field(default_factory=dict)
+    progress: bool = True
+    log: dict[str, Any] = field(default_factory=dict)
+
+    def layers_for(self, algorithm: str) -> dict[str, nn.Module]:
+        """Layers whose spec names ``algorithm`` (as a ``+``-part) and that have a weight scheme.
+
+        Args:
+            algorithm: a step name.
+
+        Returns:
+            name -> module, in model order.
+        """
+        return {
+            n: self.model.get_submodule(n)
+            for n, s in self.specs.items()
+            if s.weight is not None and algorithm in s.algorithm.split("+")
+        }
+
+    def require_data(self, algorithm: str) -> list[Any]:
+        """Calibration batches, or a clear error naming the algorithm.
+
+        Args:
+            algorithm: the step that needs data.
+
+        Returns:
+            The batches.
+        """
+        if not self.calib_data:
+            raise CalibrationError(
+                f"algorithm {algorithm!r} needs calibration data: pass calib_data=..."
+            )
+        return self.calib_data
+
+
+Step = Callable[[QuantContext], None]
+ALGORITHMS: dict[str, Step] = {}
+NEEDS_DATA: set[str] = set()
+
+
+def register_algorithm(name: str, needs_data: bool = False) -> Callable[[Step], Step]:
+    """Register an algorithm step under ``name``.
+
+    Args:
+        name: the name used in Plans and on the CLI.
+        needs_data: whether the step requires calibration data.
+
+    Returns:
+        The decorator.
+    """
+
+    def deco(fn: Step) -> Step:
+        ALGORITHMS[name] = fn
+        if needs_data:
+            NEEDS_DATA.add(name)
+        return fn
+
+    return deco
+
+
+def parse_algorithm(spec: str) -> list[str]:
+    """Split ``"a+b"`` into registered step names.
+
+    Args:
+        spec: algorithm string.
+
+    Returns:
+        The step names in order.
+    """
+    steps = [s.strip() for s in spec.split("+") if s.strip()]
+    unknown = [s for s in steps if s not in ALGORITHMS]
+    if not steps or unknown:
+        raise ConfigError(
+            f"unknown algorithm {spec!r}; accepted: {', '.join(sorted(ALGORITHMS))} "
+            "(combine with '+', e.g. 'awq+gptq')"
+        )
+    return steps

@@ -1,0 +1,268 @@
+"""The Plan: which layer gets which precision. Plain, validated data.
+
+A Plan is an ordered map from layer names to a :class:`LayerSpec` (or ``None`` = keep float).
+Keys are exact module names or ``re:`` regular expressions (full match). Resolution for each
+quantizable module: an exact key wins, else the first matching ``re:`` key in order, and
+``skip`` patterns override both. ``re:`` keys only match modules whose type is in
+``layer_types``; exact keys may name any supported type (e.g. an ``Embedding``).
+
+Plans save to and load from JSON or YAML, and print as a per-layer table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from quantbalance.errors import ConfigError, PlanError
+from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Scheme
+from quantbalance.formats.config import FrozenConfig
+
+ALGORITHMS_HINT = "rtn (more in quantbalance.algorithms)"
+
+
+class LayerSpec(FrozenConfig):
+    """How one layer is quantized.
+
+    Args:
+        weight: weight scheme, or None to keep the weight in float.
+        activation: scheme of the layer's input activation, or None (weight-only).
+        act_mode: ``static`` (ranges calibrated once) or ``dynamic`` (ranges per call).
+        act_observer: observer for static activation ranges (``minmax``, ``ema``, ``percentile``,
+            ``mse``, ``entropy``).
+        weight_observer: observer for weight ranges (``minmax`` or ``mse``).
+        algorithm: name of the weight algorithm (``rtn`` = round to nearest).
+    """
+
+    weight: Scheme | None = None
+    activation: Scheme | None = None
+    act_mode: Literal["static", "dynamic"] = "static"
+    act_observer: Literal["minmax", "ema", "percentile", "mse", "entropy"] = "minmax"
+    weight_observer: Literal["minmax", "mse"] = "minmax"
+    algorithm: str = "rtn"
+
+    @model_validator(mode="after")
+    def _check(self) -> LayerSpec:
+        if self.weight is None and self.activation is None:
+            raise ValueError("a LayerSpec needs a weight or an activation scheme (or use None)")
+        if self.activation is not None and self.activation.kind != "uniform":
+            raise ValueError(
+                f"activation kind {self.activation.kind!r}: activations support kind='uniform'"
+            )
+        if self.activation is not None and not isinstance(
+            self.activation.granularity, PerTensor | PerToken
+        ):
+            raise ValueError("activation granularity must be PerTensor() or PerToken()")
+        if (
+            self.activation is not None
+            and self.act_mode == "static"
+            and isinstance(self.activation.granularity, PerToken)
+        ):
+            raise ValueError("PerToken() activation ranges exist only with act_mode='dynamic'")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short description, e.g. ``W int8-per-channel / A int8-per-tensor-asym (static)``."""
+        w = self.weight.label if self.weight else "float"
+        if self.activation is None:
+            return f"W {w}"
+        return f"W {w} / A {self.activation.label} ({self.act_mode})"
+
+
+class Plan(FrozenConfig):
+    """Ordered map of layer names / ``re:`` patterns to LayerSpecs, plus skip rules.
+
+    Args:
+        layers: name or ``re:`` pattern -> LayerSpec, or None to keep matching layers float.
+        skip: names or ``re:`` patterns never quantized.
+        layer_types: module types that ``re:`` keys may match.
+        name: optional label (preset name or search result).
+    """
+
+    layers: dict[str, LayerSpec | None] = Field(default_factory=dict)
+    skip: list[str] = Field(default_factory=list)
+    layer_types: list[str] = Field(default_factory=lambda: ["Linear", "Conv1d", "Conv2d"])
+    name: str = "custom"
+
+    @field_validator("layers", "skip")
+    @classmethod
+    def _check_patterns(cls, v: Any) -> Any:
+        keys = v.keys() if isinstance(v, dict) else v
+        for k in keys:
+            if k.startswith("re:"):
+                try:
+                    re.compile(k[3:])
+                except re.error as e:
+                    raise ValueError(f"bad regular expression {k!r}: {e}") from None
+        return v
+
+    def spec_for(self, name: str, type_name: str) -> tuple[LayerSpec | None, str | None]:
+        """The spec a module gets and the key that chose it.
+
+        Args:
+            name: module name in the model.
+            type_name: module class name (e.g. ``Linear``).
+
+        Returns:
+            ``(spec or None, matching key or None)``.
+        """
+        if any(_match(p, name) for p in self.skip):
+            return None, "skip"
+        if name in self.layers:
+            return self.layers[name], name
+        if type_name in self.layer_types:
+            for key, spec in self.layers.items():
+                if key.startswith("re:") and _match(key, name):
+                    return spec, key
+        return None, None
+
+    def resolve(self, candidates: dict[str, str]) -> dict[str, LayerSpec]:
+        """Assign specs to modules, checking that every exact key names a module.
+
+        Args:
+            candidates: quantizable module name -> class name, in model order.
+
+        Returns:
+            Module name -> LayerSpec for the modules to quantize, in model order.
+        """
+        for key in list(self.layers) + self.skip:
+            if key.startswith("re:") or key in candidates:
+                continue
+            close = difflib.get_close_matches(key, list(candidates), n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise PlanError(
+                f"plan names layer {key!r}, which is not a quantizable layer of the model "
+                f"({len(candidates)} quantizable layers){hint}"
+            )
+        out = {}
+        for name, type_name in candidates.items():
+            spec, _ = self.spec_for(name, type_name)
+            if spec is not None:
+                out[name] = spec
+        return out
+
+    def to_json(self) -> str:
+        """JSON text of the Plan."""
+        return json.dumps(self.model_dump(mode="json"), indent=1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the Plan as JSON or YAML (by suffix), atomically.
+
+        Args:
+            path: ``.json``, ``.yaml`` or ``.yml`` file.
+
+        Returns:
+            The path written.
+        """
+        from quantbalance.io import atomic_write_text
+
+        path = Path(path)
+        data = self.model_dump(mode="json")
+        if path.suffix in (".yaml", ".yml"):
+            text = yaml.safe_dump(data, sort_keys=False)
+        elif path.suffix == ".json":
+            text = json.dumps(data, indent=1)
+        else:
+            raise ConfigError(f"plan file {path}: suffix must be .json, .yaml or .yml")
+        atomic_write_text(path, text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        """Read a Plan from JSON or YAML.
+
+        Args:
+            path: the file.
+
+        Returns:
+            The validated Plan.
+        """
+        path = Path(path)
+        text = path.read_text()
+        try:
+            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
+            raise ConfigError(f"plan file {path} is not valid JSON/YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"plan file {path}: expected a mapping, got {type(data).__name__}")
+        return cls(**data)
+
+    def table_rows(self, resolved: dict[str, LayerSpec] | None = None) -> list[tuple[str, str]]:
+        """Rows ``(layer or pattern, spec label)`` for printing.
+
+        Args:
+            resolved: optional resolution against a model (one row per layer).
+
+        Returns:
+            List of ``(name, description)``.
+        """
+        if resolved is not None:
+            return [(n, s.label) for n, s in resolved.items()]
+        rows = [(k, v.label if v else "float (kept)") for k, v in self.layers.items()]
+        return rows + [(p, "skip") for p in self.skip]
+
+
+def _match(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return pattern == name
+
+
+def _int8_pc() -> Scheme:
+    return Scheme(8, granularity=PerChannel(axis=0))
+
+
+def _act8_static() -> Scheme:
+    return Scheme(8, symmetric=False, granularity=PerTensor())
+
+
+def _act8_dynamic() -> Scheme:
+    return Scheme(8, symmetric=False, granularity=PerToken())
+
+
+def _uniform_plan(name: str, spec: LayerSpec) -> Plan:
+    return Plan(name=name, layers={"re:.*": spec})
+
+
+PRESETS: dict[str, str] = {
+    "int8-weight": "int8 per-channel symmetric weights, float activations",
+    "w8a8": "int8 per-channel weights, int8 per-tensor static activations",
+    "w8a8-dynamic": "int8 per-channel weights, int8 per-token dynamic activations",
+    "w4-g128": "int4 asymmetric weights in groups of 128, float activations",
+    "w4a8": "int4 per-channel weights, int8 per-tensor static activations (CNNs)",
+    "nf4": "NF4 weights in groups of 64, float activations",
+    "w3-g128": "int3 asymmetric weights in groups of 128, float activations",
+}
+
+
+def preset(name: str) -> Plan:
+    """A named uniform Plan.
+
+    Args:
+        name: one of ``PRESETS``.
+
+    Returns:
+        The Plan (a single ``re:.*`` rule over Linear/Conv layers).
+    """
+    g128 = PerGroup(size=128)
+    specs = {
+        "int8-weight": LayerSpec(weight=_int8_pc()),
+        "w8a8": LayerSpec(weight=_int8_pc(), activation=_act8_static()),
+        "w8a8-dynamic": LayerSpec(
+            weight=_int8_pc(), activation=_act8_dynamic(), act_mode="dynamic"
+        ),
+        "w4-g128": LayerSpec(weight=Scheme(4, symmetric=False, granularity=g128)),
+        "w4a8": LayerSpec(weight=Scheme(4), activation=_act8_static()),
+        "nf4": LayerSpec(weight=Scheme(4, kind="nf4", granularity=PerGroup(size=64))),
+        "w3-g128": LayerSpec(weight=Scheme(3, symmetric=False, granularity=g128)),
+    }
+    if name not in specs:
+        raise ConfigError(f"unknown preset {name!r}; accepted: {', '.join(PRESETS)}")
+    return _uniform_plan(name, specs[name])
