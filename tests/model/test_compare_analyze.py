@@ -45,7 +45,7 @@ def test_compare_reports_metrics_sizes_and_layer_sqnr() -> None:
 @pytest.mark.parametrize("bad", [float("nan"), "high", None])
 def test_compare_rejects_bad_eval_results(bad) -> None:  # type: ignore[no-untyped-def]
     m = trained_cnn()
-    with pytest.raises(ConfigError, match="metric 'acc'|non-empty dict"):
+    with pytest.raises(ConfigError, match=r"metric 'acc'|non-empty dict"):
         qb.compare(m, m, lambda _m: {"acc": bad} if bad is not None else None)
 
 
