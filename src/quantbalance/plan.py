@@ -228,7 +228,11 @@ def _act8_dynamic() -> Scheme:
 
 
 def _uniform_plan(name: str, spec: LayerSpec) -> Plan:
-    return Plan(name=name, layers={"re:.*": spec})
+    # Presets cover embedding tables too (weight-only: their inputs are indices); in a small
+    # transformer such as MiniLM the word embeddings are half of all parameters.
+    return Plan(
+        name=name, layers={"re:.*": spec}, layer_types=["Linear", "Conv1d", "Conv2d", "Embedding"]
+    )
 
 
 PRESETS: dict[str, str] = {
@@ -249,7 +253,8 @@ def preset(name: str) -> Plan:
         name: one of ``PRESETS``.
 
     Returns:
-        The Plan (a single ``re:.*`` rule over Linear/Conv layers).
+        The Plan (a single ``re:.*`` rule over Linear, Conv and Embedding layers; embeddings
+        get the weight scheme only).
     """
     g128 = PerGroup(size=128)
     specs = {

@@ -1,0 +1,120 @@
+"""The ``quantbalance`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from quantbalance.errors import QuantBalanceError
+from quantbalance.io import atomic_write_text
+from quantbalance.plan import PRESETS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+TaskOpt = Annotated[
+    str | None, typer.Option("--task", help="benchmark task: minilm, fashion, smollm")
+]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="module:factory returning a model")]
+HfOpt = Annotated[str | None, typer.Option("--hf", help="local Hugging Face encoder folder")]
+OutOpt = Annotated[Path, typer.Option("--out", help="output folder")]
+
+
+def _fail(e: QuantBalanceError) -> None:
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """quantbalance: quantize a model and see, measured, what it costs."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+@app.command()
+def presets() -> None:
+    """List the named presets."""
+    t = Table("preset", "what it is")
+    for k, v in PRESETS.items():
+        t.add_row(k, v)
+    console.print(t)
+
+
+@app.command()
+def quantize(
+    out: OutOpt = Path("out/quantize"),
+    task: TaskOpt = None,
+    model: ModelOpt = None,
+    hf: HfOpt = None,
+    preset: Annotated[list[str] | None, typer.Option("--preset", help="preset(s)")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="a Plan file (.json/.yaml)")] = None,
+    algorithm: Annotated[str | None, typer.Option("--algorithm")] = None,
+) -> None:
+    """Quantize a model with one or more presets (or a Plan file) and compare with float."""
+    from quantbalance.cli.run import quantize_and_compare
+
+    try:
+        names = [str(plan)] if plan else (preset or ["w8a8"])
+        result = quantize_and_compare(names, task, model, hf, algorithm, console)
+    except QuantBalanceError as e:
+        _fail(e)
+        return
+    path = atomic_write_text(out / "result.json", json.dumps(_jsonable(result), indent=1))
+    console.print(f"result written to [bold]{path}[/]")
+
+
+@app.command()
+def analyze(
+    out: OutOpt = Path("out/analyze"),
+    task: TaskOpt = None,
+    model: ModelOpt = None,
+    hf: HfOpt = None,
+    top: Annotated[int, typer.Option(help="rows to show")] = 15,
+) -> None:
+    """Per-layer weight/activation statistics and the SQNR of candidate schemes."""
+    from quantbalance.analysis import analyze as run_analyze
+    from quantbalance.cli.loading import load_source
+
+    try:
+        t0 = time.perf_counter()
+        src = load_source(task, model, hf)
+        a = run_analyze(src.model, src.calib_data or None)
+    except QuantBalanceError as e:
+        _fail(e)
+        return
+    labels = list(a.rows[0]["weight_sqnr"]) if a.rows else []
+    table = Table("layer", "type", "w absmax", "w kurt", "a absmax", "a kurt",
+                  *[f"{s} dB" for s in labels], title=f"analysis of {src.name}")  # fmt: skip
+    for r in sorted(a.rows, key=lambda r: r["weight_sqnr"][labels[-1]])[:top]:
+        act = r.get("activation", {})
+        table.add_row(
+            r["layer"], r["type"], f"{r['weight']['absmax']:.3g}", f"{r['weight']['kurtosis']:.2f}",
+            f"{act.get('absmax', math.nan):.3g}", f"{act.get('kurtosis', math.nan):.2f}",
+            *[f"{r['weight_sqnr'][s]:.1f}" for s in labels],
+        )  # fmt: skip
+    console.print(table)
+    payload = a.to_dict() | {"task": src.name, "seconds": time.perf_counter() - t0}
+    path = atomic_write_text(out / "analysis.json", json.dumps(_jsonable(payload), indent=1))
+    console.print(f"analysis written to [bold]{path}[/]")
+
+
+def _jsonable(x: object) -> object:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+if __name__ == "__main__":
+    app()
