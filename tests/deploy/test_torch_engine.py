@@ -1,0 +1,63 @@
+import pytest
+import torch
+from torch import nn
+
+import quantbalance as qb
+from quantbalance.deploy.torch_engine import Int4Linear, Int8Linear, to_torch_engine
+from quantbalance.deploy.torch_kernels import onednn_available
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 256), nn.LayerNorm(256), nn.Linear(256, 32)
+    ).eval()
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
+
+
+W4G64 = qb.Plan(
+    layers={
+        "re:.*": qb.LayerSpec(
+            weight=qb.Scheme(4, symmetric=False, granularity=qb.PerGroup(size=64))
+        )
+    }
+)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN int8 kernels")
+@pytest.mark.parametrize("plan", ["w8a8", "w8a8-dynamic"])
+def test_int8_engine_matches_simulation(plan: str) -> None:
+    net = mlp()
+    x = torch.randn(4, 16, 64)
+    q = qb.quantize(net, plan, calib_data=[x], progress=False)
+    e = to_torch_engine(q, compile=False, dtype=torch.float32)
+    assert isinstance(e[0], Int8Linear) and isinstance(e[4], Int8Linear)
+    assert e.qb_engine_kernels == {"int8-onednn": 3}
+    with torch.no_grad():
+        assert cos(q(x), e(x)) > 0.99999
+        # Same integer arithmetic: differences are float rounding only.
+        assert torch.allclose(q(x), e(x).float(), atol=1e-3, rtol=1e-3)
+
+
+def test_int4_engine_matches_simulation_in_bf16() -> None:
+    net = mlp()
+    x = torch.randn(4, 16, 64)
+    q = qb.quantize(net, W4G64, progress=False)
+    e = to_torch_engine(q, compile=False)
+    assert isinstance(e[2], Int4Linear)
+    with torch.no_grad():
+        assert cos(q(x), e(x)) > 0.9999
+
+
+def test_user_model_is_untouched_and_fallbacks_are_counted() -> None:
+    net = nn.Sequential(nn.Conv1d(4, 8, 3), nn.Flatten(), nn.Linear(8 * 6, 5)).eval()
+    x = torch.randn(2, 4, 8)
+    q = qb.quantize(net, "int8-weight", progress=False)
+    e = to_torch_engine(q, compile=False)
+    assert e.qb_engine_kernels == {"dequant-bf16": 2}
+    assert next(q.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert cos(q(x), e(x)) > 0.999
