@@ -82,7 +82,7 @@ def main() -> None:
             f"| {r['scheme']} | {r['quantize_gb_s']:.2f} | {r['dequantize_gb_s']:.2f} | "
             f"{r['nbytes']:,} | {r['bits_per_weight']:.3f} | {r['sqnr_db']:.2f} |"
         )
-    print("\n".join(lines))  # noqa: T201 - a benchmark script reports to stdout
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
