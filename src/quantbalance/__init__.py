@@ -6,8 +6,9 @@
 'w8a8'
 """
 
-from quantbalance import tasks
+from quantbalance import deploy, tasks
 from quantbalance.analysis import Analysis, analyze
+from quantbalance.deploy.checkpoint import load, save
 from quantbalance.errors import (
     AssetMissingError,
     CalibrationError,
@@ -34,6 +35,16 @@ from quantbalance.quantize import QuantizationInfo, quantize, quantize_dynamic
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # export_onnx imports onnx/onnxruntime: only when asked for.
+    if name == "export_onnx":
+        from quantbalance.deploy.onnx_export import export_onnx
+
+        return export_onnx
+    raise AttributeError(f"module 'quantbalance' has no attribute {name!r}")
+
+
 __all__ = [
     "PRESETS",
     "Analysis",
@@ -58,12 +69,16 @@ __all__ = [
     "__version__",
     "analyze",
     "compare",
+    "deploy",
+    "export_onnx",
     "fake_quantize",
+    "load",
     "model_nbytes",
     "preset",
     "quantize",
     "quantize_dynamic",
     "quantize_tensor",
+    "save",
     "sqnr",
     "tasks",
 ]

@@ -230,8 +230,13 @@ def _act8_dynamic() -> Scheme:
 def _uniform_plan(name: str, spec: LayerSpec) -> Plan:
     # Presets cover embedding tables too (weight-only: their inputs are indices); in a small
     # transformer such as MiniLM the word embeddings are half of all parameters.
+    # A language model's output projection (lm_head) is its most sensitive layer and is kept
+    # float, as in the GPTQ/AWQ reference setups.
     return Plan(
-        name=name, layers={"re:.*": spec}, layer_types=["Linear", "Conv1d", "Conv2d", "Embedding"]
+        name=name,
+        layers={"re:.*": spec},
+        skip=["re:(.*\\.)?lm_head"],
+        layer_types=["Linear", "Conv1d", "Conv2d", "Embedding"],
     )
 
 

@@ -68,7 +68,9 @@ def run_batches(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: tensors cached here (e.g. dequantized weights) must stay
+        # usable in later autograd-enabled calls.
+        with torch.no_grad():
             for i, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
                 try:
                     call_model(model, batch)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantbalance.errors import AssetMissingError
+from quantbalance.errors import AssetMissingError, ConfigError
 from quantbalance.tasks.base import Task
 
 logger = logging.getLogger(__name__)
@@ -327,7 +327,11 @@ def load_minilm_model(
 
 
 def load_minilm(
-    n_eval: int = N_EVAL_MAX, n_calib: int = 100, seq_len: int = 128, batch_size: int = 32
+    n_eval: int = N_EVAL_MAX,
+    n_calib: int = 100,
+    seq_len: int = 128,
+    batch_size: int = 32,
+    model_path: str | Path | None = None,
 ) -> Task:
     """Build task T1 ``minilm``.
 
@@ -336,24 +340,26 @@ def load_minilm(
         n_calib: calibration sentences (a prefix of the 100 fixed ones, disjoint from eval).
         seq_len: tokens per sentence (padded/truncated).
         batch_size: sentences per calibration/evaluation batch.
+        model_path: a local Hugging Face BERT-style encoder folder (``--hf PATH``); default the
+            packaged all-MiniLM-L6-v2. Its float model is the fidelity reference.
 
     Returns:
         The ``Task``; ``evaluate`` returns ``cosine_mean``, ``cosine_min``, ``top10_overlap``.
 
     Raises:
-        ValueError: sizes out of range.
+        ConfigError: sizes out of range.
         AssetMissingError: a required package is not installed.
     """
     n_calib_max = N_SENTENCES - N_EVAL_MAX
     if not 1 <= n_eval <= N_EVAL_MAX:
-        raise ValueError(f"n_eval must be in 1..{N_EVAL_MAX}, got {n_eval}")
+        raise ConfigError(f"n_eval must be in 1..{N_EVAL_MAX}, got {n_eval}")
     if not 1 <= n_calib <= n_calib_max:
-        raise ValueError(f"n_calib must be in 1..{n_calib_max}, got {n_calib}")
+        raise ConfigError(f"n_calib must be in 1..{n_calib_max}, got {n_calib}")
     if seq_len < 8 or batch_size < 1:
-        raise ValueError(f"need seq_len >= 8 and batch_size >= 1, got {seq_len}, {batch_size}")
+        raise ConfigError(f"need seq_len >= 8 and batch_size >= 1, got {seq_len}, {batch_size}")
 
     t0 = time.perf_counter()
-    model_path = minilm_model_path()
+    model_path = minilm_model_path() if model_path is None else Path(model_path)
     model, tokenizer = load_minilm_model(model_path)
     sentences = minilm_sentences()
     eval_sentences = sentences[:n_eval]
@@ -368,7 +374,7 @@ def load_minilm(
 
     n_params = sum(p.numel() for p in model.parameters())
     return Task(
-        name="minilm",
+        name="minilm" if model_path == minilm_model_path() else f"hf:{model_path.name}",
         model=model,
         calib_data=calib_data,
         example_inputs=example_inputs,

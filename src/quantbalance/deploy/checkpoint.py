@@ -1,0 +1,371 @@
+"""Packed checkpoints: one safetensors file, no pickle, rebuilt on a float skeleton.
+
+File layout (safetensors: 8-byte little-endian header length, JSON header, raw tensor data):
+
+* ``<layer>.qweight.<part>``: the tensors of each layer's QuantizedTensor (``packed``, ``scale``,
+  ``zero_point``, ``codebook``), exactly ``QuantizedTensor.nbytes`` bytes per layer;
+* every other parameter and persistent buffer of the quantized model under its ``state_dict``
+  name (float weights, biases, activation scales and zero points);
+* ``__metadata__`` (str -> str): ``quantbalance.format``, ``quantbalance.version``,
+  ``torch.version``, ``plan`` (Plan JSON), ``layers`` (per quantized layer: QuantModule class,
+  float class, QuantizedTensor meta, input-quantizer config), ``aliases`` (tied tensors stored
+  once), ``info`` (the rest of ``qb_info``), optional ``source`` (a task name) and ``checksum``.
+
+``checksum`` is ``sha256:<hex>`` over, in this order: the UTF-8 JSON (sorted keys) of every
+other metadata entry, then for each tensor in sorted name order the bytes
+``name \\0 dtype \\0 shape \\0`` followed by its raw little-endian data. The data section therefore
+holds exactly ``sum(QuantizedTensor.nbytes) + sum(unquantized tensor bytes)`` (ties once).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from quantbalance.errors import CheckpointError
+from quantbalance.formats import QuantizedTensor, Scheme
+from quantbalance.io import atomic_write
+from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule, weight_matrix
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_FORMAT_KEY = "quantbalance.format"
+_QW = ".qweight."
+
+
+def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> Path:
+    """Write a quantized model to one safetensors file, atomically.
+
+    Args:
+        qmodel: a model returned by ``qb.quantize`` (static activation quantizers frozen).
+        path: the target file (``.safetensors`` by convention); replaced only on success.
+        source: optional task name (``"minilm"``) so that ``load(path)`` can build the skeleton.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> import quantbalance as qb, tempfile
+        >>> q = qb.quantize(net, "int8-weight", progress=False)
+        >>> p = save(q, tempfile.mkdtemp() + "/q.safetensors")
+        >>> torch.equal(load(p, net)(torch.ones(1, 4)), q(torch.ones(1, 4)))
+        True
+    """
+    tensors, meta = _collect(qmodel)
+    if source is not None:
+        meta["source"] = source
+    meta["checksum"] = checksum(tensors, meta)
+    blob = st_save(tensors, metadata=meta)
+    out = atomic_write(path, lambda tmp: tmp.write_bytes(blob))
+    log.info("saved %d tensors (%d bytes) to %s", len(tensors), len(blob), out)
+    return out
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a quantized model from a checkpoint written by :func:`save`.
+
+    Args:
+        path: the checkpoint file (never modified).
+        model: the float skeleton (deep-copied, never modified). None: build it from the task
+            named in the metadata (``qb.tasks.load(source).model``).
+
+    Returns:
+        The quantized model in eval mode, with ``qb_plan`` and ``qb_info`` restored.
+
+    Raises:
+        CheckpointError: truncated/altered/foreign file, future format, or mismatched skeleton.
+    """
+    meta, tensors = read(path)
+    if model is None:
+        source = meta.get("source")
+        if not source:
+            raise CheckpointError(
+                f"{path}: the checkpoint names no source task; pass model=<float skeleton>"
+            )
+        from quantbalance import tasks
+
+        model = tasks.load(source).model
+    return _rebuild(model, meta, tensors, str(path))
+
+
+def read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Read and verify a checkpoint: header, format version, tensors and checksum.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        ``(metadata, tensors)``.
+
+    Raises:
+        CheckpointError: naming what is wrong with the file.
+    """
+    data = Path(path).read_bytes()
+    meta = _header_metadata(data, str(path))
+    if _FORMAT_KEY not in meta:
+        raise CheckpointError(
+            f"{path}: a safetensors file without quantbalance metadata (keys: "
+            f"{sorted(meta) or 'none'}); it was not written by quantbalance.deploy.save"
+        )
+    try:
+        version = int(meta[_FORMAT_KEY])
+    except ValueError:
+        raise CheckpointError(f"{path}: format {meta[_FORMAT_KEY]!r} is not an integer") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} (quantbalance "
+            f"{meta.get('quantbalance.version', '?')}) is newer than this quantbalance reads "
+            f"(format <= {FORMAT_VERSION}); upgrade quantbalance"
+        )
+    try:
+        tensors = st_load(data)
+    except (SafetensorError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors data ({e})") from None
+    got = checksum(tensors, meta)
+    if got != meta.get("checksum"):
+        raise CheckpointError(
+            f"{path}: checksum mismatch (stored {meta.get('checksum')!r}, computed {got!r}); "
+            "the file was altered or corrupted after it was written"
+        )
+    return meta, tensors
+
+
+def checksum(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """The checkpoint checksum (see the module docstring for the exact byte order).
+
+    Args:
+        tensors: name -> tensor as stored.
+        meta: the metadata (its ``checksum`` entry is ignored).
+
+    Returns:
+        ``"sha256:<hex>"``.
+    """
+    h = hashlib.sha256()
+    rest = {k: v for k, v in meta.items() if k != "checksum"}
+    h.update(json.dumps(rest, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _header_metadata(data: bytes, where: str) -> dict[str, str]:
+    if len(data) < 8:
+        raise CheckpointError(f"{where}: {len(data)} bytes, truncated (no safetensors header)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if 8 + n > len(data):
+        raise CheckpointError(
+            f"{where}: header of {n} bytes does not fit in the file's {len(data)} bytes; the "
+            "file is truncated or not a safetensors file"
+        )
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{where}: unreadable safetensors header ({e})") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Unique tensors to store and the metadata describing how to rebuild."""
+    import quantbalance
+
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    layers: dict[str, Any] = {}
+    seen_qt: dict[str, str] = {}
+    for name, mod in qmodel.named_modules():
+        if not isinstance(mod, QuantModule):
+            continue
+        parts = mod.qweight.to_dict()
+        qmeta = json.loads(bytes(parts.pop("meta").tolist()).decode())
+        layers[name] = {
+            "module": type(mod).__name__,
+            "float_type": mod.float_type.__name__,
+            "qweight": qmeta,
+            "act": _act_config(name, mod.input_quantizer),
+        }
+        sig = _signature(parts, qmeta)
+        if sig in seen_qt:  # a tie: the same codes already stored under another layer
+            aliases[name + ".qweight"] = seen_qt[sig] + ".qweight"
+            continue
+        seen_qt[sig] = name
+        tensors.update({f"{name}.qweight.{k}": v.detach().cpu() for k, v in parts.items()})
+    storage: dict[tuple[Any, ...], str] = {}
+    for key, t in qmodel.state_dict().items():
+        t = t.detach().cpu()
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype)
+        if t.numel() and ident in storage:
+            aliases[key] = storage[ident]
+            continue
+        storage[ident] = key
+        tensors[key] = t.contiguous().clone() if t.numel() else t.contiguous()
+    info = getattr(qmodel, "qb_info", None)
+    plan = getattr(qmodel, "qb_plan", None)
+    meta = {
+        _FORMAT_KEY: str(FORMAT_VERSION),
+        "quantbalance.version": quantbalance.__version__,
+        "torch.version": torch.__version__,
+        "plan": plan.to_json() if plan is not None else "null",
+        "layers": json.dumps(layers, sort_keys=True),
+        "aliases": json.dumps(aliases, sort_keys=True),
+        "info": json.dumps(_info_dict(info), sort_keys=True, default=str),
+    }
+    return tensors, meta
+
+
+def _signature(parts: dict[str, torch.Tensor], qmeta: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(qmeta, sort_keys=True).encode())
+    for k in sorted(parts):
+        t = parts[k].detach().cpu().contiguous()
+        h.update(f"{k}{t.dtype}{list(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _act_config(name: str, act: ActQuantizer | None) -> dict[str, Any] | None:
+    if act is None:
+        return None
+    if act.mode == "static" and act.observing:
+        raise CheckpointError(
+            f"layer {name!r}: its static activation quantizer is still calibrating (no frozen "
+            "scale); run calibration and freeze() before saving"
+        )
+    return {
+        "scheme": act.scheme.model_dump(mode="json"),
+        "mode": act.mode,
+        "observer": act.observer_name,
+    }
+
+
+def _info_dict(info: Any) -> dict[str, Any]:
+    if info is None:
+        return {}
+    return {
+        "layers": info.layers,
+        "kept_float": info.kept_float,
+        "unsupported": info.unsupported,
+        "folded": [list(p) for p in info.folded],
+        "algorithm_log": info.algorithm_log,
+    }
+
+
+def _rebuild(
+    skeleton: nn.Module, meta: dict[str, str], tensors: dict[str, torch.Tensor], where: str
+) -> nn.Module:
+    from quantbalance.plan import Plan
+    from quantbalance.quantize import QuantizationInfo
+    from quantbalance.transform import fold_batchnorm, replace_module
+
+    layers: dict[str, Any] = json.loads(meta["layers"])
+    aliases: dict[str, str] = json.loads(meta["aliases"])
+    info = json.loads(meta["info"])
+    model = copy.deepcopy(skeleton).eval()
+    folded = fold_batchnorm(model) if info.get("folded") else []
+    want = [tuple(p) for p in info.get("folded", [])]
+    if want and sorted(folded) != sorted(want):
+        raise CheckpointError(
+            f"{where}: the checkpoint folded BatchNorm pairs {want}, the skeleton folds {folded}"
+        )
+    qts: dict[str, QuantizedTensor] = {}
+    for name, spec in layers.items():
+        key = aliases.get(name + ".qweight", name + ".qweight").removesuffix(".qweight")
+        if key not in qts:
+            qts[key] = _qtensor(key, layers[key]["qweight"], tensors, where)
+        qt = qts[key]
+        mod = _skeleton_layer(model, name, spec, qt, where)
+        act = None
+        if spec["act"] is not None:
+            a = spec["act"]
+            act = ActQuantizer(Scheme(**a["scheme"]), a["mode"], a["observer"])
+        replace_module(model, name, REGISTRY[type(mod)].from_float(mod, qt, act))
+    state = {k: v for k, v in tensors.items() if k.rpartition(_QW)[0] not in layers}
+    state.update({k: state[v] for k, v in aliases.items() if v in state})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: the skeleton does not match the checkpoint: {e}") from None
+    _retie(model, aliases)
+    for m in model.modules():
+        if isinstance(m, ActQuantizer) and m.mode == "static":
+            m.observing, m.observer = False, None  # the stored scale/zero point are frozen
+    plan = Plan(**json.loads(meta["plan"])) if meta.get("plan", "null") != "null" else None
+    if plan is not None:
+        model.qb_plan = plan
+        model.qb_info = QuantizationInfo(
+            plan=plan,
+            layers=info.get("layers", {}),
+            kept_float=info.get("kept_float", []),
+            unsupported=info.get("unsupported", {}),
+            folded=[tuple(p) for p in info.get("folded", [])],
+            algorithm_log=info.get("algorithm_log", {}),
+        )
+    return model
+
+
+def _qtensor(
+    name: str, qmeta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str
+) -> QuantizedTensor:
+    prefix = name + _QW
+    parts = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    if "packed" not in parts:
+        raise CheckpointError(f"{where}: layer {name!r} has no tensor {prefix}packed")
+    blob = torch.tensor(list(json.dumps(qmeta, sort_keys=True).encode()), dtype=torch.uint8)
+    try:
+        return QuantizedTensor.from_dict({**parts, "meta": blob})
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: layer {name!r}: {e}") from None
+
+
+def _skeleton_layer(
+    model: nn.Module, name: str, spec: dict[str, Any], qt: QuantizedTensor, where: str
+) -> nn.Module:
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        raise CheckpointError(
+            f"{where}: quantized layer {name!r} does not exist in the skeleton "
+            f"({type(model).__name__})"
+        ) from None
+    qtype = REGISTRY.get(type(mod))
+    if qtype is None or qtype.__name__ != spec["module"]:
+        raise CheckpointError(
+            f"{where}: layer {name!r} is a {type(mod).__name__} in the skeleton; the checkpoint "
+            f"stores a {spec['module']} quantized from a {spec['float_type']}"
+        )
+    shape = tuple(weight_matrix(mod).shape)
+    if shape != tuple(qt.shape):
+        raise CheckpointError(
+            f"{where}: layer {name!r}: skeleton weight shape {shape}, checkpoint weight shape "
+            f"{tuple(qt.shape)}"
+        )
+    return mod
+
+
+def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Make every aliased parameter/buffer the same object as its canonical tensor again."""
+    for alias, canon in aliases.items():
+        if alias.endswith(".qweight"):
+            continue
+        src_mod, _, src_leaf = canon.rpartition(".")
+        dst_mod, _, dst_leaf = alias.rpartition(".")
+        src = model.get_submodule(src_mod)
+        dst = model.get_submodule(dst_mod)
+        if src_leaf in src._parameters and dst_leaf in dst._parameters:
+            dst._parameters[dst_leaf] = src._parameters[src_leaf]
+        elif src_leaf in src._buffers and dst_leaf in dst._buffers:
+            dst._buffers[dst_leaf] = src._buffers[src_leaf]
