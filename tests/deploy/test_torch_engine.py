@@ -61,3 +61,16 @@ def test_user_model_is_untouched_and_fallbacks_are_counted() -> None:
     assert next(q.parameters()).dtype == torch.float32
     with torch.no_grad():
         assert cos(q(x), e(x)) > 0.999
+
+
+def test_session_auto_picks_the_measured_fastest_engine() -> None:
+    net = mlp()
+    x = torch.randn(4, 16, 64)
+    q = qb.quantize(net, "w8a8", calib_data=[x], progress=False)
+    run = qb.deploy.session(q, backend="auto", example_inputs=x)
+    assert set(run.timings_ms) == {"torch", "ort"}
+    assert run.backend == min(run.timings_ms, key=run.timings_ms.__getitem__)
+    with torch.no_grad():
+        assert cos(q(x), torch.as_tensor(run(x))) > 0.9999
+    with pytest.raises(qb.ConfigError, match="needs the quantized model"):
+        qb.deploy.session("model.onnx", backend="torch")

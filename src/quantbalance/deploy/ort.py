@@ -33,7 +33,7 @@ from quantbalance.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("ort", "auto")
+BACKENDS = ("ort", "torch", "auto")
 DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
 _NP_TYPES = {
     "tensor(float)": np.float32,
@@ -61,6 +61,8 @@ class OrtSession:
             ONNX Runtime folds constant weight DQs into float initializers: same outputs, float
             MatMul speed and float memory at run time (the file stays small).
     """
+
+    backend = "ort"
 
     def __init__(
         self,
@@ -141,13 +143,16 @@ def session(
     backend: str = "ort",
     example_inputs: Any = None,
     **options: Any,
-) -> OrtSession:
+) -> Any:
     """A callable running a deployed model.
 
     Args:
         path_or_qmodel: an exported ``.onnx`` file, or a quantized model (exported in memory;
             needs ``example_inputs``).
-        backend: ``ort`` (ONNX Runtime QDQ). ``auto`` currently picks ``ort``.
+        backend: ``ort`` (ONNX Runtime QDQ), ``torch`` (``to_torch_engine``: oneDNN int8 /
+            int4-pack kernels under torch.compile; needs a model) or ``auto``: for a model, both
+            are built and timed on ``example_inputs`` and the faster is returned (its
+            ``backend`` attribute and ``timings_ms`` say which and why).
         example_inputs: one batch, for exporting a model.
         **options: passed to :class:`OrtSession` (``intra_op_threads``,
             ``matmulnbits_accuracy``, ``disabled_optimizers``, ``providers``, ``qdq``).
@@ -161,6 +166,23 @@ def session(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r}; accepted: {', '.join(BACKENDS)}")
+    if backend != "ort" and isinstance(path_or_qmodel, nn.Module):
+        from quantbalance.deploy.select import TorchSession, fastest
+
+        qmodel = path_or_qmodel
+        if backend == "torch":
+            return TorchSession(qmodel)
+        if example_inputs is None:
+            raise ConfigError("backend='auto' times the engines on example_inputs; pass one batch")
+        builders = {
+            "torch": lambda: TorchSession(qmodel),
+            "ort": lambda: session(qmodel, "ort", example_inputs, **options),
+        }
+        _, best, timings = fastest(builders, example_inputs)
+        best.timings_ms = timings
+        return best
+    if backend == "torch":
+        raise ConfigError("backend='torch' needs the quantized model, not an ONNX file")
     if isinstance(path_or_qmodel, nn.Module):
         if example_inputs is None:
             raise ConfigError("exporting a model for a session needs example_inputs (one batch)")
