@@ -1,0 +1,218 @@
+"""``quantbalance search``: the budgeted mixed-precision search from the command line.
+
+Registered in ``cli/main.py`` with ``app.command("search")(search_command)``. Heavy imports
+happen inside the command, so the rest of the CLI stays fast to start.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from quantbalance.errors import ConfigError, QuantBalanceError
+
+console = Console()
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "m": 1e6,
+    "mb": 1e6,
+    "g": 1e9,
+    "gb": 1e9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def parse_drop(text: str) -> tuple[float, bool]:
+    """``1%`` -> ``(0.01, relative)``; ``0.5`` or ``0.5pt`` -> ``(0.5, absolute)``.
+
+    Args:
+        text: the option value.
+
+    Returns:
+        ``(max_drop, relative)``.
+
+    Example:
+        >>> parse_drop("0.5%")
+        (0.005, True)
+    """
+    t = text.strip().lower()
+    m = re.fullmatch(r"([0-9.eE+-]+)\s*(%|pt|points?)?", t)
+    if not m:
+        raise ConfigError(f"--max-drop {text!r}: give e.g. '1%' (relative) or '0.5' (absolute)")
+    value = float(m.group(1))
+    return (value / 100, True) if m.group(2) == "%" else (value, False)
+
+
+def parse_bytes(text: str) -> float:
+    """``20MB``, ``15MiB``, ``512k`` or ``2e7`` -> bytes.
+
+    Args:
+        text: the option value.
+
+    Returns:
+        Bytes.
+
+    Example:
+        >>> parse_bytes("1.5MiB")
+        1572864.0
+    """
+    m = re.fullmatch(r"([0-9.eE+]+)\s*([a-zA-Z]*)", text.strip())
+    unit = m.group(2).lower() if m else "?"
+    if not m or unit not in _UNITS:
+        raise ConfigError(f"--max-bytes {text!r}: give e.g. 20MB, 15MiB, 512k or 2e7")
+    return float(m.group(1)) * _UNITS[unit]
+
+
+def _load(
+    task: str | None,
+    model: str | None,
+    hf: str | None,
+    holdout: bool,
+    n_sens: int | None,
+    metric: str | None,
+) -> tuple[Any, Any, Any]:
+    from quantbalance.cli.loading import load_source
+    from quantbalance.search.holdout import split_task
+
+    if holdout and task in ("minilm", "fashion") and not (model or hf):
+        sp = split_task(task, n_sensitivity=n_sens)
+        return sp.search, sp.holdout, sp.sensitivity
+    if holdout and hf and not (task or model):  # a local BERT-style encoder: minilm's splits
+        sp = split_task("minilm", n_sensitivity=n_sens, model_path=hf)
+        return sp.search, sp.holdout, sp.sensitivity
+    src = load_source(task, model, hf)
+    if src.primary_metric == "none" and metric is None:
+        raise ConfigError(
+            f"{src.name}: no eval function, so no metric to protect; make the factory return a "
+            "Task, or (model, calib_data, eval_fn) and pass --metric"
+        )
+    return src, None, None
+
+
+def results_table(res: Any) -> Table:
+    """Float vs chosen vs presets, as a rich table.
+
+    Args:
+        res: the SearchResult.
+
+    Returns:
+        The table.
+    """
+    from quantbalance.report.html import size_txt
+
+    m = res.metric
+    t = Table(
+        "plan",
+        f"{m} (search)",
+        "drop",
+        f"{m} (held out)",
+        "size",
+        "×smaller",
+        "latency ms",
+        "×faster",
+        title=f"search: {res.budget.describe()}",
+    )
+    f = res.float_point
+    pct = res.budget.kind != "drop" or res.budget.relative
+    for p in [f, res.chosen, *res.presets]:
+        hold = (p.holdout_metrics or {}).get(m)
+        drop = "-" if p.drop is None else (f"{100 * p.drop:.3f}%" if pct else f"{p.drop:.4g}")
+        style = "bold green" if p is res.chosen else None
+        t.add_row(
+            f"{p.name}{' (chosen)' if p is res.chosen else ''}",
+            f"{(p.metrics or {}).get(m, float('nan')):.5f}",
+            drop,
+            "-" if hold is None else f"{hold:.5f}",
+            size_txt(p.nbytes),
+            f"{f.nbytes / p.nbytes:.2f}",
+            f"{p.latency_ms:.2f}",
+            f"{f.latency_ms / max(p.latency_ms, 1e-9):.2f}",
+            style=style,
+        )
+    return t
+
+
+def search_command(
+    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("out/search"),
+    task: Annotated[str | None, typer.Option("--task", help="minilm, fashion, smollm")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="module:factory")] = None,
+    hf: Annotated[str | None, typer.Option("--hf", help="local HF encoder folder")] = None,
+    max_drop: Annotated[
+        str | None,
+        typer.Option("--max-drop", help="'1%' = relative, '0.5' = absolute (metric units)"),
+    ] = None,
+    max_bytes: Annotated[
+        str | None, typer.Option("--max-bytes", help="model size, e.g. 20MB, 15MiB")
+    ] = None,
+    max_latency_ms: Annotated[
+        float | None,
+        typer.Option("--max-latency-ms", help="predicted latency on the example inputs"),
+    ] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="protected metric")] = None,
+    max_evals: Annotated[int, typer.Option("--max-evals", help="verification evals")] = 8,
+    objective: Annotated[str, typer.Option(help="drop budgets minimise: bytes|latency")] = "bytes",
+    algorithm: Annotated[str, typer.Option(help="weight algorithm")] = "rtn",
+    holdout: Annotated[bool, typer.Option(help="judge on a held-out split")] = True,
+    n_sensitivity: Annotated[
+        int | None,
+        typer.Option("--n-sensitivity", help="eval samples for single-layer measurements"),
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir")] = None,
+) -> None:
+    """Find per-layer precision under a budget; write report.html, report.json and plan.json.
+
+    Exit status: 0 if the budget is met, 1 if not (closest Plan still written), 2: bad input.
+    """
+    from quantbalance.report import write_report
+    from quantbalance.search import Budget, search
+
+    try:
+        kinds = [x is not None for x in (max_drop, max_bytes, max_latency_ms)]
+        if sum(kinds) != 1:
+            raise ConfigError("give exactly one of --max-drop, --max-bytes, --max-latency-ms")
+        if max_drop is not None:
+            d, rel = parse_drop(max_drop)
+            budget = Budget(max_drop=d, relative=rel, metric=metric)
+        elif max_bytes is not None:
+            budget = Budget(max_bytes=parse_bytes(max_bytes), metric=metric)
+        else:
+            budget = Budget(max_latency_ms=max_latency_ms, metric=metric)
+        with console.status("loading model and data"):
+            src, held, sens = _load(task, model, hf, holdout, n_sensitivity, metric)
+        res = search(
+            src.model,
+            src,
+            budget,
+            algorithm=algorithm,
+            max_evals=max_evals,
+            holdout=held,
+            objective=objective,
+            sensitivity_source=sens,
+            cache_dir=cache_dir if cache_dir is not None else "default",
+        )
+        with console.status("writing the report"):
+            path = write_report(res, out, model=src.model, calib_data=src.calib_data)
+            res.plan.save(out / "plan.json")
+    except QuantBalanceError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(results_table(res))
+    counts: dict[str, int] = {}
+    for k in (res.chosen.choice or {}).values():
+        counts[k] = counts.get(k, 0) + 1
+    console.print("layers: " + ", ".join(f"{k} × {v}" for k, v in sorted(counts.items())))
+    color = "green" if res.met_budget else "red"
+    console.print(f"[{color}]{res.message}[/]")
+    console.print(f"report: [bold]{path}[/]  plan: [bold]{out / 'plan.json'}[/]")
+    if not res.met_budget:
+        raise typer.Exit(1)

@@ -1,0 +1,34 @@
+"""The balance: per-layer sensitivity, costs, and the budgeted mixed-precision search.
+
+>>> from quantbalance.search import Budget
+>>> Budget(max_bytes=20e6).kind
+'bytes'
+"""
+
+from quantbalance.search.cache import Cache, default_cache_dir
+from quantbalance.search.costs import CostTable, LatencyModel, layer_nbytes
+from quantbalance.search.latency import TorchLatencyModel
+from quantbalance.search.pareto import PlanPoint
+from quantbalance.search.search import Budget, SearchResult, search
+from quantbalance.search.sensitivity import SensitivityTable, default_candidates, sensitivity
+from quantbalance.search.solver import Problem, Solution, solve, sweep
+
+__all__ = [
+    "Budget",
+    "Cache",
+    "CostTable",
+    "LatencyModel",
+    "PlanPoint",
+    "Problem",
+    "SearchResult",
+    "SensitivityTable",
+    "Solution",
+    "TorchLatencyModel",
+    "default_cache_dir",
+    "default_candidates",
+    "layer_nbytes",
+    "search",
+    "sensitivity",
+    "solve",
+    "sweep",
+]

@@ -1,0 +1,247 @@
+"""On-disk cache of search measurements: one small JSON file per entry, written atomically.
+
+An entry is addressed by a *key*: a dict of everything the measurement depends on (model hash,
+layer, spec JSON, data hash, eval-function identity, ...). The file name is the SHA-256 of the
+canonical JSON of the key, and the file stores the key next to the value, so a hash collision
+or a stale file is detected. An unreadable or malformed entry is ignored with a warning and the
+value is recomputed.
+
+Example:
+    >>> import tempfile
+    >>> c = Cache(tempfile.mkdtemp())
+    >>> c.get("demo", {"x": 1}) is None
+    True
+    >>> _ = c.put("demo", {"x": 1}, {"y": 2.0})
+    >>> c.get("demo", {"x": 1})
+    {'y': 2.0}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantbalance.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$QB_CACHE_DIR``, else ``~/.cache/quantbalance/search``.
+
+    Returns:
+        The folder (not created).
+    """
+    env = os.environ.get("QB_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "quantbalance" / "search"
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 hex digest of the canonical JSON of ``obj``.
+
+    Args:
+        obj: JSON-serialisable data (non-serialisable leaves are turned into ``str``).
+
+    Returns:
+        64 hex characters.
+    """
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _update_tensor(h: Any, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def model_hash(model: nn.Module) -> str:
+    """Hash of every tensor of ``model.state_dict()`` (names, dtypes, shapes and bytes).
+
+    Args:
+        model: the model.
+
+    Returns:
+        A hex digest (changes when any weight or buffer changes).
+    """
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            _update_tensor(h, t)
+    return h.hexdigest()
+
+
+def data_hash(batches: Iterable[Any] | None) -> str:
+    """Hash of a list of batches (Tensors, tuples/lists or mappings of Tensors).
+
+    Args:
+        batches: the batches, or None.
+
+    Returns:
+        A hex digest (``"none"`` for None).
+    """
+    if batches is None:
+        return "none"
+    h = hashlib.sha256()
+
+    def visit(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            _update_tensor(h, x)
+        elif isinstance(x, Mapping):
+            for k in sorted(x, key=str):
+                h.update(str(k).encode())
+                visit(x[k])
+        elif isinstance(x, list | tuple):
+            h.update(f"seq{len(x)}".encode())
+            for v in x:
+                visit(v)
+        else:
+            h.update(repr(x).encode())
+
+    visit(list(batches))
+    return h.hexdigest()
+
+
+def fn_identity(fn: Callable[..., Any], extra: Any = None) -> str:
+    """Identity of an evaluation function: module, qualified name, and ``extra`` facts.
+
+    Two closures with the same name but different data must differ in ``extra`` (tasks pass
+    their name and ``info``); a user can pass ``eval_id`` to ``search`` for the same purpose.
+
+    Args:
+        fn: the function.
+        extra: any JSON-able facts that distinguish it.
+
+    Returns:
+        A short text.
+    """
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    return name if extra is None else f"{name}|{digest(extra)[:16]}"
+
+
+def machine_id() -> dict[str, Any]:
+    """Facts that make latency measurements comparable: CPU, threads, torch version.
+
+    Returns:
+        A small dict.
+    """
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.node(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def _valid(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isnan(value)
+    if isinstance(value, dict):
+        return all(_valid(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_valid(v) for v in value)
+    return True
+
+
+class Cache:
+    """A folder of JSON entries grouped by kind (``sens``, ``eval``, ``latency``, ...).
+
+    Args:
+        root: the folder, or None for a disabled cache (every ``get`` misses).
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+        self.root = Path(root) if root is not None else None
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, kind: str, key: Mapping[str, Any]) -> Path | None:
+        """File of an entry (None when the cache is disabled).
+
+        Args:
+            kind: entry group.
+            key: what the value depends on.
+
+        Returns:
+            The path.
+        """
+        if self.root is None:
+            return None
+        return self.root / kind / f"{digest({'v': CACHE_VERSION, **key})}.json"
+
+    def get(self, kind: str, key: Mapping[str, Any]) -> Any | None:
+        """The cached value, or None on a miss. Corrupted entries are warned about and ignored.
+
+        Args:
+            kind: entry group.
+            key: what the value depends on.
+
+        Returns:
+            The stored value or None.
+        """
+        path = self.path(kind, key)
+        if path is None or not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(entry, dict) or "value" not in entry:
+                raise ValueError("no 'value' field")
+            if digest(entry.get("key")) != digest(json.loads(json.dumps(dict(key), default=str))):
+                raise ValueError("stored key differs from the requested key")
+            if not _valid(entry["value"]):
+                raise ValueError("value holds NaN")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            log.warning("cache entry %s is corrupted (%s); ignoring it and recomputing", path, e)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry["value"]
+
+    def put(self, kind: str, key: Mapping[str, Any], value: Any) -> Any:
+        """Store ``value`` (JSON-able) under ``key``, atomically.
+
+        Args:
+            kind: entry group.
+            key: what the value depends on.
+            value: the data.
+
+        Returns:
+            ``value``.
+        """
+        path = self.path(kind, key)
+        if path is not None:
+            text = json.dumps({"key": dict(key), "value": value}, default=str, indent=0)
+            atomic_write_text(path, text)
+        return value
+
+    def get_or(self, kind: str, key: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
+        """``get``, else ``compute()`` and ``put``.
+
+        Args:
+            kind: entry group.
+            key: what the value depends on.
+            compute: produces the value on a miss.
+
+        Returns:
+            The value.
+        """
+        got = self.get(kind, key)
+        if got is not None:
+            return got
+        return self.put(kind, key, compute())

@@ -1,0 +1,249 @@
+"""Where the search's measurements come from: the data source, and cached evaluation of Plans.
+
+A *source* is a ``Task`` or a ``(calib_data, eval_fn)`` tuple; :func:`as_source` turns either
+into a :class:`Source`. :class:`PlanEvaluator` quantizes a model with a Plan, evaluates it with
+the real eval function (search split, and the held-out split when there is one), measures its
+exact bytes, and caches all of it on disk, keeping a log of every evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from quantbalance.errors import ConfigError
+from quantbalance.evaluate import check_metrics, model_nbytes
+from quantbalance.plan import Plan
+from quantbalance.search.cache import Cache, fn_identity
+
+log = logging.getLogger(__name__)
+
+EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass
+class Source:
+    """Calibration data, the eval function, and which metric the budget protects.
+
+    Attributes:
+        calib_data: calibration batches (or None).
+        eval_fn: ``model -> dict[str, float]``.
+        metric: the protected metric.
+        higher_is_better: its direction.
+        example_inputs: one batch with deployment shapes (latency, proxies).
+        eval_id: identity of ``eval_fn`` for the cache.
+        name: label for reports.
+    """
+
+    calib_data: list[Any] | None
+    eval_fn: EvalFn
+    metric: str
+    higher_is_better: bool
+    example_inputs: Any
+    eval_id: str
+    name: str = "model"
+
+    def evaluate(self, model: nn.Module, what: str = "eval function") -> dict[str, float]:
+        """Run the eval function and validate its result (NaN or non-number -> ConfigError).
+
+        Args:
+            model: the model to evaluate.
+            what: name used in errors.
+
+        Returns:
+            The metrics, which must include ``metric``.
+        """
+        got = check_metrics(self.eval_fn(model), f"{what} of {self.name!r}")
+        if self.metric not in got:
+            raise ConfigError(
+                f"{what} of {self.name!r} returned {sorted(got)}, without the budget metric "
+                f"{self.metric!r}; pass metric=one of those"
+            )
+        return got
+
+
+def as_source(
+    task_or: Any,
+    metric: str | None = None,
+    higher_is_better: bool | None = None,
+    eval_id: str | None = None,
+) -> Source:
+    """Build a :class:`Source` from a Task or a ``(calib_data, eval_fn[, example_inputs])`` tuple.
+
+    Args:
+        task_or: a ``Task`` (its ``primary_metric`` and ``higher_is_better`` are defaults), or a
+            tuple whose eval function returns a dict of metrics.
+        metric: the protected metric (required for a tuple whose eval returns several).
+        higher_is_better: direction of ``metric`` (default True for tuples).
+        eval_id: extra identity for the cache (use it when one eval function's data changes).
+
+    Returns:
+        The Source.
+    """
+    if hasattr(task_or, "evaluate_fn") and hasattr(task_or, "primary_metric"):
+        t = task_or
+        ident = fn_identity(t.evaluate_fn, [t.name, t.info, eval_id])
+        hib = t.higher_is_better if higher_is_better is None else higher_is_better
+        calib = list(t.calib_data) if t.calib_data else None
+        example = t.example_inputs if t.example_inputs is not None else (calib or [None])[0]
+        return Source(calib, t.evaluate_fn, metric or t.primary_metric, hib, example, ident, t.name)
+    if isinstance(task_or, tuple) and len(task_or) in (2, 3) and callable(task_or[1]):
+        calib = list(task_or[0]) if task_or[0] is not None else None
+        example = task_or[2] if len(task_or) == 3 else (calib[0] if calib else None)
+        if example is None:
+            raise ConfigError("a (calib_data, eval_fn) source needs calibration batches")
+        fn = task_or[1]
+        if metric is None:
+            raise ConfigError(
+                "with a (calib_data, eval_fn) source, pass metric='<name>' (the metric the budget "
+                "protects) and higher_is_better"
+            )
+        hib = True if higher_is_better is None else higher_is_better
+        return Source(
+            calib,
+            fn,
+            metric,
+            hib,
+            example,
+            fn_identity(fn, eval_id),
+            getattr(fn, "__name__", "model"),
+        )
+    raise ConfigError(
+        f"expected a Task or a (calib_data, eval_fn) tuple, got {type(task_or).__name__}"
+    )
+
+
+def as_holdout(holdout: Any, src: Source) -> Source | None:
+    """The held-out split as a Source sharing ``src``'s data, metric and direction.
+
+    Args:
+        holdout: None, a ``Task`` or an eval function.
+        src: the search split.
+
+    Returns:
+        The Source, or None.
+    """
+    if holdout is None:
+        return None
+    if callable(holdout) and not hasattr(holdout, "evaluate_fn"):
+        return Source(
+            src.calib_data,
+            holdout,
+            src.metric,
+            src.higher_is_better,
+            src.example_inputs,
+            src.eval_id + "|holdout:" + getattr(holdout, "__qualname__", "fn"),
+            src.name + " (held out)",
+        )
+    h = as_source(holdout, src.metric, src.higher_is_better)
+    return Source(
+        src.calib_data,
+        h.eval_fn,
+        src.metric,
+        src.higher_is_better,
+        src.example_inputs,
+        h.eval_id,
+        h.name,
+    )
+
+
+def drop_of(value: float, reference: float, higher_is_better: bool, relative: bool) -> float:
+    """Metric loss: positive when worse than the reference.
+
+    Args:
+        value: measured metric.
+        reference: float model's metric.
+        higher_is_better: direction.
+        relative: divide by ``|reference|``.
+
+    Returns:
+        The drop (can be negative when the model got better).
+    """
+    d = reference - value if higher_is_better else value - reference
+    return d / max(abs(reference), 1e-12) if relative else d
+
+
+@dataclass
+class PlanEvaluator:
+    """Evaluates Plans (cached): metrics on the search split, exact bytes, held-out metrics.
+
+    Attributes:
+        model: the float model.
+        source: the search split.
+        holdout: the held-out split (or None).
+        cache: the cache.
+        keys: cache key parts (model hash, data hash, algorithm).
+        log: one record per evaluation, in order.
+    """
+
+    model: nn.Module
+    source: Source
+    holdout: Source | None
+    cache: Cache
+    keys: dict[str, Any]
+    progress: bool = False
+    log: list[dict[str, Any]] = field(default_factory=list)
+    _plans: dict[str, Plan] = field(default_factory=dict)
+
+    def _quantize(self, plan: Plan) -> nn.Module:
+        from quantbalance.quantize import quantize
+
+        return quantize(self.model, plan, self.source.calib_data, progress=False)
+
+    def reference(self, split: str = "search") -> dict[str, float]:
+        """Metrics of the float model on a split (cached).
+
+        Args:
+            split: ``search`` or ``holdout``.
+
+        Returns:
+            The metrics.
+        """
+        src = self.source if split == "search" else self.holdout
+        assert src is not None
+        key = {**self.keys, "plan": "float", "eval": src.eval_id}
+        return self.cache.get_or(
+            "eval", key, lambda: src.evaluate(self.model, "eval function (float model)")
+        )
+
+    def evaluate(self, plan: Plan, purpose: str, split: str = "search") -> dict[str, Any]:
+        """Quantize with ``plan`` and evaluate it (cached), logging the evaluation.
+
+        Args:
+            plan: the Plan.
+            purpose: why (``verify``, ``front``, ``preset``, ``holdout``) for the log.
+            split: ``search`` or ``holdout``.
+
+        Returns:
+            ``{"metrics": {...}, "bytes": int, "seconds": float, "cached": bool}``.
+        """
+        src = self.source if split == "search" else self.holdout
+        if src is None:
+            raise ConfigError("no held-out split was given")
+        key = {**self.keys, "plan": plan.model_dump(mode="json"), "eval": src.eval_id}
+        key["plan"].pop("name", None)
+        got = self.cache.get("eval", key)
+        cached = got is not None
+        if got is None:
+            t0 = time.perf_counter()
+            q = self._quantize(plan)
+            what = f"eval function (plan {plan.name!r}, {split} split)"
+            got = {
+                "metrics": src.evaluate(q, what),
+                "bytes": model_nbytes(q),
+                "seconds": time.perf_counter() - t0,
+            }
+            self.cache.put("eval", key, got)
+        rec = {"plan": plan.name, "purpose": purpose, "split": split, "cached": cached, **got}
+        self.log.append(rec)
+        m = got["metrics"].get(src.metric, math.nan)
+        log.info(
+            "%s %s (%s): %s=%.6g, %d bytes", purpose, plan.name, split, src.metric, m, got["bytes"]
+        )
+        return rec

@@ -1,0 +1,376 @@
+"""qb.sensitivity: what quantizing one layer, alone, costs in the metric, plus cheap proxies.
+
+For every quantizable layer and every candidate spec the layer is quantized *alone* (all other
+layers float) and the real eval function is run: that metric change is what the search adds
+up. Two proxies (see ``search.proxies``: output SQNR and a Fisher-style estimate) come from
+one calibration pass, so large models can be screened before the expensive measurements
+(``measure=k``). With round to nearest one quantized module is swapped into a folded copy of
+the model; other algorithms go through ``quantize`` with a one-layer Plan. Results are cached
+on disk by (model hash, layer, spec, data hash, eval-function identity).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from quantbalance.algorithms import parse_algorithm
+from quantbalance.formats import PerChannel, Scheme
+from quantbalance.plan import LayerSpec, Plan, preset
+from quantbalance.search.cache import Cache, data_hash, default_cache_dir, model_hash
+from quantbalance.search.evaluator import Source, as_source, drop_of
+from quantbalance.search.proxies import build_qmodule, calibrate, proxies
+from quantbalance.transform import fold_batchnorm, quantizable_layers, replace_module
+
+log = logging.getLogger(__name__)
+
+Options = dict[str, LayerSpec | None]
+Candidates = Sequence[LayerSpec | None] | Options | Callable[[str, nn.Module], Options] | None
+FLOAT = "float"
+
+
+def _p(name: str) -> LayerSpec:
+    spec = preset(name).layers["re:.*"]
+    assert spec is not None
+    return spec
+
+
+def default_candidates(module: nn.Module) -> Options:
+    """Sensible candidates for a layer type (keys are preset names), float included.
+
+    Linear and Embedding: int8 weights, int4 and int3 asymmetric weights in groups of 128;
+    Linear also W8A8 (static per-tensor activations, the fast oneDNN kernel). Convolutions:
+    int8 weights, W8A8, W4A8, int4 and asymmetric int3 weights (per output channel).
+
+    Args:
+        module: the layer.
+
+    Returns:
+        key -> spec (None = float).
+    """
+    low = {"w4-g128": _p("w4-g128"), "w3-g128": _p("w3-g128")}
+    if isinstance(module, nn.Embedding):
+        return {FLOAT: None, "int8-weight": _p("int8-weight"), **low}
+    if isinstance(module, nn.Conv1d | nn.Conv2d):
+        return {
+            FLOAT: None,
+            "int8-weight": _p("int8-weight"),
+            "w8a8": _p("w8a8"),
+            "w4a8": _p("w4a8"),
+            "w4": LayerSpec(weight=Scheme(4, granularity=PerChannel())),
+            "w3": LayerSpec(weight=Scheme(3, symmetric=False, granularity=PerChannel())),
+        }
+    return {FLOAT: None, "int8-weight": _p("int8-weight"), "w8a8": _p("w8a8"), **low}
+
+
+def spec_key(spec: LayerSpec | None) -> str:
+    """Short key of a spec: ``float``, the preset name it equals, or its label."""
+    if spec is None:
+        return FLOAT
+    plain = spec.model_copy(update={"algorithm": "rtn"})
+    for name in ("int8-weight", "w8a8", "w8a8-dynamic", "w4-g128", "w4a8", "nf4", "w3-g128"):
+        if _p(name) == plain:
+            return name
+    return spec.label
+
+
+def layer_options(
+    model: nn.Module, layers: Sequence[str], candidates: Candidates, algorithm: str | None
+) -> dict[str, Options]:
+    """Candidate specs for each layer (float always included).
+
+    Args:
+        model: the model.
+        layers: layer names.
+        candidates: None (per-type defaults), a list of specs (None = float) for every layer, a
+            key -> spec dict, or a function ``(name, module) -> key -> spec``.
+        algorithm: overrides every spec's algorithm when given.
+
+    Returns:
+        layer -> key -> spec.
+    """
+    out: dict[str, Options] = {}
+    for n in layers:
+        mod = model.get_submodule(n)
+        if candidates is None:
+            opts = default_candidates(mod)
+        elif callable(candidates):
+            opts = dict(candidates(n, mod))
+        elif isinstance(candidates, dict):
+            opts = dict(candidates)
+        else:
+            opts = {spec_key(s): s for s in candidates}
+        opts = {FLOAT: None, **opts}
+        if algorithm is not None:
+            opts = {k: s and s.model_copy(update={"algorithm": algorithm}) for k, s in opts.items()}
+        if isinstance(mod, nn.Embedding):
+            opts = {k: s for k, s in opts.items() if s is None or s.weight is not None}
+        out[n] = opts
+    return out
+
+
+@dataclass
+class SensitivityTable:
+    """Per-layer, per-candidate measurements.
+
+    Attributes:
+        metric: the protected metric.
+        higher_is_better: its direction.
+        reference: float metrics on the same data.
+        layers: layer -> type name, in model order.
+        specs: layer -> key -> spec as JSON data (None = float).
+        entries: layer -> key -> ``{"metrics", "measured", "sqnr_db", "fisher_db"}``
+            (``metrics`` estimated from the proxy when ``measured`` is False).
+    """
+
+    metric: str
+    higher_is_better: bool
+    reference: dict[str, float]
+    layers: dict[str, str]
+    specs: dict[str, dict[str, Any]]
+    entries: dict[str, dict[str, dict[str, Any]]]
+
+    def drop(self, layer: str, key: str, relative: bool = False, clamp: bool = True) -> float:
+        """Metric drop when only ``layer`` takes option ``key`` (0 for float).
+
+        Args:
+            layer: layer name.
+            key: option key.
+            relative: divide by the reference metric.
+            clamp: clip improvements (noise) to 0.
+
+        Returns:
+            The drop.
+        """
+        e = self.entries[layer].get(key)
+        if key == FLOAT or e is None or e.get("metrics") is None:
+            return 0.0
+        d = drop_of(
+            e["metrics"][self.metric], self.reference[self.metric], self.higher_is_better, relative
+        )
+        return max(d, 0.0) if clamp else d
+
+    def ranking(self, key: str | None = None) -> list[str]:
+        """Layers, most sensitive first (largest drop under ``key``, default the worst option)."""
+
+        def worst(n: str) -> float:
+            keys = [key] if key else list(self.entries[n])
+            return max(
+                (self.drop(n, k, clamp=False) for k in keys if k in self.entries[n]), default=0.0
+            )
+
+        return sorted(self.layers, key=worst, reverse=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def sensitivity(
+    model: nn.Module,
+    task_or: Any,
+    candidates: Candidates = None,
+    layers: Sequence[str] | None = None,
+    cache_dir: Any = "default",
+    *,
+    metric: str | None = None,
+    higher_is_better: bool | None = None,
+    measure: bool | int = True,
+    algorithm: str | None = None,
+    eval_id: str | None = None,
+    progress: bool = True,
+) -> SensitivityTable:
+    """Metric change of quantizing each layer alone under each candidate, plus proxies.
+
+    Args:
+        model: the float model (not modified).
+        task_or: a ``Task`` or ``(calib_data, eval_fn)``.
+        candidates: see :func:`layer_options` (default: per-type defaults).
+        layers: layer names (default: every quantizable layer).
+        cache_dir: cache folder; ``"default"`` = :func:`default_cache_dir`, None = no cache.
+        metric: the protected metric (default the task's primary metric).
+        higher_is_better: its direction.
+        measure: True: real eval for every pair; False: proxies only; an integer k: real eval
+            for k pairs spread over the proxy ranking, the others estimated from the proxy by a
+            least-squares fit (screening for large models).
+        algorithm: overrides every candidate's algorithm (default round to nearest).
+        eval_id: extra identity of the eval function for the cache.
+        progress: show progress bars.
+
+    Returns:
+        The :class:`SensitivityTable`.
+
+    Example:
+        >>> import torch
+        >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        >>> data = [torch.randn(4, 8)]
+        >>> ev = lambda m: {"out": float(m(data[0]).sum())}
+        >>> t = sensitivity(net, (data, ev), cache_dir=None, metric="out", progress=False)
+        >>> sorted(t.entries["0"])
+        ['float', 'int8-weight', 'w3-g128', 'w4-g128', 'w8a8']
+    """
+    src = as_source(task_or, metric, higher_is_better, eval_id)
+    cache = Cache(default_cache_dir() if cache_dir == "default" else cache_dir)
+    base = copy.deepcopy(model).eval()
+    fold_batchnorm(base)
+    names = list(layers) if layers is not None else list(quantizable_layers(base))
+    options = layer_options(base, names, candidates, algorithm)
+    mkey, dkey = model_hash(model), data_hash(src.calib_data)
+    ref_key = {"model": mkey, "data": dkey, "plan": "float", "eval": src.eval_id}
+    reference = cache.get_or("eval", ref_key, lambda: src.evaluate(model, "eval (float model)"))
+    return run_sensitivity(model, base, src, options, cache, mkey, reference, measure, progress)
+
+
+def run_sensitivity(
+    model: nn.Module,
+    base: nn.Module,
+    src: Source,
+    options: dict[str, Options],
+    cache: Cache,
+    mkey: str,
+    reference: dict[str, float],
+    measure: bool | int = True,
+    progress: bool = True,
+) -> SensitivityTable:
+    """The work of :func:`sensitivity` on prepared inputs (used by ``search``).
+
+    Args:
+        model: the float model.
+        base: its BatchNorm-folded copy (modules are swapped in and out of it).
+        src: the source.
+        options: layer -> key -> spec.
+        cache: the cache.
+        mkey: the model hash.
+        reference: float metrics.
+        measure: see :func:`sensitivity`.
+        progress: show progress bars.
+
+    Returns:
+        The table.
+    """
+    dkey = data_hash(src.calib_data)
+    pairs = [(n, k, s) for n, o in options.items() for k, s in o.items() if s is not None]
+
+    def key(n: str, s: LayerSpec, with_eval: bool) -> dict[str, Any]:
+        k = {"model": mkey, "layer": n, "spec": s.model_dump(mode="json"), "data": dkey}
+        return {**k, "eval": src.eval_id} if with_eval else k
+
+    proxy = {(n, k): cache.get("proxy", key(n, s, False)) for n, k, s in pairs}
+    got = {(n, k): cache.get("sens", key(n, s, True)) for n, k, s in pairs} if measure else {}
+    state: dict[str, Any] = {}
+
+    def prepare() -> None:
+        if not state:
+            batches = src.calib_data or [src.example_inputs]
+            state["stats"], state["q"] = calibrate(base, options, batches, progress)
+
+    fast = {
+        n: {k: s is None or parse_algorithm(s.algorithm) == ["rtn"] for k, s in o.items()}
+        for n, o in options.items()
+    }
+
+    def single(n: str, k: str, s: LayerSpec, evaluate: bool) -> None:
+        prepare()
+        t0 = time.perf_counter()
+        if fast[n][k]:
+            mod = base.get_submodule(n)
+            qmod = build_qmodule(base, n, s, state["q"])
+            target = base
+            replace_module(base, n, qmod)
+        else:
+            from quantbalance.quantize import quantize
+
+            plan = Plan(layers={n: s}, name=f"{n}:{k}")
+            target = quantize(model, plan, src.calib_data, progress=False)
+            mod, qmod = base.get_submodule(n), target.get_submodule(n)
+        try:
+            if proxy[(n, k)] is None:
+                proxy[(n, k)] = cache.put(
+                    "proxy", key(n, s, False), proxies(mod, qmod, state["stats"][n])
+                )
+            if evaluate:
+                metrics = src.evaluate(target, f"eval function (layer {n!r} as {k})")
+                value = {"metrics": metrics, "seconds": time.perf_counter() - t0}
+                got[(n, k)] = cache.put("sens", key(n, s, True), value)
+        finally:
+            if fast[n][k]:
+                replace_module(base, n, mod)
+
+    for n, k, s in pairs:  # proxies not computed along with a measurement below
+        if proxy[(n, k)] is None and not (measure is True and got.get((n, k)) is None):
+            single(n, k, s, False)
+    chosen = _to_measure(pairs, proxy, measure)
+    todo = [(n, k, s) for n, k, s in pairs if (n, k) in chosen and got.get((n, k)) is None]
+    for n, k, s in tqdm(todo, desc="sensitivity (layer x spec)", disable=not progress):
+        single(n, k, s, True)
+    return _table(src, base, options, reference, proxy, got, chosen)
+
+
+def _noise(p: dict[str, Any] | None) -> float:
+    db = (p or {}).get("fisher_db")
+    return 0.0 if db is None else 10 ** (-db / 10)
+
+
+def _to_measure(pairs: list[tuple], proxy: dict, measure: bool | int) -> set[tuple[str, str]]:
+    if measure is True:
+        return {(n, k) for n, k, _ in pairs}
+    if measure is False or measure <= 0:
+        return set()
+    ranked = sorted(((n, k) for n, k, _ in pairs), key=lambda p: _noise(proxy[p]), reverse=True)
+    k = min(int(measure), len(ranked))
+    idx = {round(i * (len(ranked) - 1) / max(k - 1, 1)) for i in range(k)}
+    return {ranked[i] for i in idx}
+
+
+def _table(
+    src: Source,
+    base: nn.Module,
+    options: dict[str, Options],
+    reference: dict,
+    proxy: dict,
+    got: dict,
+    chosen: set,
+) -> SensitivityTable:
+    ref = reference[src.metric]
+    sign = -1.0 if src.higher_is_better else 1.0
+    fit = [
+        (_noise(proxy[p]), max(0.0, sign * (got[p]["metrics"][src.metric] - ref)))
+        for p in chosen
+        if got.get(p)
+    ]
+    den = sum(x * x for x, _ in fit)
+    slope = sum(x * y for x, y in fit) / den if den > 0 else 0.0
+    entries: dict[str, dict[str, dict[str, Any]]] = {}
+    for n, opts in options.items():
+        entries[n] = {}
+        for k, s in opts.items():
+            if s is None:
+                entries[n][k] = {
+                    "metrics": dict(reference),
+                    "measured": True,
+                    "sqnr_db": None,
+                    "fisher_db": None,
+                }
+                continue
+            p = proxy.get((n, k)) or {}
+            g = got.get((n, k))
+            metrics = g["metrics"] if g else {src.metric: ref + sign * slope * _noise(p)}
+            entries[n][k] = {"metrics": metrics, "measured": g is not None, **p}
+    return SensitivityTable(
+        metric=src.metric,
+        higher_is_better=src.higher_is_better,
+        reference=dict(reference),
+        layers={n: type(base.get_submodule(n)).__name__ for n in options},
+        specs={
+            n: {k: s and s.model_dump(mode="json") for k, s in o.items()}
+            for n, o in options.items()
+        },
+        entries=entries,
+    )
