@@ -106,6 +106,11 @@ def analyze(
     console.print(f"analysis written to [bold]{path}[/]")
 
 
+from quantbalance.cli.search_cmd import search_command  # noqa: E402 - after the app exists
+
+app.command("search")(search_command)
+
+
 def _jsonable(x: object) -> object:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
