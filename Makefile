@@ -26,7 +26,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m quantbalance.demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

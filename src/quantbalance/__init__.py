@@ -7,6 +7,7 @@
 """
 
 from quantbalance import deploy, tasks
+from quantbalance.algorithms import qat
 from quantbalance.analysis import Analysis, analyze
 from quantbalance.deploy.checkpoint import load, save
 from quantbalance.errors import (
@@ -32,6 +33,7 @@ from quantbalance.formats import (
 )
 from quantbalance.plan import PRESETS, LayerSpec, Plan, preset
 from quantbalance.quantize import QuantizationInfo, quantize, quantize_dynamic
+from quantbalance.search import Budget, SearchResult, search, sensitivity
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,7 @@ __all__ = [
     "PRESETS",
     "Analysis",
     "AssetMissingError",
+    "Budget",
     "CalibrationError",
     "CheckpointError",
     "Comparison",
@@ -65,6 +68,7 @@ __all__ = [
     "QuantizationInfo",
     "QuantizedTensor",
     "Scheme",
+    "SearchResult",
     "UnsupportedError",
     "__version__",
     "analyze",
@@ -75,10 +79,13 @@ __all__ = [
     "load",
     "model_nbytes",
     "preset",
+    "qat",
     "quantize",
     "quantize_dynamic",
     "quantize_tensor",
     "save",
+    "search",
+    "sensitivity",
     "sqnr",
     "tasks",
 ]

@@ -46,7 +46,8 @@ h2 { font-size: 17px; margin: 0 0 12px; color: #0c2461 }
 table { border-collapse: collapse; width: 100%; font-size: 13px }
 th, td { padding: 5px 9px; border-bottom: 1px solid #edf0f4; text-align: right;
   white-space: nowrap }
-th { background: #f0f3f8; color: #34495e; position: sticky; top: 0 }
+th { background: #f0f3f8; color: #34495e; position: sticky; top: 0; white-space: normal;
+  vertical-align: bottom }
 td:first-child, th:first-child { text-align: left }
 tr:nth-child(even) td { background: #fafbfd }
 tr.chosen td { background: #fff4e5; font-weight: 600 }

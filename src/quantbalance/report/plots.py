@@ -54,11 +54,26 @@ def _metric_value(r: dict[str, Any], p: dict[str, Any]) -> float:
     return ref - d if r["higher_is_better"] else ref + d
 
 
+def _y_range(r: dict[str, Any]) -> tuple[float, float]:
+    """Metric range worth showing: around the budget (drop budgets) or the measured Plans."""
+    ref, sign = r["reference"][r["metric"]], 1.0 if r["higher_is_better"] else -1.0
+    b = r["budget"]
+    if b["kind"] == "drop":
+        span = b["max_drop"] * (abs(ref) if b["relative"] else 1.0)
+    else:
+        pts = [r["chosen"], *[p for p in r["front"] if p["measured"]]]
+        span = max([sign * (ref - _metric_value(r, p)) for p in pts] + [0.0]) / 2
+    span = span if span > 0 else max(abs(ref) * 1e-3, 1e-9)
+    lo, hi = ref - sign * 4.5 * span, ref + sign * 0.6 * span
+    return (lo, hi) if lo < hi else (hi, lo)
+
+
 def pareto_plot(r: dict[str, Any], axis: str) -> str:
     """Metric vs bytes (``axis="bytes"``) or vs latency (``"latency"``).
 
     Searched Plans: filled when measured, hollow when only predicted; the measured front is
-    joined by a line. Uniform presets: labelled crosses. The chosen Plan: a red star.
+    joined by a line. Uniform presets: labelled crosses. The chosen Plan: a red star. Plans far
+    outside the interesting range are drawn on the edge (triangles) with their value.
 
     Args:
         r: the result dict.
@@ -67,9 +82,16 @@ def pareto_plot(r: dict[str, Any], axis: str) -> str:
     Returns:
         Base64 PNG.
     """
+    lo, hi = _y_range(r)
 
     def x_of(p: dict[str, Any]) -> float:
         return p["nbytes"] / 1e6 if axis == "bytes" else p["latency_ms"]
+
+    def y_of(p: dict[str, Any]) -> float:
+        return min(max(_metric_value(r, p), lo), hi)
+
+    def clipped(p: dict[str, Any]) -> bool:
+        return not lo <= _metric_value(r, p) <= hi
 
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
     front = r["front"]
@@ -77,7 +99,7 @@ def pareto_plot(r: dict[str, Any], axis: str) -> str:
     meas = [p for p in front if p["measured"]]
     ax.scatter(
         [x_of(p) for p in pred],
-        [_metric_value(r, p) for p in pred],
+        [y_of(p) for p in pred],
         s=28,
         facecolors="none",
         edgecolors="#95a5a6",
@@ -85,7 +107,7 @@ def pareto_plot(r: dict[str, Any], axis: str) -> str:
     )
     ax.scatter(
         [x_of(p) for p in meas],
-        [_metric_value(r, p) for p in meas],
+        [y_of(p) for p in meas],
         s=34,
         color="#2e86de",
         label="searched, measured",
@@ -94,39 +116,38 @@ def pareto_plot(r: dict[str, Any], axis: str) -> str:
     line = sorted((p for p in meas if p["on_front"].get(axis)), key=x_of)
     if line:
         ax.plot(
-            [x_of(p) for p in line],
-            [_metric_value(r, p) for p in line],
-            color="#2e86de",
-            lw=1.2,
-            alpha=0.7,
+            [x_of(p) for p in line], [y_of(p) for p in line], color="#2e86de", lw=1.2, alpha=0.7
         )
+    n_edge = 0
     for p in r["presets"]:
+        edge = clipped(p)
+        n_edge += edge
         ax.scatter(
             x_of(p),
-            _metric_value(r, p),
-            marker="X",
+            y_of(p),
+            marker="v" if edge else "X",
             s=70,
             color=color(p["name"]),
             edgecolors="white",
             linewidths=0.6,
             zorder=4,
+            clip_on=False,
         )
+        label = f"{p['name']} ({_metric_value(r, p):.3g})" if edge else p["name"]
         ax.annotate(
-            p["name"],
-            (x_of(p), _metric_value(r, p)),
+            label,
+            (x_of(p), y_of(p)),
             textcoords="offset points",
-            xytext=(5, -11),
+            xytext=(5, 2 + 10 * n_edge if edge else -11),
             fontsize=8,
             color="#444",
         )
     f = r["float"]
-    ax.scatter(
-        x_of(f), _metric_value(r, f), marker="D", s=46, color="#2c3e50", label="float", zorder=4
-    )
+    ax.scatter(x_of(f), y_of(f), marker="D", s=46, color="#2c3e50", label="float", zorder=4)
     c = r["chosen"]
     ax.scatter(
         x_of(c),
-        _metric_value(r, c),
+        y_of(c),
         marker="*",
         s=260,
         color="#e74c3c",
@@ -134,12 +155,14 @@ def pareto_plot(r: dict[str, Any], axis: str) -> str:
         linewidths=0.8,
         label="chosen",
         zorder=5,
+        clip_on=False,
     )
     _budget_line(ax, r, axis)
+    ax.set_ylim(lo, hi)
     ax.set_xlabel("model size (MB)" if axis == "bytes" else "predicted latency (ms)")
     ax.set_ylabel(f"{r['metric']} (search split)")
     ax.grid(alpha=0.25)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax.set_title(f"{r['metric']} vs {'size' if axis == 'bytes' else 'latency'}", fontsize=11)
     return _png(fig)
 

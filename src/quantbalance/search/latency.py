@@ -5,14 +5,14 @@ spec                                       timed kernel (input captured from exa
 =========================================  ================================================
 float (None)                               ``F.linear`` / ``F.conv*d`` / ``F.embedding`` fp32
 Linear, int weights + int8 activations     quantize input to uint8 + ``onednn.qlinear_pointwise``
+  (dynamic per-tensor: + a min/max pass)   (per token: int8 input + ``torch._int_mm`` + rescale)
 Conv2d, int weights + int8 activations     quantize input to uint8 + ``onednn.qconv2d_pointwise``
 Linear, int8 weight-only                   ``aten._weight_int8pack_mm`` (bf16 in, fp32 out)
 Linear, int4 groups 32..256 weight-only    ``aten._weight_int4pack_mm_for_cpu`` (bf16)
 any other weight-only layer                the float op (weights dequantized at load)
 =========================================  ================================================
 
-Activations of the int8 kernels are per-tensor (what oneDNN takes): a per-token spec is timed
-with the same kernel. Layers with the same shape and kernel are timed once; all kernels are
+Layers with the same shape and kernel are timed once; all kernels are
 timed in interleaved rounds and the median is kept, which keeps ratios honest on a shared
 machine.
 """
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantbalance.formats import PerGroup
+from quantbalance.formats import PerGroup, PerToken
 from quantbalance.plan import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ def kernel_kind(module: nn.Module, spec: LayerSpec | None) -> str:
         spec: the spec or None.
 
     Returns:
-        One of ``float``, ``int8-act``, ``int8-weight``, ``int4-weight``, ``dequant-float``.
+        One of ``float``, ``int8-act`` (static input ranges), ``int8-act-dynamic`` (per-tensor
+        range computed per call), ``int8-act-token``, ``int8-weight``, ``int4-weight``,
+        ``dequant-float``.
     """
     if spec is None or spec.weight is None:
         return "float"
@@ -52,7 +54,11 @@ def kernel_kind(module: nn.Module, spec: LayerSpec | None) -> str:
     if isinstance(module, nn.Embedding | nn.Conv1d):
         return "dequant-float"
     if spec.activation is not None and w.kind == "uniform":
-        return "int8-act"
+        if spec.act_mode == "static":
+            return "int8-act"
+        if isinstance(spec.activation.granularity, PerToken) and isinstance(module, nn.Linear):
+            return "int8-act-token"
+        return "int8-act-dynamic"
     if isinstance(module, nn.Conv2d):
         return "dequant-float"
     if w.kind == "uniform" and w.bits == 8 and module.in_features % 16 == 0:
@@ -98,17 +104,34 @@ def _linear_kernel(
         sz = sz.contiguous().bfloat16()
         mm = torch.ops.aten._weight_int4pack_mm_for_cpu
         return lambda: _add(mm(x.bfloat16(), packed, g, sz).float(), b)
-    # int8-act: per-tensor asymmetric uint8 input (what the oneDNN kernel takes), fp32 output
+    if kind == "int8-act-token":  # per-token scales: no oneDNN kernel takes them; _int_mm does
+        wt = wq.t().contiguous()
+
+        def per_token() -> torch.Tensor:
+            s = (x.abs().amax(1, keepdim=True) / 127).clamp(min=1e-8)
+            xq = torch.round(x / s).clamp(-128, 127).to(torch.int8)
+            return _add(torch._int_mm(xq, wt).float() * s * scale, b)
+
+        return per_token
+    # int8-act(-dynamic): per-tensor asymmetric uint8 input (what oneDNN takes), fp32 output
     packed = torch.ops.onednn.qlinear_prepack(wq, [M, K])
     wz = torch.zeros(N, dtype=torch.int64)
-    xs, xz = float(x.abs().amax()) / 127.5, 128
     op = torch.ops.onednn.qlinear_pointwise
+    static = _input_range(x)
 
     def run() -> torch.Tensor:
+        xs, xz = static if kind == "int8-act" else _input_range(x)
         xq = torch.clamp(torch.round(x * (1 / xs)) + xz, 0, 255).to(torch.uint8)
         return op(xq, xs, xz, packed, scale, wz, b, 1.0, 0, torch.float32, "none", [], "")
 
     return run
+
+
+def _input_range(x: torch.Tensor) -> tuple[float, int]:
+    lo, hi = torch.aminmax(x)
+    lo_f, hi_f = min(float(lo), 0.0), max(float(hi), 0.0)
+    xs = max(hi_f - lo_f, 1e-8) / 255
+    return xs, round(-lo_f / xs)
 
 
 def _add(y: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -124,12 +147,12 @@ def _conv_kernel(
     b = None if mod.bias is None else mod.bias.detach().float()
     fn = F.conv2d if isinstance(mod, nn.Conv2d) else F.conv1d
     args = (mod.stride, mod.padding, mod.dilation, mod.groups)
-    if kind != "int8-act" or isinstance(mod.padding, str):
+    if not kind.startswith("int8-act") or isinstance(mod.padding, str):
         return lambda: fn(x, w, b, *args)
     n_out = w.shape[0]
     scale = (w.reshape(n_out, -1).abs().amax(1) / 127).clamp(min=1e-8)
     wq = (w / scale.reshape(-1, 1, 1, 1)).round().clamp(-128, 127).to(torch.int8)
-    xs, xz = float(x.abs().amax()) / 127.5, 128
+    xs, xz = _input_range(x)
     st, pad, dil = list(mod.stride), list(mod.padding), list(mod.dilation)
     packed = torch.ops.onednn.qconv_prepack(
         wq, scale, xs, xz, st, pad, dil, mod.groups, list(shape)
@@ -138,6 +161,8 @@ def _conv_kernel(
     op = torch.ops.onednn.qconv2d_pointwise
 
     def run() -> torch.Tensor:
+        if kind == "int8-act-dynamic":  # the per-call range pass (the packed scale is kept)
+            _input_range(x)
         xq = torch.clamp(torch.round(x * (1 / xs)) + xz, 0, 255).to(torch.uint8)
         xq = xq.contiguous(memory_format=torch.channels_last)
         return op(

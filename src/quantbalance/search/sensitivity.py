@@ -211,7 +211,7 @@ def sensitivity(
         >>> import torch
         >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
         >>> data = [torch.randn(4, 8)]
-        >>> ev = lambda m: {"out": float(m(data[0]).sum())}
+        >>> ev = lambda m: {"out": float(m(data[0]).detach().sum())}
         >>> t = sensitivity(net, (data, ev), cache_dir=None, metric="out", progress=False)
         >>> sorted(t.entries["0"])
         ['float', 'int8-weight', 'w3-g128', 'w4-g128', 'w8a8']
