@@ -19,7 +19,7 @@ Memory: each config runs in its own child process (``ru_maxrss`` is its own peak
 sampled every 20 ms during ``quantize`` (``quantize_extra_mb``: peak minus the RSS before, so it
 includes ``quantize``'s copy of the model) and during each algorithm step alone
 (``step_extra_mb``: peak minus the RSS when the step started). One JSON row per config is
-written to ``--out`` (rows with the same task and config are replaced).
+written to ``--out`` (rows with the same task, config and calibration size are replaced).
 """
 
 from __future__ import annotations
@@ -94,13 +94,14 @@ def _measured(fn: Any, into: dict[str, float]) -> Any:
     return step
 
 
-def run_one(task_name: str, config: str, threads: int) -> dict[str, Any]:
+def run_one(task_name: str, config: str, threads: int, n_calib: int = 0) -> dict[str, Any]:
     """Quantize and evaluate one config in this process.
 
     Args:
         task_name: ``smollm`` or ``minilm``.
-        config: ``float`` or ``ALGORITHM-PRESET[-noact]``.
+        config: ``float`` or ``ALGORITHM-PRESET[-noact][-mse][@blocks]``.
         threads: torch intra-op threads.
+        n_calib: calibration batches (0: the task's default).
 
     Returns:
         The JSON row.
@@ -113,7 +114,7 @@ def run_one(task_name: str, config: str, threads: int) -> dict[str, Any]:
     from quantbalance.calibration.sequential import find_blocks
 
     torch.set_num_threads(threads)
-    task = qb.tasks.load(task_name)
+    task = qb.tasks.load(task_name, **({"n_calib": n_calib} if n_calib else {}))
     model_mb = sum(p.numel() * p.element_size() for p in task.model.parameters()) / 2**20
     row: dict[str, Any] = {"task": task_name, "config": config, "tool": "quantbalance"}
     model = task.model
@@ -168,10 +169,14 @@ def run_one(task_name: str, config: str, threads: int) -> dict[str, Any]:
     return row
 
 
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["task"], row["config"], row.get("n_calib_batches")
+
+
 def _save(out: Path, rows: list[dict[str, Any]]) -> None:
     old = json.loads(out.read_text()) if out.is_file() else []
-    keys = {(r["task"], r["config"]) for r in rows}
-    kept = [r for r in old if (r["task"], r["config"]) not in keys]
+    keys = {_key(r) for r in rows}
+    kept = [r for r in old if _key(r) not in keys]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(kept + rows, indent=1) + "\n")
 
@@ -183,11 +188,13 @@ def main() -> None:
     ap.add_argument("--configs", default="", help="comma-separated (default: the task's list)")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-calib", type=int, default=0, help="calibration batches (task default)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.one:
-        print("ROW " + json.dumps(run_one(args.task, args.configs, args.threads)), flush=True)
+        row = run_one(args.task, args.configs, args.threads, args.n_calib)
+        print("ROW " + json.dumps(row), flush=True)
         return
     tasks = ["smollm", "minilm"] if args.task == "all" else [args.task]
     for task in tasks:
@@ -195,7 +202,7 @@ def main() -> None:
         configs = args.configs.split(",") if args.configs else default
         for config in configs:
             cmd = [sys.executable, __file__, "--one", "--task", task, "--configs", config,
-                   "--threads", str(args.threads)]  # fmt: skip
+                   "--threads", str(args.threads), "--n-calib", str(args.n_calib)]  # fmt: skip
             logging.info("running %s %s", task, config)
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             sys.stderr.write(proc.stderr[-4000:])

@@ -137,6 +137,7 @@ def run_task(
     }
     rows = []
     runs = [(b, o) for o in objectives for b in BUDGETS[task]]
+    was_empty = not any(cache.glob("sens/*.json"))
     for i, (budget, objective) in enumerate(runs):
         t0 = time.perf_counter()
         res = search(sp.search.model, sp.search, budget, objective=objective, **kwargs)
@@ -144,7 +145,8 @@ def run_task(
         t0 = time.perf_counter()
         search(sp.search.model, sp.search, budget, objective=objective, **kwargs)
         warm = time.perf_counter() - t0
-        rows.append(row(task, res, wall, warm, cold=i == 0) | {"objective": objective})
+        cold = i == 0 and was_empty
+        rows.append(row(task, res, wall, warm, cold=cold) | {"objective": objective})
         logging.info("%s %s: %s", task, budget.describe(), json.dumps(rows[-1], default=str))
         if reports is not None:
             from quantbalance.report import write_report
@@ -163,18 +165,21 @@ def main() -> None:
     ap.add_argument("--max-evals", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--objectives", default="bytes", help="bytes,latency")
+    ap.add_argument("--cache", default=None, help="keep the cache here (default: a fresh temp)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("quantbalance.quantize").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     rows = []
     for task in args.tasks.split(","):
-        cache = Path(tempfile.mkdtemp(prefix=f"qb-bench-{task}-"))
+        keep = args.cache is not None
+        cache = Path(args.cache) / task if keep else Path(tempfile.mkdtemp(prefix=f"qb-{task}-"))
         try:
             objectives = args.objectives.split(",")
             rows += run_task(task, cache, Path(args.reports), args.max_evals, objectives)
         finally:
-            shutil.rmtree(cache, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(cache, ignore_errors=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=1, default=str))
     print(f"wrote {args.out}")

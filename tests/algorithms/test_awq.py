@@ -59,7 +59,12 @@ def tiny_bert() -> nn.Module:
         vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=64,
     )  # fmt: skip
-    return transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    m = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():  # non-zero biases, so folding must scale them too
+        for n, p in m.named_parameters():
+            if n.endswith("bias"):
+                p.uniform_(-0.5, 0.5)
+    return m
 
 
 def fold_random_scales(model: nn.Module, groups: list[ScaleGroup]) -> None:
@@ -127,6 +132,7 @@ class PreNorm(nn.Module):
         self.post_norm = post_norm
         with torch.no_grad():
             self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.5, 0.5)
             self.norm.weight[7] = outlier  # one input channel with large activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from quantbalance.errors import ConfigError
 from quantbalance.plan import LayerSpec
 from quantbalance.search import Budget, SearchResult, search
 from quantbalance.search.latency import kernel_kind
+from quantbalance.search.pareto import dominates
 
 
 @pytest.fixture(autouse=True)
@@ -126,6 +127,9 @@ def test_drop_budget_end_to_end(tmp_path: Path) -> None:
     assert 1 <= sum(e["purpose"] == "verify" for e in r.log) <= 8
     assert any(p.measured for p in r.front) and any(not p.measured for p in r.front)
     assert {p.name for p in r.presets} == {"int8-weight", "w4-g128"}
+    for axis in ("bytes", "latency"):  # no preset strictly dominates a point of the front
+        on = [p for p in r.front if p.on_front[axis]]
+        assert on and not any(dominates(q, p, axis) for q in r.presets for p in on)
     json.dumps(r.to_dict())
 
 

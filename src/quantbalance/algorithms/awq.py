@@ -8,7 +8,8 @@ Input channels that carry large activations matter most; scaling their weight co
   minimising the group's output error ``Σ_l ‖X W_lᵀ - (X/s) Q(W_l·s)ᵀ‖²`` under each layer's
   target scheme. The error is computed exactly from the second moment ``E[x xᵀ]``
   (``tr(Δ E[x xᵀ] Δᵀ)``), so the search needs no forward passes. ``α = 0`` is round to nearest,
-  so the search never does worse than it on the calibration data.
+  so the chosen scales never raise this error above round to nearest's. Unlike llm-awq, the
+  error is measured at the linears' outputs, not after the attention block that follows them.
 * :func:`awq_clip`: per weight block (row or group), shrink the quantization range by
   ``r ∈ [1 - max_shrink, 1]`` to minimise that block's partial output error.
 * Applying: :func:`~quantbalance.algorithms.mapping.fold_scales` (``1/s`` into the previous

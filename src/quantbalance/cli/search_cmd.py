@@ -113,14 +113,14 @@ def results_table(res: Any) -> Table:
     m = res.metric
     t = Table(
         "plan",
-        f"{m} (search)",
+        "search",
         "drop",
-        f"{m} (held out)",
+        "held out",
         "size",
         "×smaller",
-        "latency ms",
+        "ms",
         "×faster",
-        title=f"search: {res.budget.describe()}",
+        title=f"{m}: {res.budget.describe()} (ms: predicted latency)",
     )
     f = res.float_point
     pct = res.budget.kind != "drop" or res.budget.relative
@@ -129,7 +129,7 @@ def results_table(res: Any) -> Table:
         drop = "-" if p.drop is None else (f"{100 * p.drop:.3f}%" if pct else f"{p.drop:.4g}")
         style = "bold green" if p is res.chosen else None
         t.add_row(
-            f"{p.name}{' (chosen)' if p is res.chosen else ''}",
+            f"{p.name}{' ★' if p is res.chosen else ''}",
             f"{(p.metrics or {}).get(m, float('nan')):.5f}",
             drop,
             "-" if hold is None else f"{hold:.5f}",

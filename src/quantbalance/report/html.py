@@ -255,9 +255,9 @@ def _comparison(r: dict[str, Any]) -> str:
         )
     dom = r.get("dominated") or []
     note = (
-        "No uniform preset strictly dominates a measured front point."
+        "No uniform preset strictly dominates a measured point of the search's own front."
         if not dom
-        else "Dominated front points: "
+        else "Points of the search's own front strictly dominated by a uniform preset: "
         + ", ".join(f"{d['point']} by {d['preset']} ({d['axis']})" for d in dom)
     )
     return (

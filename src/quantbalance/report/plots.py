@@ -71,9 +71,10 @@ def _y_range(r: dict[str, Any]) -> tuple[float, float]:
 def pareto_plot(r: dict[str, Any], axis: str) -> str:
     """Metric vs bytes (``axis="bytes"``) or vs latency (``"latency"``).
 
-    Searched Plans: filled when measured, hollow when only predicted; the measured front is
-    joined by a line. Uniform presets: labelled crosses. The chosen Plan: a red star. Plans far
-    outside the interesting range are drawn on the edge (triangles) with their value.
+    Searched Plans: filled when measured, hollow when only predicted. The measured front
+    (presets and float included when they are on it) is joined by a line. Uniform presets:
+    labelled crosses. The chosen Plan: a red star. Plans far outside the interesting range are
+    drawn on the edge (triangles) with their value.
 
     Args:
         r: the result dict.
@@ -113,7 +114,8 @@ def pareto_plot(r: dict[str, Any], axis: str) -> str:
         label="searched, measured",
         zorder=3,
     )
-    line = sorted((p for p in meas if p["on_front"].get(axis)), key=x_of)
+    everyone = [*meas, *r["presets"], r["float"]]
+    line = sorted((p for p in everyone if p.get("on_front", {}).get(axis)), key=x_of)
     if line:
         ax.plot(
             [x_of(p) for p in line], [y_of(p) for p in line], color="#2e86de", lw=1.2, alpha=0.7

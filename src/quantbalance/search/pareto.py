@@ -106,15 +106,19 @@ def mark_fronts(points: Sequence[PlanPoint], axes: Sequence[Cost] = ("bytes", "l
 def preset_dominance(
     presets: Sequence[PlanPoint], points: Sequence[PlanPoint], axes: Sequence[Cost] = ("bytes",)
 ) -> list[dict[str, str]]:
-    """Measured front points that a uniform preset strictly dominates (on measured drops).
+    """Measured points of the search's own front that a uniform preset strictly dominates.
+
+    Call it after ``mark_fronts(points)`` (the searched Plans alone): the list says where the
+    search's front fell short of a uniform Plan (the target is an empty list). The front the
+    search returns is then marked again with the presets taking part, so those points drop off.
 
     Args:
         presets: the presets' points.
-        points: the searched points.
+        points: the searched points, their ``on_front`` marked among themselves.
         axes: the axes to check.
 
     Returns:
-        ``{"preset", "point", "axis"}`` for each dominated point (empty is the target).
+        ``{"preset", "point", "axis"}`` for each dominated point.
     """
     out = []
     for axis in axes:

@@ -110,7 +110,8 @@ class Budget(FrozenConfig):
             amount = f"{100 * self.limit:g} %" if self.relative else f"{self.limit:g}"
             return f"drop ≤ {amount}" + (f" of {self.metric}" if self.metric else "")
         if self.kind == "bytes":
-            return f"size ≤ {self.limit / 1e6:.3f} MB"
+            n = self.limit
+            return f"size ≤ {n / 1e6:.2f} MB" if n >= 1e6 else f"size ≤ {n / 1e3:.1f} kB"
         return f"latency ≤ {self.limit:g} ms"
 
 
@@ -298,7 +299,7 @@ def search(
     problem = Problem(
         layers=names,
         keys=[list(options[n]) for n in names],
-        drop=[[sens.drop(n, k, budget.relative) for k in options[n]] for n in names],
+        drop=[[sens.drop(n, k, budget.relative, floor=True) for k in options[n]] for n in names],
         nbytes=[[float(costs.nbytes[n][k]) for k in options[n]] for n in names],
         latency=[[costs.latency_ms[n][k] for k in options[n]] for n in names],
         groups=_groups(names, groups),
@@ -340,7 +341,6 @@ def search(
         message += " (a uniform preset: no evaluated mixed Plan was cheaper)"
     chosen.kind = "chosen"
     front = sorted(ver.points.values(), key=lambda p: p.nbytes)
-    mark_fronts(front)
     float_point = PlanPoint(
         "float",
         "float",
@@ -354,6 +354,9 @@ def search(
     if hold is not None:
         float_point.holdout_metrics = ev.reference("holdout")
         float_point.holdout_drop = 0.0
+    mark_fronts(front)
+    dominated = preset_dominance(pre_points, front, ("bytes", "latency"))
+    mark_fronts([*front, *pre_points, float_point])  # presets are Plans: they compete too
     return SearchResult(
         plan=chosen.plan,
         chosen=chosen,
@@ -367,7 +370,7 @@ def search(
         float_point=float_point,
         front=front,
         presets=pre_points,
-        dominated=preset_dominance(pre_points, front, ("bytes", "latency")),
+        dominated=dominated,
         sensitivity=sens,
         costs=costs,
         log=ev.log,

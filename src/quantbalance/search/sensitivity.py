@@ -15,9 +15,10 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -136,8 +137,11 @@ class SensitivityTable:
     layers: dict[str, str]
     specs: dict[str, dict[str, Any]]
     entries: dict[str, dict[str, dict[str, Any]]]
+    _slope: float | None = field(default=None, repr=False)
 
-    def drop(self, layer: str, key: str, relative: bool = False, clamp: bool = True) -> float:
+    def drop(
+        self, layer: str, key: str, relative: bool = False, clamp: bool = True, floor: bool = False
+    ) -> float:
         """Metric drop when only ``layer`` takes option ``key`` (0 for float).
 
         Args:
@@ -145,6 +149,7 @@ class SensitivityTable:
             key: option key.
             relative: divide by the reference metric.
             clamp: clip improvements (noise) to 0.
+            floor: never predict less than the proxy floor (see :meth:`proxy_floor`).
 
         Returns:
             The drop.
@@ -155,7 +160,41 @@ class SensitivityTable:
         d = drop_of(
             e["metrics"][self.metric], self.reference[self.metric], self.higher_is_better, relative
         )
+        if floor:
+            scale = abs(self.reference[self.metric]) if relative else 1.0
+            d = max(d, self.proxy_floor() * noise_of(e) / max(scale, 1e-12))
         return max(d, 0.0) if clamp else d
+
+    def proxy_floor(self, quantile: float = 0.25) -> float:
+        """Drop per unit of proxy noise that (nearly) every measured pair exceeds.
+
+        A metric measured on finite data has a noise floor (one image of accuracy), so a layer
+        whose single-layer drop is lost in that noise would look free and many such layers
+        would be stacked. The floor predicts for every pair at least ``slope × noise`` (noise
+        = ``10^(-fisher_db/10)``), with ``slope`` the ``quantile`` of measured drop / noise over
+        the pairs whose drop is measurably positive.
+
+        Args:
+            quantile: which quantile of the ratios.
+
+        Returns:
+            The slope (0 when nothing was measured).
+        """
+        if self._slope is None:
+            ratios = []
+            for e in (e for layer in self.entries.values() for e in layer.values()):
+                n = noise_of(e)
+                if e.get("measured") and n > 0 and e.get("fisher_db") is not None:
+                    d = drop_of(
+                        e["metrics"][self.metric],
+                        self.reference[self.metric],
+                        self.higher_is_better,
+                        False,
+                    )
+                    if d > 0:
+                        ratios.append(d / n)
+            self._slope = float(np.quantile(ratios, quantile)) if ratios else 0.0
+        return self._slope
 
     def ranking(self, key: str | None = None) -> list[str]:
         """Layers, most sensitive first (largest drop under ``key``, default the worst option)."""
@@ -169,8 +208,11 @@ class SensitivityTable:
         return sorted(self.layers, key=worst, reverse=True)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
+        """JSON-ready dict (with the proxy floor slope)."""
+        d = asdict(self)
+        d.pop("_slope", None)
+        d["proxy_floor"] = self.proxy_floor()
+        return d
 
 
 def sensitivity(
@@ -313,7 +355,8 @@ def run_sensitivity(
     return _table(src, base, options, reference, proxy, got, chosen)
 
 
-def _noise(p: dict[str, Any] | None) -> float:
+def noise_of(p: dict[str, Any] | None) -> float:
+    """Relative output-noise energy of a pair from its Fisher proxy (0 when unknown)."""
     db = (p or {}).get("fisher_db")
     return 0.0 if db is None else 10 ** (-db / 10)
 
@@ -323,7 +366,7 @@ def _to_measure(pairs: list[tuple], proxy: dict, measure: bool | int) -> set[tup
         return {(n, k) for n, k, _ in pairs}
     if measure is False or measure <= 0:
         return set()
-    ranked = sorted(((n, k) for n, k, _ in pairs), key=lambda p: _noise(proxy[p]), reverse=True)
+    ranked = sorted(((n, k) for n, k, _ in pairs), key=lambda p: noise_of(proxy[p]), reverse=True)
     k = min(int(measure), len(ranked))
     idx = {round(i * (len(ranked) - 1) / max(k - 1, 1)) for i in range(k)}
     return {ranked[i] for i in idx}
@@ -341,7 +384,7 @@ def _table(
     ref = reference[src.metric]
     sign = -1.0 if src.higher_is_better else 1.0
     fit = [
-        (_noise(proxy[p]), max(0.0, sign * (got[p]["metrics"][src.metric] - ref)))
+        (noise_of(proxy[p]), max(0.0, sign * (got[p]["metrics"][src.metric] - ref)))
         for p in chosen
         if got.get(p)
     ]
@@ -361,7 +404,7 @@ def _table(
                 continue
             p = proxy.get((n, k)) or {}
             g = got.get((n, k))
-            metrics = g["metrics"] if g else {src.metric: ref + sign * slope * _noise(p)}
+            metrics = g["metrics"] if g else {src.metric: ref + sign * slope * noise_of(p)}
             entries[n][k] = {"metrics": metrics, "measured": g is not None, **p}
     return SensitivityTable(
         metric=src.metric,

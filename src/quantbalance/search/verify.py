@@ -156,11 +156,12 @@ class Verifier:
 
     def _run_drop(self, max_evals: int, objective: str) -> None:
         D = self.budget.limit
+        other = "latency" if objective == "bytes" else "bytes"  # ties: the other cost
         limit, lo, hi = D, None, None
         for _ in range(4 * max_evals):
             if self.n_evals >= max_evals:
                 break
-            sol = solve(self.problem, objective, {"drop": limit})  # type: ignore[arg-type]
+            sol = solve(self.problem, objective, {"drop": limit}, secondary=other)  # type: ignore[arg-type]
             if sol is None:
                 sol = solve(self.problem, "drop", secondary=objective)  # type: ignore[arg-type]
                 if sol is None or self.predicted(sol).measured:
