@@ -21,16 +21,14 @@ Input channels that carry large activations matter most; scaling their weight co
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from quantbalance.algorithms.base import QuantContext, register_algorithm
+from quantbalance.algorithms.base import OptionsSlot, QuantContext, register_algorithm
 from quantbalance.algorithms.mapping import FAMILIES, ScaleGroup, find_scale_groups, fold_scales
 from quantbalance.calibration.sequential import InputStatsCollector, run_sequential
 from quantbalance.errors import ConfigError, UnsupportedError
@@ -74,38 +72,12 @@ class AWQOptions:
             )
 
 
-_OPTIONS: ContextVar[AWQOptions | None] = ContextVar("quantbalance_awq", default=None)
+_SLOT = OptionsSlot(AWQOptions, "AWQ")
 
-
-def current_awq_options() -> AWQOptions:
-    """The options in force (defaults outside any :func:`awq_options` block).
-
-    Returns:
-        The options.
-    """
-    return _OPTIONS.get() or AWQOptions()
-
-
-@contextmanager
-def awq_options(**overrides: Any) -> Iterator[AWQOptions]:
-    """Options used by the ``awq`` step inside a ``with`` block (context-local, not global).
-
-    Args:
-        **overrides: fields of :class:`AWQOptions`.
-
-    Returns:
-        A context manager yielding the options in force.
-    """
-    unknown = set(overrides) - set(AWQOptions.__dataclass_fields__)
-    if unknown:
-        allowed = ", ".join(AWQOptions.__dataclass_fields__)
-        raise ConfigError(f"unknown AWQ option(s) {sorted(unknown)}; accepted: {allowed}")
-    opts = replace(current_awq_options(), **overrides)
-    token = _OPTIONS.set(opts)
-    try:
-        yield opts
-    finally:
-        _OPTIONS.reset(token)
+#: The options in force (defaults outside any ``awq_options`` block).
+current_awq_options = _SLOT.current
+#: ``with awq_options(field=value):`` sets options for the ``awq`` step (context-local).
+awq_options = _SLOT.override
 
 
 class ScaleSearch(NamedTuple):

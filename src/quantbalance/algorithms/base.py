@@ -8,15 +8,19 @@ nearest fills whatever is left.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from quantbalance.errors import CalibrationError, ConfigError
 from quantbalance.formats import QuantizedTensor
 from quantbalance.plan import LayerSpec
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -112,3 +116,51 @@ def parse_algorithm(spec: str) -> list[str]:
             "(combine with '+', e.g. 'awq+gptq')"
         )
     return steps
+
+
+class OptionsSlot(Generic[T]):
+    """Context-local options of one algorithm step (no global state).
+
+    ``slot.current()`` gives the options in force (the dataclass defaults outside any block);
+    ``with slot.override(field=value):`` sets some of them for the calls inside the block.
+
+    Args:
+        cls: a frozen dataclass of options (validated in its ``__post_init__``).
+        label: algorithm name used in error messages (e.g. ``GPTQ``).
+    """
+
+    def __init__(self, cls: type[T], label: str) -> None:
+        self.cls = cls
+        self.label = label
+        self._var: ContextVar[T | None] = ContextVar(f"quantbalance_{label}", default=None)
+
+    def current(self) -> T:
+        """The options in force.
+
+        Returns:
+            The options.
+        """
+        return self._var.get() or self.cls()
+
+    @contextmanager
+    def override(self, **overrides: Any) -> Iterator[T]:
+        """Options used inside a ``with`` block.
+
+        Args:
+            **overrides: fields of the options dataclass.
+
+        Returns:
+            A context manager yielding the options in force.
+        """
+        fields = self.cls.__dataclass_fields__  # type: ignore[attr-defined]
+        unknown = set(overrides) - set(fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown {self.label} option(s) {sorted(unknown)}; accepted: {', '.join(fields)}"
+            )
+        opts = replace(self.current(), **overrides)  # type: ignore[type-var]
+        token = self._var.set(opts)
+        try:
+            yield opts
+        finally:
+            self._var.reset(token)

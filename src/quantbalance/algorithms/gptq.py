@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from quantbalance.algorithms.base import QuantContext, register_algorithm
+from quantbalance.algorithms.base import OptionsSlot, QuantContext, register_algorithm
 from quantbalance.calibration import make_observer
 from quantbalance.calibration.sequential import InputStatsCollector, run_sequential, supports_rows
 from quantbalance.errors import ConfigError, UnsupportedError
@@ -71,43 +68,12 @@ class GPTQOptions:
             )
 
 
-_OPTIONS: ContextVar[GPTQOptions | None] = ContextVar("quantbalance_gptq", default=None)
+_SLOT = OptionsSlot(GPTQOptions, "GPTQ")
 
-
-def current_gptq_options() -> GPTQOptions:
-    """The options in force (defaults outside any :func:`gptq_options` block).
-
-    Returns:
-        The options.
-    """
-    return _OPTIONS.get() or GPTQOptions()
-
-
-@contextmanager
-def gptq_options(**overrides: Any) -> Iterator[GPTQOptions]:
-    """Options used by the ``gptq`` step inside a ``with`` block (context-local, not global).
-
-    Args:
-        **overrides: fields of :class:`GPTQOptions`.
-
-    Returns:
-        A context manager yielding the options in force.
-
-    Example:
-        >>> with gptq_options(damp=0.05) as opts:
-        ...     opts.damp, opts.act_order
-        (0.05, True)
-    """
-    unknown = set(overrides) - set(GPTQOptions.__dataclass_fields__)
-    if unknown:
-        allowed = ", ".join(GPTQOptions.__dataclass_fields__)
-        raise ConfigError(f"unknown GPTQ option(s) {sorted(unknown)}; accepted: {allowed}")
-    opts = replace(current_gptq_options(), **overrides)
-    token = _OPTIONS.set(opts)
-    try:
-        yield opts
-    finally:
-        _OPTIONS.reset(token)
+#: The options in force (defaults outside any ``gptq_options`` block).
+current_gptq_options = _SLOT.current
+#: ``with gptq_options(field=value):`` sets options for the ``gptq`` step (context-local).
+gptq_options = _SLOT.override
 
 
 @dataclass(frozen=True)
