@@ -28,7 +28,7 @@ import torch
 
 from quantbalance.calibration.histogram import Histogram
 from quantbalance.errors import ConfigError, NonFiniteError
-from quantbalance.formats import Scheme
+from quantbalance.formats import Scheme, granularity
 from quantbalance.formats.granularity import Granularity, PerTensor, grid_shape, to_blocks
 from quantbalance.formats.uniform import dequantize_affine, qparams_from_range, quantize_affine
 
@@ -350,23 +350,47 @@ class MSEObserver(Observer):
         self._require_data()
         assert self.lo is not None and self.hi is not None
         ratios = torch.linspace(self.min_ratio, 1.0, self.grid)
+        best_lo, best_hi = self.lo.clone(), self.hi.clone()
         if self.hist is not None:
             values = self.hist.centers().float().unsqueeze(0)
             weights = self.hist.counts.float().unsqueeze(0)
-        else:
-            values = torch.cat(self._blocks, dim=1)
-            weights = torch.cat(self._finite, dim=1).float()
+            self._search(values, weights, ratios, scheme, slice(None), best_lo, best_hi)
+            return best_lo, best_hi
+        n_rows = self._blocks[0].shape[0]
+        width = sum(b.shape[1] for b in self._blocks)
+        step = max(1, granularity.CHUNK_ELEMENTS // max(width, 1))  # rows searched at once (memory)
+        for r0 in range(0, n_rows, step):
+            rows = slice(r0, r0 + step)
+            values = torch.cat([b[rows] for b in self._blocks], dim=1)
+            weights = torch.cat([f[rows] for f in self._finite], dim=1).float()
             values = torch.where(weights > 0, values, 0.0)
-        best_err = torch.full_like(self.lo, math.inf)
-        best_lo, best_hi = self.lo.clone(), self.hi.clone()
+            self._search(values, weights, ratios, scheme, rows, best_lo, best_hi)
+        return best_lo, best_hi
+
+    def _search(
+        self,
+        values: torch.Tensor,
+        weights: torch.Tensor,
+        ratios: torch.Tensor,
+        scheme: Scheme,
+        rows: slice,
+        best_lo: torch.Tensor,
+        best_hi: torch.Tensor,
+    ) -> None:
+        """Write the least-error clip range of the blocks ``rows`` into ``best_lo/best_hi``."""
+        assert self.lo is not None and self.hi is not None
+        lo0, hi0 = self.lo[rows], self.hi[rows]
+        best_err = torch.full_like(lo0, math.inf)
+        b_lo, b_hi = lo0.clone(), hi0.clone()
         for r in ratios:
-            lo, hi = self.lo * r, self.hi * r
+            lo, hi = lo0 * r, hi0 * r
             err = _weighted_error(values, weights, lo, hi, scheme)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
-            best_lo = torch.where(better, lo, best_lo)
-            best_hi = torch.where(better, hi, best_hi)
-        return best_lo, best_hi
+            b_lo = torch.where(better, lo, b_lo)
+            b_hi = torch.where(better, hi, b_hi)
+        best_lo[rows] = b_lo
+        best_hi[rows] = b_hi
 
 
 def _weighted_error(

@@ -31,6 +31,9 @@ from pydantic import Field
 
 from quantbalance.formats.config import FrozenConfig
 
+#: Most elements quantized or dequantized at once (bounds the temporaries; see chunk_slices).
+CHUNK_ELEMENTS = 2**22
+
 
 class PerTensor(FrozenConfig):
     """One scale (and zero point) for the whole tensor."""
@@ -193,3 +196,42 @@ def describe(gran: Granularity) -> str:
     return {"per_tensor": "per-tensor", "per_channel": "per-channel", "per_token": "per-token"}[
         gran.type
     ]
+
+
+def chunk_slices(
+    shape: tuple[int, ...], gran: Granularity, limit: int
+) -> tuple[int, list[slice]] | None:
+    """Slices of one axis that split a tensor into pieces of whole blocks (bounds temporaries).
+
+    Slicing the tensor's axis ``axis`` by ``s`` keeps every block whole, and the piece's
+    parameters are exactly ``grid[s]`` (the first axis of the parameter grid follows ``axis``):
+    ``PerChannel(axis=a)`` slices ``a``; ``PerToken`` and ``PerGroup`` along any axis but 0
+    slice axis 0; ``PerGroup(axis=0)`` slices axis 1.
+
+    Args:
+        shape: the tensor's shape.
+        gran: the granularity.
+        limit: most elements per piece (a piece holds at least one index of ``axis``).
+
+    Returns:
+        ``(axis, slices)``, or None when the tensor fits in ``limit`` or has no such axis
+        (``PerTensor``, 1-D ``PerToken``/``PerGroup``).
+
+    >>> chunk_slices((8, 576), PerGroup(size=128), limit=2000)
+    (0, [slice(0, 3, None), slice(3, 6, None), slice(6, 8, None)])
+    """
+    shape = tuple(shape)
+    total = math.prod(shape)
+    if total <= limit or isinstance(gran, PerTensor) or not shape:
+        return None
+    if isinstance(gran, PerChannel):
+        axis = _axis(gran.axis, len(shape), "PerChannel")
+    elif len(shape) < 2:
+        return None
+    elif isinstance(gran, PerGroup) and _axis(gran.axis, len(shape), "PerGroup") == 0:
+        axis = 1
+    else:
+        axis = 0
+    n = shape[axis]
+    step = max(1, limit // max(total // max(n, 1), 1))
+    return axis, [slice(i, min(i + step, n)) for i in range(0, n, step)]

@@ -23,8 +23,14 @@ from dataclasses import dataclass
 import torch
 
 from quantbalance.errors import CheckpointError
-from quantbalance.formats import packing
-from quantbalance.formats.granularity import expand_params, from_blocks, to_blocks
+from quantbalance.formats import granularity, packing
+from quantbalance.formats.granularity import (
+    PerTensor,
+    chunk_slices,
+    expand_params,
+    from_blocks,
+    to_blocks,
+)
 from quantbalance.formats.nonuniform import NF4_TABLE
 from quantbalance.formats.scheme import Scheme
 from quantbalance.formats.uniform import SCALE_DTYPES, dequantize_affine
@@ -80,33 +86,56 @@ class QuantizedTensor:
         return packing.unpack(self.packed, self.scheme.bits, self.numel).reshape(self.shape)
 
     def dequantize(self) -> torch.Tensor:
-        """Reconstruct the values.
+        """Reconstruct the values (large tensors in pieces of whole blocks, to bound memory).
 
         Returns:
             Tensor of ``shape`` and ``dtype``.
         """
-        s = self.scheme
         u = self.codes()
+        gran = self.scheme.granularity
+        limit = granularity.CHUNK_ELEMENTS
+        found = chunk_slices(self.shape, gran, limit)
+        if found is None and not (isinstance(gran, PerTensor) and self.numel > limit):
+            return self._dequantize_piece(u, slice(None)).to(self.dtype)
+        out = torch.empty(self.shape, dtype=self.dtype, device=u.device)
+        if found is None:  # per tensor: flat runs, one scale
+            flat, dst = u.reshape(-1), out.view(-1)
+            for i in range(0, self.numel, limit):
+                dst[i : i + limit] = self._dequantize_piece(flat[i : i + limit], slice(None))
+            return out
+        axis, slices = found
+        for r in slices:
+            n = r.stop - r.start
+            out.narrow(axis, r.start, n).copy_(
+                self._dequantize_piece(u.narrow(axis, r.start, n), r)
+            )
+        return out
+
+    def _dequantize_piece(self, u: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Float32 values of the codes ``u`` whose parameters are ``grid[rows]``."""
+        s = self.scheme
         gran = s.granularity
+        shape = tuple(u.shape)
+
+        def part(p: torch.Tensor) -> torch.Tensor:
+            return p[rows] if p.dim() and rows != slice(None) else p
+
         if s.kind == "codebook":
             assert self.codebook is not None
             blocks, _ = to_blocks(u.long(), gran)
-            table = self.codebook.float().reshape(blocks.shape[0], -1)
-            out = from_blocks(torch.gather(table, 1, blocks), self.shape, gran)
-            return out.to(self.dtype)
+            table = part(self.codebook).float().reshape(blocks.shape[0], -1)
+            return from_blocks(torch.gather(table, 1, blocks), shape, gran)
         assert self.scale is not None
-        scale = expand_params(self.scale.float(), self.shape, gran)
+        scale = expand_params(part(self.scale).float(), shape, gran)
         if s.kind == "nf4":
-            out = NF4_TABLE[u.long()] * scale
-        elif s.kind in FP8_DTYPES:
-            out = u.view(FP8_DTYPES[s.kind]).float() * scale
-        else:
-            q = u.to(torch.int32) + s.qmin
-            zp = None
-            if self.zero_point is not None:
-                zp = expand_params(self.zero_point.to(torch.int32), self.shape, gran)
-            out = dequantize_affine(q, scale, zp, s)
-        return out.to(self.dtype)
+            return NF4_TABLE[u.long()] * scale
+        if s.kind in FP8_DTYPES:
+            return u.view(FP8_DTYPES[s.kind]).float() * scale
+        q = u.to(torch.int32) + s.qmin
+        zp = None
+        if self.zero_point is not None:
+            zp = expand_params(part(self.zero_point).to(torch.int32), shape, gran)
+        return dequantize_affine(q, scale, zp, s)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         out = {"packed": self.packed}

@@ -10,8 +10,14 @@ from typing import Protocol
 import torch
 
 from quantbalance.errors import ConfigError, NonFiniteError, UnsupportedError
-from quantbalance.formats import packing
-from quantbalance.formats.granularity import from_blocks, grid_shape, to_blocks
+from quantbalance.formats import granularity, packing
+from quantbalance.formats.granularity import (
+    PerTensor,
+    chunk_slices,
+    from_blocks,
+    grid_shape,
+    to_blocks,
+)
 from quantbalance.formats.nonuniform import NF4_TABLE, kmeans_codebook, nearest_code
 from quantbalance.formats.qtensor import FP8_DTYPES, QuantizedTensor
 from quantbalance.formats.scheme import Scheme
@@ -95,14 +101,13 @@ def quantize_tensor(
     check_finite(x, name)
     shape = tuple(x.shape)
     gran = scheme.granularity
-    grid = grid_shape(shape, gran)
-    blocks, mask = to_blocks(x.detach().float(), gran)
     zp = None
     codebook = None
     scale = None
     if scheme.kind == "codebook":
         if observer is not None:
             raise ConfigError("kind='codebook' learns its table by k-means; pass observer=None")
+        blocks, mask = to_blocks(x.detach().float(), gran)
         w = None
         if weights is not None:
             if tuple(weights.shape) != shape:
@@ -112,31 +117,10 @@ def quantize_tensor(
             w = mask.float() if w is None else w * mask
         cent, u = kmeans_codebook(blocks, scheme.n_levels, w)
         dt = SCALE_DTYPES[scheme.scale_dtype]
-        codebook = cent.to(dt).reshape(*grid, scheme.n_levels)
+        codebook = cent.to(dt).reshape(*grid_shape(shape, gran), scheme.n_levels)
+        codes = from_blocks(u.to(torch.uint8), shape, gran)
     else:
-        if observer is not None:
-            if getattr(observer, "granularity", gran) != gran:
-                raise ConfigError(
-                    f"observer granularity {observer.granularity!r} differs from the scheme's "
-                    f"{gran!r}; construct the observer with the scheme's granularity"
-                )
-            observer.update(x.detach())
-            s, z = observer.qparams(scheme)
-            s = s.reshape(-1)
-            z = None if z is None else z.reshape(-1)
-        elif scheme.kind == "uniform" and scheme.bits == 1:
-            real = blocks.abs() if mask is None else blocks.abs() * mask
-            count = blocks.shape[1] if mask is None else mask.sum(1)
-            s, z = store_scale(real.sum(1) / count, scheme), None
-        else:
-            s, z = qparams_from_range(blocks.amin(1), blocks.amax(1), scheme)
-        zcol = None if z is None else z.unsqueeze(1)
-        u = _encode(blocks, s.unsqueeze(1), zcol, scheme, generator)
-        scale = s.to(SCALE_DTYPES[scheme.scale_dtype]).reshape(grid)
-        if z is not None:
-            zdt = torch.int8 if scheme.signed else torch.uint8
-            zp = z.to(zdt).reshape(grid)
-    codes = from_blocks(u.to(torch.uint8), shape, gran)
+        codes, scale, zp = _uniform_codes(x.detach(), scheme, observer, generator)
     return QuantizedTensor(
         packed=packing.pack(codes, scheme.bits),
         scale=scale,
@@ -146,6 +130,90 @@ def quantize_tensor(
         shape=shape,
         dtype=x.dtype,
     )
+
+
+def _uniform_codes(
+    x: torch.Tensor,
+    scheme: Scheme,
+    observer: RangeObserver | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Codes (uint8, ``x``'s shape), scale and zero point (grid shape) of a non-codebook scheme.
+
+    Tensors above ``granularity.CHUNK_ELEMENTS`` are encoded in pieces of whole blocks (see
+    ``granularity.chunk_slices``; ``PerTensor`` in flat runs once its range is known), which
+    gives exactly the unchunked result. Stochastic rounding is never chunked (its random stream
+    would be drawn in a different order).
+    """
+    shape = tuple(x.shape)
+    gran = scheme.granularity
+    grid = grid_shape(shape, gran)
+    params: tuple[torch.Tensor, torch.Tensor | None] | None = None  # whole grid, known up front
+    if observer is not None:
+        if getattr(observer, "granularity", gran) != gran:
+            raise ConfigError(
+                f"observer granularity {observer.granularity!r} differs from the scheme's "
+                f"{gran!r}; construct the observer with the scheme's granularity"
+            )
+        observer.update(x)
+        s, z = observer.qparams(scheme)
+        params = s.reshape(grid), None if z is None else z.reshape(grid)
+    elif isinstance(gran, PerTensor):
+        s, z = _block_params(x.float().reshape(1, -1), None, scheme)
+        params = s.reshape(grid), None if z is None else z.reshape(grid)
+    limit = x.numel() if scheme.rounding == "stochastic" else granularity.CHUNK_ELEMENTS
+    codes = torch.empty(shape, dtype=torch.uint8, device=x.device)
+    found = chunk_slices(shape, gran, limit)
+    if isinstance(gran, PerTensor) and x.numel() > limit:
+        flat, out = x.reshape(-1), codes.view(-1)
+        runs = [slice(i, i + limit) for i in range(0, flat.numel(), limit)]
+        pieces = [(flat[r], out[r], slice(None)) for r in runs]
+    elif found is None:
+        pieces = [(x, codes, slice(None))]
+    else:
+        axis, slices = found
+        pieces = [
+            (x.narrow(axis, r.start, r.stop - r.start), codes.narrow(axis, r.start,
+             r.stop - r.start), r) for r in slices
+        ]  # fmt: skip
+    scales: list[torch.Tensor] = []
+    zps: list[torch.Tensor] = []
+    for piece, out_piece, rows in pieces:
+        blocks, mask = to_blocks(piece.float(), gran)
+        if params is None:
+            s, z = _block_params(blocks, mask, scheme)
+            scales.append(s)
+            if z is not None:
+                zps.append(z)
+        else:
+            s = params[0][rows].reshape(-1) if params[0].dim() else params[0].reshape(-1)
+            z = params[1]
+            if z is not None:
+                z = z[rows].reshape(-1) if z.dim() else z.reshape(-1)
+        zcol = None if z is None else z.unsqueeze(1)
+        u = _encode(blocks, s.unsqueeze(1), zcol, scheme, generator)
+        out_piece.copy_(from_blocks(u.to(torch.uint8), tuple(piece.shape), gran))
+    if params is not None:
+        s_all, z_all = params
+    else:
+        s_all = torch.cat(scales)
+        z_all = torch.cat(zps) if zps else None
+    scale = s_all.to(SCALE_DTYPES[scheme.scale_dtype]).reshape(grid)
+    zp = None
+    if z_all is not None:
+        zp = z_all.to(torch.int8 if scheme.signed else torch.uint8).reshape(grid)
+    return codes, scale, zp
+
+
+def _block_params(
+    blocks: torch.Tensor, mask: torch.Tensor | None, scheme: Scheme
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Flat per-block scale and zero point from the blocks' values (min/max; binary: mean |x|)."""
+    if scheme.kind == "uniform" and scheme.bits == 1:
+        real = blocks.abs() if mask is None else blocks.abs() * mask
+        count = blocks.shape[1] if mask is None else mask.sum(1)
+        return store_scale(real.sum(1) / count, scheme), None
+    return qparams_from_range(blocks.amin(1), blocks.amax(1), scheme)
 
 
 def _encode(
