@@ -6,26 +6,26 @@ one float model and one calibration set (plus, optionally, a smaller prefix of t
 for the many single-layer measurements):
 
 * ``minilm``: the 500 fidelity sentences; search = the first 250, held out = the last 250;
-* ``fashion``: the 10,000 test images; search = the first 5,000, held out = the last 5,000.
+* ``fashion``: the 10,000 test images; search = the first 5,000, held out = the last 5,000;
+* ``smollm``: windows of 512 tokens of the corpus; search = the first 4, then the calibration
+  windows, held out = the 4 windows after those.
 
-(``n_eval`` shrinks both, keeping them at opposite ends so they never overlap.)
+(``n_eval`` sets the size of each split, keeping them apart so they never overlap.)
 
-Metrics are the tasks' own (``tasks.minilm``'s fidelity metrics; accuracy and agreement in
-percent for ``fashion``).
+Every split's metric is built by the task module itself (``tasks.build_evaluate``), so the
+search, held-out and sensitivity splits measure exactly the same thing on different samples.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
-from torch import nn
-
 from quantbalance.errors import ConfigError
-from quantbalance.tasks import Task
+from quantbalance.tasks import Task, build_evaluate
 from quantbalance.tasks import load as load_task
+
+SPLITS = ("minilm", "fashion", "smollm")
 
 
 @dataclass
@@ -49,85 +49,68 @@ def split_task(
     """Load a task with disjoint search and held-out evaluation splits.
 
     Args:
-        name: ``minilm`` or ``fashion``.
-        n_sensitivity: size of the sensitivity prefix (sentences / images), or None.
-        n_eval: size of each of the search and held-out splits (default: half of the task's
-            evaluation data each).
+        name: ``minilm``, ``fashion`` or ``smollm``.
+        n_sensitivity: size of the sensitivity prefix (sentences / images / windows), or None.
+        n_eval: size of each of the search and held-out splits (default: 250 sentences, 5,000
+            images, 4 windows).
         **kwargs: passed to the task loader (e.g. ``n_calib``).
 
     Returns:
         The :class:`Split`.
 
     Raises:
-        ConfigError: the task has no split defined here.
+        ConfigError: the task has no split defined here, or a size is out of range.
     """
     if name == "minilm":
-        return _split_minilm(n_sensitivity, n_eval or 250, **kwargs)
+        from quantbalance.tasks.minilm import N_EVAL_MAX
+
+        half = n_eval or 250
+        if not 1 <= half <= N_EVAL_MAX // 2:
+            raise ConfigError(f"minilm: n_eval={half}; accepted 1..{N_EVAL_MAX // 2}")
+        task = load_task("minilm", n_eval=half, **kwargs)
+        return _split(task, half, n_sensitivity, N_EVAL_MAX - half, "sentences")
     if name == "fashion":
-        return _split_fashion(n_sensitivity, n_eval or 5000, **kwargs)
-    raise ConfigError(f"no held-out split is defined for task {name!r}; accepted: minilm, fashion")
+        half = n_eval or 5000
+        if not 1 <= half <= 5000:
+            raise ConfigError(f"fashion: n_eval={half}; accepted 1..5000")
+        task = load_task("fashion", n_test=half, **kwargs)
+        return _split(task, half, n_sensitivity, 10000 - half, "images")
+    if name == "smollm":
+        n = n_eval or 4
+        if n < 2:
+            raise ConfigError(f"smollm: n_eval={n}; accepted at least 2 windows")
+        task = load_task("smollm", n_windows=n, **kwargs)
+        window = int(task.info["window"])
+        first = -(-int(task.info["calib_tokens"][1]) // window)  # first window after calibration
+        if (first + n) * window > int(task.info["corpus_tokens"]):
+            raise ConfigError(
+                f"smollm: n_eval={n} windows: the corpus has {task.info['corpus_tokens']} tokens, "
+                "too few for a held-out split of that size after the calibration windows"
+            )
+        return _split(task, n, n_sensitivity, first, "windows")
+    raise ConfigError(
+        f"no held-out split is defined for task {name!r}; accepted: {', '.join(SPLITS)}"
+    )
 
 
-def _split_minilm(n_sens: int | None, half: int, **kwargs: Any) -> Split:
-    from transformers import AutoTokenizer
-
-    from quantbalance.tasks import minilm as M
-
-    if not 1 <= half <= M.N_EVAL_MAX // 2:
-        raise ConfigError(f"minilm: n_eval={half}; accepted 1..{M.N_EVAL_MAX // 2}")
-    task = load_task("minilm", n_eval=half, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(task.info["model_path"]))
-    seq_len = task.info["seq_len"]
-    sentences = M.minilm_sentences()
-
-    def sub(lo: int, hi: int, split: str) -> Task:
-        enc = M.tokenize_sentences(tokenizer, sentences[lo:hi], seq_len)
-        batches = [{k: v[i : i + 32] for k, v in enc.items()} for i in range(0, hi - lo, 32)]
-        # the task module's own metric builder, so both splits measure exactly the same thing
-        fn = M._build_evaluate(task.model, batches)
-        info = task.info | {"split": split, "sentences": [lo, hi]}
-        return replace(task, name=f"minilm[{split}]", evaluate_fn=fn, info=info, _reference=None)
-
-    search = replace(task, info=task.info | {"split": "search", "sentences": [0, half]})
-    sens = sub(0, n_sens, "sensitivity") if n_sens else None
-    return Split(search, sub(M.N_EVAL_MAX - half, M.N_EVAL_MAX, "holdout"), sens)
-
-
-def _fashion_eval(reference: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
-    frozen = copy.deepcopy(reference).eval()
-    cache: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def predict(model: nn.Module) -> torch.Tensor:
-        out = [model(x[i : i + 1000]) for i in range(0, len(x), 1000)]
-        return torch.cat([o if isinstance(o, torch.Tensor) else o[0] for o in out]).argmax(1)
-
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        """Accuracy and agreement with the float model, in percent."""
-        if "float" not in cache:
-            cache["float"] = predict(frozen)
-        p = predict(model)
-        return {
-            "accuracy": 100.0 * float((p == y).float().mean()),
-            "agreement": 100.0 * float((p == cache["float"]).float().mean()),
-        }
-
-    return evaluate
-
-
-def _split_fashion(n_sens: int | None, half: int, **kwargs: Any) -> Split:
-    from quantbalance.tasks.fashion_data import load_fashion_mnist
-
-    if not 1 <= half <= 5000:
-        raise ConfigError(f"fashion: n_eval={half}; accepted 1..5000")
-    task = load_task("fashion", n_test=half, **kwargs)
-    x, y = load_fashion_mnist("test", kwargs.get("data_dir"))
+def _split(task: Task, n: int, n_sens: int | None, hold_start: int, unit: str) -> Split:
+    """Search = the task (its first ``n`` samples), held out = ``n`` from ``hold_start``."""
+    if n_sens is not None and not 1 <= n_sens <= n:
+        raise ConfigError(
+            f"{task.name}: n_sensitivity={n_sens}; accepted 1..{n} (the search split)"
+        )
+    if hold_start < n:
+        raise ConfigError(
+            f"{task.name}: held-out {unit} from {hold_start} overlap the search split"
+        )
 
     def sub(lo: int, hi: int, split: str) -> Task:
-        fn = _fashion_eval(task.model, x[lo:hi].clone(), y[lo:hi].clone())
-        info = task.info | {"split": split, "images": [lo, hi]}
-        return replace(task, name=f"fashion[{split}]", evaluate_fn=fn, info=info, _reference=None)
+        fn = build_evaluate(task, slice(lo, hi))
+        info = task.info | {"split": split, unit: [lo, hi]}
+        return replace(
+            task, name=f"{task.name}[{split}]", evaluate_fn=fn, info=info, _reference=None
+        )
 
-    search = replace(task, info=task.info | {"split": "search", "images": [0, half]})
+    search = replace(task, info=task.info | {"split": "search", unit: [0, n]})
     sens = sub(0, n_sens, "sensitivity") if n_sens else None
-    return Split(search, sub(len(x) - half, len(x), "holdout"), sens)
+    return Split(search, sub(hold_start, hold_start + n, "holdout"), sens)

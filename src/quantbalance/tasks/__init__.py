@@ -5,14 +5,17 @@ Loaders import their heavy dependencies (transformers, gensim, ...) only when ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from torch import nn
 
 from quantbalance.errors import ConfigError
 from quantbalance.tasks.base import Task
 
 TASKS = ("minilm", "fashion", "smollm")
 
-__all__ = ["TASKS", "Task", "load"]
+__all__ = ["TASKS", "Task", "build_evaluate", "load"]
 
 
 def load(name: str, **kwargs: Any) -> Task:
@@ -43,3 +46,37 @@ def load(name: str, **kwargs: Any) -> Task:
 
         return load_fashion(**kwargs)
     raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+
+
+def build_evaluate(task: Task, eval_slice: slice) -> Callable[[nn.Module], dict[str, float]]:
+    """A benchmark task's own evaluation function, on another slice of its evaluation data.
+
+    Held-out splits use it: the metric is built exactly as the loader builds it (same float
+    reference, tokenization, batching), only on different samples. What the slice counts:
+
+    * ``minilm`` (and ``--hf`` encoders): fidelity sentences, within ``0..500``;
+    * ``fashion``: test images, within ``0..10000``;
+    * ``smollm``: windows of the corpus token stream, not overlapping the calibration tokens.
+
+    Args:
+        task: a task from :func:`load`.
+        eval_slice: ``slice(start, stop)``.
+
+    Returns:
+        ``evaluate(model) -> dict[str, float]``.
+
+    Raises:
+        ConfigError: the task has no sliced evaluation, or the slice is out of range.
+    """
+    base = task.name.split("[")[0]
+    if base == "minilm" or base.startswith("hf:"):
+        from quantbalance.tasks.minilm import build_evaluate as build
+    elif base == "fashion":
+        from quantbalance.tasks.fashion import build_evaluate as build
+    elif base == "smollm":
+        from quantbalance.tasks.smollm import build_evaluate as build
+    else:
+        raise ConfigError(
+            f"task {task.name!r} has no sliced evaluation; accepted: {', '.join(TASKS)}"
+        )
+    return build(task, eval_slice)

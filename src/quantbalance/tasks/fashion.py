@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -109,6 +110,52 @@ def _predict(model: nn.Module, images: torch.Tensor, batch: int) -> torch.Tensor
     return torch.cat(preds)
 
 
+def _build_evaluate(
+    reference: nn.Module, x: torch.Tensor, y: torch.Tensor, eval_batch: int
+) -> Callable[[nn.Module], dict[str, float]]:
+    reference_model = copy.deepcopy(reference)  # private copy: immune to in-place quantization
+    cache: dict[str, torch.Tensor] = {}
+
+    def evaluate(candidate: nn.Module) -> dict[str, float]:
+        """Accuracy and top-1 agreement with the float model, in percent."""
+        if "float" not in cache:
+            cache["float"] = _predict(reference_model, x, eval_batch)
+        preds = _predict(candidate, x, eval_batch)
+        return {
+            "accuracy": 100.0 * float((preds == y).float().mean()),
+            "agreement": 100.0 * float((preds == cache["float"]).float().mean()),
+        }
+
+    return evaluate
+
+
+def build_evaluate(task: Task, eval_slice: slice) -> Callable[[nn.Module], dict[str, float]]:
+    """The ``fashion`` metrics on another slice of the 10,000 test images.
+
+    The same metric builder as :func:`load_fashion` (same batch size and float reference), on
+    ``test_images[eval_slice]``: e.g. a held-out half the search never sees.
+
+    Args:
+        task: a task built by :func:`load_fashion` (its float model is the reference).
+        eval_slice: which test images, within ``0..10000`` (step 1).
+
+    Returns:
+        ``evaluate(model) -> {"accuracy", "agreement"}`` (percent).
+
+    Raises:
+        ConfigError: the slice is empty, has a step, or leaves ``0..10000``.
+    """
+    x, y = load_fashion_mnist("test", task.info.get("data_dir"))
+    n = len(x)
+    if not isinstance(eval_slice, slice) or eval_slice.step not in (None, 1):
+        raise ConfigError(f"fashion: eval_slice={eval_slice!r}; give a slice(start, stop)")
+    lo, hi = eval_slice.start or 0, n if eval_slice.stop is None else eval_slice.stop
+    if not 0 <= lo < hi <= n:
+        raise ConfigError(f"fashion: eval_slice={eval_slice!r} must select images in 0..{n}")
+    batch = int(task.info.get("eval_batch", 1000))
+    return _build_evaluate(task.model, x[lo:hi].clone(), y[lo:hi].clone(), batch)
+
+
 def load_fashion(
     n_calib: int = 512,
     calib_batch: int = 64,
@@ -164,18 +211,7 @@ def load_fashion(
     if n_test is not None:
         x_test, y_test = x_test[:n_test].clone(), y_test[:n_test].clone()
 
-    reference_model = copy.deepcopy(model)  # private copy: immune to in-place quantization
-    cache: dict[str, torch.Tensor] = {}
-
-    def evaluate(candidate: nn.Module) -> dict[str, float]:
-        if "float" not in cache:
-            cache["float"] = _predict(reference_model, x_test, eval_batch)
-        preds = _predict(candidate, x_test, eval_batch)
-        return {
-            "accuracy": 100.0 * float((preds == y_test).float().mean()),
-            "agreement": 100.0 * float((preds == cache["float"]).float().mean()),
-        }
-
+    evaluate = _build_evaluate(model, x_test, y_test, eval_batch)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "fashion task: %d parameters, %d calibration images, %d test images",
@@ -197,6 +233,7 @@ def load_fashion(
             "data_dir": str(fashion_root(data_dir)),
             "n_calib": n_calib,
             "n_test": len(x_test),
+            "eval_batch": eval_batch,
             "source": "Debian dataset-fashion-mnist; model trained by scripts/train_fashion.py",
         },
     )

