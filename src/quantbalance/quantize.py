@@ -1,7 +1,13 @@
-"""qb.quantize: apply a Plan to a copy of a model.
+"""qb.quantize: apply a Plan to a copy of a model (or, with ``inplace=True``, to the model).
 
 Steps: copy -> fold BatchNorm -> resolve the Plan -> algorithm steps (quantized weights) ->
-swap modules -> calibrate static activation ranges. The user's model is never modified.
+swap modules -> calibrate static activation ranges. The user's model is not modified unless
+``inplace=True``.
+
+Memory: while no later step needs float weights (the ``gptq`` and ``rtn`` steps), each layer's
+quantized module is installed as soon as its weight is final, so its float weight is freed then
+(see ``QuantContext.release``); with ``inplace=True`` nothing is copied, and the peak stays
+near the float model plus one transformer block's calibration work.
 """
 
 from __future__ import annotations
@@ -16,9 +22,17 @@ import torch
 from torch import nn
 
 from quantbalance.algorithms import ALGORITHMS, NEEDS_DATA, QuantContext, parse_algorithm
+from quantbalance.algorithms.smoothquant import lower_smoothing
 from quantbalance.calibration import check_calib_data, run_batches
 from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
-from quantbalance.formats import PerChannel, PerTensor, PerToken, Scheme, check_finite
+from quantbalance.formats import (
+    PerChannel,
+    PerTensor,
+    PerToken,
+    QuantizedTensor,
+    Scheme,
+    check_finite,
+)
 from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule
 from quantbalance.plan import LayerSpec, Plan, preset
 from quantbalance.transform import (
@@ -29,6 +43,10 @@ from quantbalance.transform import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Steps that never read a quantized layer's float weight again: layers they finish are
+#: installed at once while every later step is one of these too.
+EAGER_STEPS = frozenset({"gptq", "rtn"})
 
 
 @dataclass
@@ -105,8 +123,9 @@ def quantize(
     algorithm: str | None = None,
     bitwidths: list[int] | None = None,
     progress: bool = True,
+    inplace: bool = False,
 ) -> nn.Module:
-    """Return a quantized copy of ``model``; ``model`` itself is never modified.
+    """Return a quantized copy of ``model`` (``model`` itself is not modified unless ``inplace``).
 
     Args:
         model: a float ``nn.Module``.
@@ -115,6 +134,9 @@ def quantize(
         algorithm: overrides every spec's algorithm (e.g. ``"rtn"``, ``"gptq"``).
         bitwidths: shorthand, one weight bit width per quantizable layer (instead of ``plan``).
         progress: show progress bars.
+        inplace: quantize ``model`` itself instead of a deep copy, which saves one copy of the
+            float model (for large models). The float model is given up: its layers are
+            replaced (and its BatchNorms folded) in place, and the returned model is ``model``.
 
     Returns:
         The quantized model (simulated), with ``qb_plan`` and ``qb_info`` attributes.
@@ -141,7 +163,7 @@ def quantize(
         }
         the_plan = the_plan.model_copy(update={"layers": layers})
 
-    qmodel = copy.deepcopy(model).eval()
+    qmodel = (model if inplace else copy.deepcopy(model)).eval()
     folded = fold_batchnorm(qmodel)
     candidates = quantizable_layers(qmodel)
     specs = the_plan.resolve(candidates)
@@ -160,27 +182,34 @@ def quantize(
         why = "static activation ranges" if needs_data else f"algorithm(s) {', '.join(data_steps)}"
         raise CalibrationError(f"plan {the_plan.name!r} needs calibration data for {why}")
 
-    ctx = QuantContext(qmodel, specs, batches, progress=progress)
-    for step in _ordered_steps(specs):
-        ALGORITHMS[step](ctx)
-    ALGORITHMS["rtn"](ctx)
-
-    info = QuantizationInfo(plan=the_plan, folded=folded, algorithm_log=ctx.log)
     for name, spec in specs.items():
-        mod = qmodel.get_submodule(name)
-        act = None
-        if spec.activation is not None and not isinstance(mod, nn.Embedding):
-            act = ActQuantizer(spec.activation, spec.act_mode, spec.act_observer)
         if spec.weight is None:
             raise UnsupportedError(
                 f"layer {name!r}: activation-only specs (weight=None) are not supported; "
                 "give a weight scheme"
             )
-        new = REGISTRY[type(mod)].from_float(mod, ctx.qweights[name], act)
-        replace_module(qmodel, name, new)
+    ctx = QuantContext(qmodel, specs, batches, progress=progress)
+    installed: set[str] = set()
+
+    def install(name: str) -> None:
+        _install(qmodel, name, specs[name], ctx.qweights[name])
+        installed.add(name)
+
+    order = [*_ordered_steps(specs), "rtn"]
+    for i, step in enumerate(order):
+        ctx.install = install if EAGER_STEPS.issuperset(order[i:]) else None
+        ALGORITHMS[step](ctx)
+    ctx.install = None
+
+    info = QuantizationInfo(plan=the_plan, folded=folded, algorithm_log=ctx.log)
+    for name, spec in specs.items():
+        if name not in installed:
+            install(name)
         info.layers[name] = spec.label
-        log.info("layer %s (%s): %s", name, type(mod).__name__, spec.label)
+        log.info("layer %s: %s", name, spec.label)
     info.kept_float = [n for n in candidates if n not in specs]
+    if lowered := lower_smoothing(qmodel):
+        info.algorithm_log.setdefault("smoothquant", {})["lowered"] = lowered
     info.unsupported = unsupported_layers(qmodel)
 
     quantizers = {n: m for n, m in qmodel.named_modules() if isinstance(m, ActQuantizer)}
@@ -192,6 +221,15 @@ def quantize(
     qmodel.qb_plan = the_plan
     qmodel.qb_info = info
     return qmodel
+
+
+def _install(model: nn.Module, name: str, spec: LayerSpec, qweight: QuantizedTensor) -> None:
+    """Replace the float layer ``name`` by its quantized module (and input quantizer)."""
+    mod = model.get_submodule(name)
+    act = None
+    if spec.activation is not None and not isinstance(mod, nn.Embedding):
+        act = ActQuantizer(spec.activation, spec.act_mode, spec.act_observer)
+    replace_module(model, name, REGISTRY[type(mod)].from_float(mod, qweight, act))
 
 
 def _ordered_steps(specs: dict[str, LayerSpec]) -> list[str]:

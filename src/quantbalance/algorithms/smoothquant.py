@@ -83,9 +83,12 @@ class ScaledActivation(nn.Module):
         scales: (C,) scales ``s``.
     """
 
-    def __init__(self, act: nn.Module, scales: torch.Tensor) -> None:
+    def __init__(
+        self, act: nn.Module, scales: torch.Tensor, consumers: tuple[str, ...] = ()
+    ) -> None:
         super().__init__()
         self.act = act
+        self.smooth_consumers = consumers
         self.register_buffer("scales", scales.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +100,7 @@ class SmoothInput:
     """Mixin: ``forward(x / smooth_scales, ...)`` on the first argument (names unchanged)."""
 
     smooth_scales: torch.Tensor
+    smooth_consumers: tuple[str, ...]
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """Call the original forward on the smoothed first argument."""
@@ -170,12 +174,16 @@ def apply_smoothing(model: nn.Module, group: SmoothGroup, s: torch.Tensor) -> No
         return
     prod = model.get_submodule(group.producer)
     if group.kind == "act":
-        replace_module(model, group.producer, ScaledActivation(prod, s))
+        if isinstance(prod, ScaledActivation):
+            prod.scales.mul_(s)
+        else:
+            replace_module(model, group.producer, ScaledActivation(prod, s, group.consumers))
     elif isinstance(prod, SmoothInput):
         prod.smooth_scales.mul_(s)
     else:
         prod.__class__ = type(f"Smooth{type(prod).__name__}", (SmoothInput, type(prod)), {})
         prod.register_buffer("smooth_scales", s.detach().clone())
+        prod.smooth_consumers = group.consumers
     for c in group.consumers:
         lin = model.get_submodule(c)
         lin.weight.mul_(s.to(lin.weight.dtype))
@@ -293,3 +301,47 @@ def smoothquant(ctx: QuantContext) -> None:
     layers = set(ctx.layers_for("smoothquant"))
     chosen = smooth_model(ctx.model, data, "auto", layers, ctx.specs, ctx.progress)
     ctx.log["smoothquant"] = {"alpha": chosen}
+
+
+def lower_smoothing(model: nn.Module) -> list[str]:
+    """Move run-time SmoothQuant divisions into the quantized consumers' input factors.
+
+    A :class:`ScaledActivation` or :class:`SmoothInput` producer divides by ``s`` at run time;
+    when every consumer of its group is a quantized module, the division becomes each consumer's
+    ``input_smooth = 1/s`` (applied just before its input quantizer, where a deployment fuses
+    it into the quantization) and the producer returns to its original form. The model's output
+    is unchanged up to float rounding. Call after the modules are swapped.
+
+    Args:
+        model: a model whose consumers are QuantModules (modified in place).
+
+    Returns:
+        The producers lowered (producers with a float consumer are left as they are).
+    """
+    from quantbalance.nn import QuantModule
+
+    lowered = []
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, ScaledActivation):
+            s, consumers = mod.scales, mod.smooth_consumers
+        elif isinstance(mod, SmoothInput):
+            s, consumers = mod.smooth_scales, mod.smooth_consumers
+        else:
+            continue
+        cons = [model.get_submodule(c) for c in consumers]
+        if not cons or not all(isinstance(c, QuantModule) for c in cons):
+            log.info("smoothquant: %s keeps its run-time division (a consumer is float)", name)
+            continue
+        inv = 1.0 / s.detach().float()
+        for c in cons:
+            assert isinstance(c, QuantModule)
+            old = c.input_smooth
+            c.set_input_smooth(inv if old is None else old * inv)
+        if isinstance(mod, ScaledActivation):
+            replace_module(model, name, mod.act)
+        else:
+            del mod._buffers["smooth_scales"]
+            del mod.smooth_consumers
+            mod.__class__ = type(mod).__bases__[1]
+        lowered.append(name)
+    return lowered

@@ -188,6 +188,7 @@ def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]
     aliases: dict[str, str] = {}
     layers: dict[str, Any] = {}
     seen_qt: dict[str, str] = {}
+    _check_rebuildable(qmodel)
     for name, mod in qmodel.named_modules():
         if not isinstance(mod, QuantModule):
             continue
@@ -198,6 +199,7 @@ def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]
             "float_type": mod.float_type.__name__,
             "qweight": qmeta,
             "act": _act_config(name, mod.input_quantizer),
+            "input_smooth": mod.input_smooth is not None,
         }
         sig = _signature(parts, qmeta)
         if sig in seen_qt:  # a tie: the same codes already stored under another layer
@@ -226,6 +228,20 @@ def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]
         "info": json.dumps(_info_dict(info), sort_keys=True, default=str),
     }
     return tensors, meta
+
+
+def _check_rebuildable(qmodel: nn.Module) -> None:
+    """Refuse modules a float skeleton cannot rebuild (run-time SmoothQuant divisions)."""
+    from quantbalance.algorithms.smoothquant import ScaledActivation, SmoothInput
+
+    for name, mod in qmodel.named_modules():
+        if isinstance(mod, ScaledActivation | SmoothInput):
+            raise CheckpointError(
+                f"module {name!r} ({type(mod).__name__}) divides by SmoothQuant scales at run "
+                f"time because its consumers {list(mod.smooth_consumers)} are not all "
+                "quantized; quantize every consumer of a smoothed group (or drop smoothquant "
+                "for them) to save the model"
+            )
 
 
 def _signature(parts: dict[str, torch.Tensor], qmeta: dict[str, Any]) -> str:
@@ -291,8 +307,14 @@ def _rebuild(
         act = None
         if spec["act"] is not None:
             a = spec["act"]
-            act = ActQuantizer(Scheme(**a["scheme"]), a["mode"], a["observer"])
-        replace_module(model, name, REGISTRY[type(mod)].from_float(mod, qt, act))
+            act = ActQuantizer.frozen(Scheme(**a["scheme"]), a["mode"], a["observer"])
+        new = REGISTRY[type(mod)].from_float(mod, qt, act)
+        if spec.get("input_smooth"):
+            key = f"{name}.input_smooth"
+            if key not in tensors:
+                raise CheckpointError(f"{where}: layer {name!r} has no tensor {key}")
+            new.set_input_smooth(torch.ones_like(tensors[key]))
+        replace_module(model, name, new)
     state = {k: v for k, v in tensors.items() if k.rpartition(_QW)[0] not in layers}
     state.update({k: state[v] for k, v in aliases.items() if v in state})
     try:
@@ -300,9 +322,6 @@ def _rebuild(
     except RuntimeError as e:
         raise CheckpointError(f"{where}: the skeleton does not match the checkpoint: {e}") from None
     _retie(model, aliases)
-    for m in model.modules():
-        if isinstance(m, ActQuantizer) and m.mode == "static":
-            m.observing, m.observer = False, None  # the stored scale/zero point are frozen
     plan = Plan(**json.loads(meta["plan"])) if meta.get("plan", "null") != "null" else None
     if plan is not None:
         model.qb_plan = plan

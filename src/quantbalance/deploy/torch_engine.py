@@ -15,6 +15,8 @@ anything else (and convolutions, embeddings)     the dequantized weight in bf16
 
 Activation quantization reproduces ``fake_quantize`` exactly (divide by the scale, round half to
 even, clamp), so outputs match the simulation up to the bf16 rounding of everything else.
+SmoothQuant's per-channel input factors (``QuantModule.input_smooth``) are one multiply in the
+same fused quantization kernel.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("w_zp", torch.zeros(self.out_features, dtype=torch.int64))
         bias = q.bias.detach().float() if q.bias is not None else None
         self.register_buffer("bias", bias)
+        self.register_buffer("smooth", q.input_smooth)
         self.dynamic = act.mode == "dynamic"
         s = act.scheme
         self.qmin, self.qmax = s.qmin, s.qmax
@@ -85,6 +88,8 @@ class Int8Linear(nn.Module):
         """Quantize the input, run the int8 GEMM, return ``out_dtype``."""
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).float()
+        if self.smooth is not None:
+            x2 = x2 * self.smooth
         if not self.dynamic:
             q = torch.clamp(torch.round(x2 / self.x_scale) + self.x_zp, 0, 255).to(torch.uint8)
             y = int8_linear(
@@ -138,11 +143,15 @@ class Int4Linear(nn.Module):
         self.register_buffer("scale_zeros", sz.contiguous().to(torch.bfloat16))
         bias = q.bias.detach().to(torch.bfloat16) if q.bias is not None else None
         self.register_buffer("bias", bias)
+        self.register_buffer("smooth", q.input_smooth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ dequant(W)ᵀ + b`` in bf16."""
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        x2 = x.reshape(-1, shape[-1])
+        if self.smooth is not None:
+            x2 = x2.float() * self.smooth
+        x2 = x2.to(torch.bfloat16)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x2, self.packed, self.group, self.scale_zeros
         )

@@ -43,6 +43,35 @@ class ActQuantizer(nn.Module):
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
 
+    @classmethod
+    def frozen(
+        cls,
+        scheme: Scheme,
+        mode: Literal["static", "dynamic"] = "static",
+        observer: str = "minmax",
+        scale: torch.Tensor | float | None = None,
+        zero_point: torch.Tensor | int | None = None,
+    ) -> ActQuantizer:
+        """A quantizer that is already calibrated (e.g. rebuilt from a checkpoint).
+
+        Args:
+            scheme: the activation scheme.
+            mode: ``static`` or ``dynamic``.
+            observer: the observer name it was calibrated with (kept for the record).
+            scale: the static scale (None: 1, to be filled by ``load_state_dict``).
+            zero_point: the static zero point (None: 0).
+
+        Returns:
+            The frozen quantizer (static ranges are used as given; no observing phase).
+        """
+        q = cls(scheme, mode, observer)
+        q.observing, q.observer = False, None
+        if scale is not None:
+            q.scale = torch.as_tensor(scale, dtype=torch.float32).reshape(())
+        if zero_point is not None:
+            q.zero_point = torch.as_tensor(zero_point).reshape(()).to(torch.int32)
+        return q
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize-dequantize ``x`` (or observe it while calibrating)."""
         if self.mode == "dynamic":

@@ -59,6 +59,7 @@ class QuantModule(nn.Module, metaclass=abc.ABCMeta):
     """
 
     float_type: type[nn.Module] = nn.Module
+    input_smooth: torch.Tensor | None
 
     def __init__(
         self, qweight: QuantizedTensor, bias: torch.Tensor | None, act: ActQuantizer | None
@@ -67,6 +68,7 @@ class QuantModule(nn.Module, metaclass=abc.ABCMeta):
         self.qweight = qweight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
         self.input_quantizer = act
+        self.register_buffer("input_smooth", None)
         self._w: torch.Tensor | None = None
 
     @property
@@ -80,8 +82,24 @@ class QuantModule(nn.Module, metaclass=abc.ABCMeta):
         """Shape of the float module's weight."""
         return self.qweight.shape
 
+    def set_input_smooth(self, factors: torch.Tensor | None) -> None:
+        """Multiply the input by per-channel ``factors`` before quantizing it.
+
+        SmoothQuant's ``1/s`` lands here when its producer cannot absorb it (an activation
+        function, or a container input that is also the residual stream): deployments fuse the
+        multiply into the activation quantizer, so it costs nothing at run time.
+
+        Args:
+            factors: (in_features,) float32 multipliers, or None to remove them.
+        """
+        self.input_smooth = (
+            None if factors is None else factors.detach().float().reshape(-1).clone()
+        )
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the input quantizer, if any."""
+        """Apply the SmoothQuant input factors and the input quantizer, if any."""
+        if self.input_smooth is not None:
+            x = x * self.input_smooth.to(x.dtype)
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
     @classmethod
