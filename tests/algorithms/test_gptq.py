@@ -212,3 +212,45 @@ def test_gptq_on_convolutions_and_missing_data() -> None:
     assert isinstance(q[2], QConv2d)
     with pytest.raises(CalibrationError, match="gptq"):
         qb.quantize(m, bitwidths=[4, 4, 4], algorithm="gptq", progress=False)
+
+
+def _codes_equal(a: nn.Module, b: nn.Module) -> bool:
+    qa = {n: m.qweight for n, m in a.named_modules() if hasattr(m, "qweight")}
+    qb_ = {n: m.qweight for n, m in b.named_modules() if hasattr(m, "qweight")}
+    return qa.keys() == qb_.keys() and all(
+        torch.equal(qa[n].packed, qb_[n].packed) and torch.equal(qa[n].scale, qb_[n].scale)
+        for n in qa
+    )
+
+
+def test_finished_blocks_are_installed_and_their_float_weights_freed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import gc
+    import importlib
+    import weakref
+
+    qmod = importlib.import_module("quantbalance.quantize")  # qb.quantize is the function
+
+    m = TinyLM().eval()
+    spec = qb.LayerSpec(weight=Scheme(4, symmetric=False, granularity=PerGroup(size=32)))
+    plan = qb.Plan(layers={"re:.*": spec, "emb": spec})
+    calib = lm_batches(4, 1)
+    eager_copy = qb.quantize(m, plan, calib_data=calib, algorithm="gptq", progress=False)
+    monkeypatch.setattr(qmod, "EAGER_STEPS", frozenset())  # install everything at the end
+    late = qb.quantize(m, plan, calib_data=calib, algorithm="gptq", progress=False)
+    monkeypatch.undo()
+    assert _codes_equal(eager_copy, late)  # installing early changes nothing in the result
+
+    float_up = weakref.ref(m.layers[0].up.weight)
+    seen: dict[str, object] = {}
+
+    def check(block: nn.Module, _args: object) -> None:  # runs when block 1 is calibrated
+        gc.collect()
+        seen["block0_up"] = type(m.layers[0].up).__name__
+        seen["float_freed"] = float_up() is None
+
+    handle = m.layers[1].register_forward_pre_hook(check)
+    q = qb.quantize(m, plan, calib_data=calib, algorithm="gptq", progress=False, inplace=True)
+    handle.remove()
+    assert q is m and isinstance(m.layers[0].up, QLinear) and isinstance(m.emb, QEmbedding)
+    assert seen == {"block0_up": "QLinear", "float_freed": True}
+    assert _codes_equal(q, late)  # in place: the same codes as on a copy

@@ -9,6 +9,7 @@ from torch import nn
 import quantbalance as qb
 from quantbalance.errors import CalibrationError, ConfigError, NonFiniteError, PlanError
 from quantbalance.nn import QConv1d, QConv2d, QEmbedding, QLinear
+from quantbalance.quantize import is_quantized
 from quantbalance.transform import fold_batchnorm
 
 
@@ -138,3 +139,15 @@ def test_static_activation_handles_additive_mask_infinities() -> None:
     q = qb.quantize(m, "w8a8", calib_data=[(x, mask)], progress=False)
     quant = q.proj.input_quantizer
     assert torch.isfinite(quant.scale) and float(quant.scale) < 1.0
+
+
+def test_inplace_quantizes_the_given_model_with_the_same_result() -> None:
+    net = trained_cnn()
+    batches = cnn_batches()
+    copied = qb.quantize(net, "w8a8", calib_data=batches, progress=False)
+    assert not is_quantized(net)  # default: the model is left alone
+    q = qb.quantize(net, "w8a8", calib_data=batches, progress=False, inplace=True)
+    assert q is net and is_quantized(net)
+    x = batches[0]
+    with torch.no_grad():
+        assert torch.equal(q(x), copied(x))

@@ -4,6 +4,11 @@ An algorithm is a function ``step(ctx)`` over a :class:`QuantContext`: it may tr
 float model (e.g. migrate scales, for SmoothQuant/AWQ) and/or fill ``ctx.qweights`` with
 quantized weights for the layers it owns. Steps compose with ``+`` (``"awq+gptq"``); round to
 nearest fills whatever is left.
+
+Memory: a step calls ``ctx.release(name)`` once it no longer needs a layer's float weight; when
+``quantize`` allows it (no later step reads float weights), the layer's quantized module is
+installed right away and its float weight freed, instead of holding every float weight and
+every quantized weight until the end.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class QuantContext:
         qweights: layer name -> quantized weight, filled by the steps.
         progress: show progress bars.
         log: per-step facts for the result (e.g. chosen scales, errors).
+        install: called by :meth:`release` to put a layer's quantized module in the model now
+            (set by ``quantize`` while no later step needs float weights; None: wait).
+        options: algorithm name -> option overrides for this run (from the Plan's
+            ``algorithm_args``); see :meth:`options_for`.
     """
 
     model: nn.Module
@@ -42,6 +51,20 @@ class QuantContext:
     qweights: dict[str, QuantizedTensor] = field(default_factory=dict)
     progress: bool = True
     log: dict[str, Any] = field(default_factory=dict)
+    install: Callable[[str], None] | None = None
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def release(self, name: str) -> None:
+        """Say that the current step no longer needs ``name``'s float weight.
+
+        The layer must already have its weight in :attr:`qweights`. With :attr:`install` set,
+        its quantized module replaces the float one now (freeing the float weight).
+
+        Args:
+            name: the layer.
+        """
+        if self.install is not None:
+            self.install(name)
 
     def layers_for(self, algorithm: str) -> dict[str, nn.Module]:
         """Layers whose spec names ``algorithm`` (as a ``+``-part) and that have a weight scheme.

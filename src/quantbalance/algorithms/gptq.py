@@ -367,14 +367,15 @@ def gptq(ctx: QuantContext) -> None:
     batches = ctx.require_data("gptq")
     opts = current_gptq_options()
     layers = ctx.layers_for("gptq")
-    owned = {
-        n: m
+    owned = [
+        n
         for n, m in layers.items()
         if supports_rows(m) and ctx.specs[n].weight.kind in SUPPORTED_KINDS  # type: ignore[union-attr]
-    }
+    ]
     if len(owned) < len(layers):
         rest = sorted(set(layers) - set(owned))
         log.info("gptq: %d layer(s) left to round to nearest: %s", len(rest), ", ".join(rest))
+    del layers  # hold names only: float modules are freed as their layers are released
     if not owned:
         return
     stats = InputStatsCollector()
@@ -401,5 +402,11 @@ def gptq(ctx: QuantContext) -> None:
             out[n] = res.qweight.dequantize()
         return out
 
-    run_sequential(ctx.model, batches, owned, stats, finish, desc="gptq", progress=ctx.progress)
+    def done(names: list[str]) -> None:
+        for n in names:
+            ctx.release(n)
+
+    # The module map is handed over (no reference kept here): released float layers are freed.
+    run_sequential(ctx.model, batches, {n: ctx.model.get_submodule(n) for n in owned}, stats,
+                   finish, desc="gptq", progress=ctx.progress, done=done)  # fmt: skip
     log.info("gptq: %d layers in %.1f s", len(owned), time.perf_counter() - t0)

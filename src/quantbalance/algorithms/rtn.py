@@ -15,7 +15,7 @@ def rtn(ctx: QuantContext) -> None:
     The range comes from the spec's ``weight_observer`` (``minmax`` or ``mse`` clipping).
 
     Args:
-        ctx: the quantization context (fills ``ctx.qweights``).
+        ctx: the quantization context (fills ``ctx.qweights``; releases each layer at once).
     """
     for name, spec in ctx.specs.items():
         if spec.weight is None or name in ctx.qweights:
@@ -25,3 +25,5 @@ def rtn(ctx: QuantContext) -> None:
         if spec.weight_observer != "minmax" and spec.weight.kind in ("uniform", "nf4"):
             observer = make_observer(spec.weight_observer, spec.weight.granularity)
         ctx.qweights[name] = quantize_tensor(w, spec.weight, observer, name=name)
+        del w
+        ctx.release(name)

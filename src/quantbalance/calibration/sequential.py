@@ -10,7 +10,8 @@ run here instead of through full-model passes:
 3. for each block: hook the algorithm's modules inside it and run the block over the stored
    inputs (``observe``), let the algorithm do its work (``finish``, which may return replacement
    weights, e.g. dequantized ones), then run the block again *with those weights* to produce the
-   next block's inputs;
+   next block's inputs, then tell the algorithm the block is done (``done``: e.g. install the
+   quantized modules, which frees the float weights);
 4. modules outside every block (e.g. an LM head) are observed last, in one pass of the whole
    model in which every block replays the last block's outputs, so they too see the quantized
    chain without recomputing it.
@@ -59,6 +60,8 @@ Observe = Callable[[str, nn.Module, torch.Tensor], None]
 #: ``finish(names) -> {name: weight}``: the algorithm's work once ``names`` were observed; the
 #: returned weights replace the modules' weights while the block produces the next inputs.
 Finish = Callable[[list[str]], Mapping[str, torch.Tensor]]
+#: ``done(names)``: ``names`` were finished and are no longer run (their modules may be replaced).
+Done = Callable[[list[str]], None]
 
 
 @dataclass(frozen=True)
@@ -244,23 +247,29 @@ def run_sequential(
     finish: Finish | None = None,
     desc: str = "sequential",
     progress: bool = True,
+    done: Done | None = None,
 ) -> list[Any]:
     """Observe and process ``modules`` block by block (see the module docstring).
 
     Args:
         model: the model (its weights may be changed in place by ``finish``).
         batches: validated calibration batches.
-        modules: name -> module to observe (any module of the model).
+        modules: name -> module to observe (any module of the model). The mapping is copied
+            and each entry dropped once its block is done, so a caller that keeps no other
+            reference lets ``done`` free replaced modules as it goes.
         observe: ``observe(name, module, input)`` called on each forward of those modules.
         finish: ``finish(names) -> replacement weights`` called once per block (and once for the
             modules outside every block) after they were observed.
         desc: progress-bar label.
         progress: show a progress bar.
+        done: ``done(names)`` called once a block's outputs were computed (and after ``finish``
+            for the modules outside every block).
 
     Returns:
         The last block's outputs, one per batch, computed from the processed blocks (for a model
         without a block list: the model's outputs).
     """
+    modules = dict(modules)
     found = find_blocks(model)
     captured = None if found is None else capture_block_inputs(model, found[1][0], batches)
     if found is not None and captured is None:
@@ -279,21 +288,32 @@ def run_sequential(
     with torch.no_grad():
         steps = list(zip(names, blocks, strict=True))
         for bname, block in tqdm(steps, desc=desc, disable=not progress, leave=False):
-            mine = {n: modules[n] for n in inside[bname]}
+            names = inside[bname]
             subs: Mapping[str, torch.Tensor] = {}
-            if mine:
-                _run_block(block, calls, mine, observe)
-                subs = finish(list(mine)) if finish else {}
+            if names:
+                _run_block(block, calls, {n: modules[n] for n in names}, observe)
+                subs = finish(names) if finish else {}
             with swapped_weights(model, subs):
                 outputs = _run_block(block, calls, {}, None)
+            del subs
+            _done(modules, names, done)
             if found:
                 calls = [_next_call(c, o) for c, o in zip(calls, outputs, strict=True)]
         if outside and found:
             rest = {n: modules[n] for n in outside}
             _observe_outside(model, mlist, outputs, rest, batches, observe)
+            del rest
             if finish:
                 finish(outside)
+            _done(modules, outside, done)
     return outputs
+
+
+def _done(modules: dict[str, nn.Module], names: list[str], done: Done | None) -> None:
+    for n in names:
+        modules.pop(n, None)
+    if names and done is not None:
+        done(names)
 
 
 def _observe_outside(
