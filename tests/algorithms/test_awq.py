@@ -238,3 +238,25 @@ def test_unpairable_model_and_missing_data_are_named() -> None:
         qb.quantize(mlp, bitwidths=[4, 4], algorithm="awq", progress=False)
     with pytest.raises(ConfigError, match="max_shrink"), awq_options(max_shrink=1.5):
         pass
+
+
+def test_plan_algorithm_args_override_awq_options() -> None:
+    m = tiny_llama(4)
+    calib = [
+        {"input_ids": torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))}
+    ]
+    ids = calib[0]["input_ids"]
+    scheme = Scheme(8, granularity=PerChannel())
+    no_clip = qb.Plan(
+        layers={"re:.*": qb.LayerSpec(weight=scheme, algorithm_args={"awq": {"clip": False}})}
+    )
+    q = qb.quantize(m, no_clip, calib_data=calib, algorithm="awq", progress=False)
+    assert q.qb_info.algorithm_log["awq"]["clipped_layers"] == 0
+    with torch.no_grad():  # scaling alone is the identity in float
+        torch.testing.assert_close(q(ids).logits, m(ids).logits, atol=2e-2, rtol=0)
+    clip = qb.Plan(
+        layers={"re:.*": qb.LayerSpec(weight=scheme, algorithm_args={"awq": {"clip": True}})}
+    )
+    with awq_options(clip=False):  # the Plan's per-layer args win over the context's
+        q = qb.quantize(m, clip, calib_data=calib, algorithm="awq", progress=False)
+    assert q.qb_info.algorithm_log["awq"]["clipped_layers"] > 0

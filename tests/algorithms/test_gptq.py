@@ -254,3 +254,16 @@ def test_finished_blocks_are_installed_and_their_float_weights_freed(monkeypatch
     assert q is m and isinstance(m.layers[0].up, QLinear) and isinstance(m.emb, QEmbedding)
     assert seen == {"block0_up": "QLinear", "float_freed": True}
     assert _codes_equal(q, late)  # in place: the same codes as on a copy
+
+
+def test_plan_algorithm_args_set_gptq_options_per_layer() -> None:
+    m = TinyLM().eval()
+    scheme = Scheme(4, symmetric=False, granularity=PerGroup(size=32))
+    block0 = qb.LayerSpec(weight=scheme, algorithm_args={"gptq": {"damp": 0.05}})
+    plan = qb.Plan(layers={"re:layers\\.0\\..*": block0, "re:.*": qb.LayerSpec(weight=scheme)})
+    calib = lm_batches(4, 1)
+    with gptq_options(damp=0.02):  # the context's options, overridden by the Plan per layer
+        q = qb.quantize(m, plan, calib_data=calib, algorithm="gptq", progress=False)
+    damps = {n: v["damp"] for n, v in q.qb_info.algorithm_log["gptq"].items()}
+    assert damps == {"layers.0.up": 0.05, "layers.0.down": 0.05, "layers.1.up": 0.02,
+                     "layers.1.down": 0.02, "head": 0.02}  # fmt: skip

@@ -69,3 +69,23 @@ def test_plan_round_trips_through_files(tmp_path, suffix: str) -> None:  # type:
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         qb.Plan.load(bad)
+
+
+def test_algorithm_args_are_checked_and_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    args = {"gptq": {"damp": 0.02, "act_order": False, "block_size": 64},
+            "awq": {"n_grid": 10, "no_clip": ["q_proj"]}}  # fmt: skip
+    spec = qb.LayerSpec(weight=qb.Scheme(4), algorithm="awq+gptq", algorithm_args=args)
+    plan = qb.Plan(layers={"re:.*": spec})
+    for suffix in (".json", ".yaml"):
+        back = qb.Plan.load(plan.save(tmp_path / f"plan{suffix}"))
+        assert back == plan and back.layers["re:.*"].algorithm_args == args
+    assert hash(spec) == hash(qb.LayerSpec(weight=qb.Scheme(4), algorithm="awq+gptq",
+                                           algorithm_args=args))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'gptqq', which has no options.*awq, gptq"):
+        qb.LayerSpec(weight=qb.Scheme(4), algorithm_args={"gptqq": {}})
+    with pytest.raises(ConfigError, match=r"unknown gptq option\(s\) \['dampening'\].*damp"):
+        qb.LayerSpec(weight=qb.Scheme(4), algorithm_args={"gptq": {"dampening": 0.1}})
+    with pytest.raises(ConfigError, match="act_order='yes': expected a bool"):
+        qb.LayerSpec(weight=qb.Scheme(4), algorithm_args={"gptq": {"act_order": "yes"}})
+    with pytest.raises(ConfigError, match="damp >= 0"):
+        qb.LayerSpec(weight=qb.Scheme(4), algorithm_args={"gptq": {"damp": -1}})

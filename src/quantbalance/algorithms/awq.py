@@ -72,7 +72,7 @@ class AWQOptions:
             )
 
 
-_SLOT = OptionsSlot(AWQOptions, "AWQ")
+_SLOT = OptionsSlot(AWQOptions, "AWQ", "awq")
 
 #: The options in force (defaults outside any ``awq_options`` block).
 current_awq_options = _SLOT.current
@@ -261,6 +261,7 @@ def run_awq(
     batches: Sequence[Any],
     opts: AWQOptions | None = None,
     progress: bool = False,
+    layer_opts: dict[str, AWQOptions] | None = None,
 ) -> AWQResult:
     """Search and apply AWQ block by block (the model is modified as it goes).
 
@@ -271,11 +272,18 @@ def run_awq(
         batches: calibration batches.
         opts: options (default: :func:`current_awq_options`).
         progress: show a progress bar.
+        layer_opts: per-layer options overriding ``opts`` (a scale group's ``n_grid`` is its
+            first linear's; clipping options are each layer's own).
 
     Returns:
         The :class:`AWQResult` (for :func:`apply_awq`).
     """
     opts = opts or current_awq_options()
+    per_layer = layer_opts or {}
+
+    def opts_of(name: str) -> AWQOptions:
+        return per_layer.get(name, opts)
+
     groups = [g for g in find_scale_groups(model, batches[0]) if set(g.linear_names) & set(owned)]
     paired = {n for g in groups for n in g.linear_names}
     unpaired = sorted(set(owned) - paired)
@@ -299,12 +307,12 @@ def run_awq(
         for n in names:
             st = stats.pop(n)
             moments[n] = (st.second_moment(), st.abs_mean())
-        to_clip.extend(n for n in names if n in owned and not n.endswith(opts.no_clip))
+        to_clip.extend(n for n in names if n in owned and not n.endswith(opts_of(n).no_clip))
         for g in [g for g in pending if all(n in moments for n in g.linear_names)]:
             moment, mean = moments[g.linear_names[0]]
             weights = [model.get_submodule(n).weight for n in g.linear_names]
             found = awq_search(weights, [schemes.get(n) for n in g.linear_names], moment, mean,
-                               opts.n_grid)  # fmt: skip
+                               opts_of(g.linear_names[0]).n_grid)  # fmt: skip
             fold_scales(model, g, found.scales)
             result.scales.append((g, found.scales))
             in_scale.update(dict.fromkeys(g.linear_names, found.scales))
@@ -314,11 +322,12 @@ def run_awq(
         waiting = {n for g in pending for n in g.linear_names}
         for n in [n for n in to_clip if n not in waiting]:
             to_clip.remove(n)
-            if opts.clip:
+            o = opts_of(n)
+            if o.clip:
                 moment, s = moments[n][0], in_scale.get(n)
                 lin = model.get_submodule(n)
                 moment = moment if s is None else moment / torch.outer(s, s)
-                ratios = awq_clip(lin.weight, moment, schemes[n], opts.max_shrink, opts.clip_grid)
+                ratios = awq_clip(lin.weight, moment, schemes[n], o.max_shrink, o.clip_grid)
                 with torch.no_grad():
                     lin.weight.copy_(clip_weight(lin.weight, ratios, schemes[n]))
                 result.clips[n] = (ratios, schemes[n])
@@ -335,7 +344,9 @@ def run_awq(
 def awq(ctx: QuantContext) -> None:
     """Scale and clip the Linear layers whose spec names ``awq`` (weights stay float).
 
-    The full result is not kept (call :func:`run_awq` for it); ``ctx.log["awq"]`` gets a summary.
+    Options come from :func:`awq_options`, then from each layer's
+    ``LayerSpec.algorithm_args["awq"]``. The full result is not kept (call :func:`run_awq` for
+    it); ``ctx.log["awq"]`` gets a summary.
 
     Args:
         ctx: the quantization context (modifies ``ctx.model``).
@@ -345,7 +356,8 @@ def awq(ctx: QuantContext) -> None:
     if not owned:
         return
     schemes = {n: s.weight for n, s in ctx.specs.items() if s.weight is not None}
-    res = run_awq(ctx.model, schemes, owned, batches, progress=ctx.progress)
+    layer_opts = {n: _SLOT.for_spec(ctx.specs[n]) for n in owned}
+    res = run_awq(ctx.model, schemes, owned, batches, progress=ctx.progress, layer_opts=layer_opts)
     ctx.log["awq"] = {
         "groups": len(res.scales),
         "clipped_layers": len(res.clips),

@@ -23,7 +23,7 @@ from torch import nn
 
 from quantbalance.errors import CalibrationError, ConfigError
 from quantbalance.formats import QuantizedTensor
-from quantbalance.plan import LayerSpec
+from quantbalance.plan import ALGORITHM_OPTIONS, LayerSpec, algorithm_options
 
 T = TypeVar("T")
 
@@ -41,8 +41,6 @@ class QuantContext:
         log: per-step facts for the result (e.g. chosen scales, errors).
         install: called by :meth:`release` to put a layer's quantized module in the model now
             (set by ``quantize`` while no later step needs float weights; None: wait).
-        options: algorithm name -> option overrides for this run (from the Plan's
-            ``algorithm_args``); see :meth:`options_for`.
     """
 
     model: nn.Module
@@ -52,7 +50,6 @@ class QuantContext:
     progress: bool = True
     log: dict[str, Any] = field(default_factory=dict)
     install: Callable[[str], None] | None = None
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def release(self, name: str) -> None:
         """Say that the current step no longer needs ``name``'s float weight.
@@ -145,17 +142,37 @@ class OptionsSlot(Generic[T]):
     """Context-local options of one algorithm step (no global state).
 
     ``slot.current()`` gives the options in force (the dataclass defaults outside any block);
-    ``with slot.override(field=value):`` sets some of them for the calls inside the block.
+    ``with slot.override(field=value):`` sets some of them for the calls inside the block;
+    ``slot.for_spec(spec)`` adds a layer's ``LayerSpec.algorithm_args[name]`` on top.
+
+    Creating the slot registers ``cls`` as the options a Plan may give under ``name``.
 
     Args:
         cls: a frozen dataclass of options (validated in its ``__post_init__``).
         label: algorithm name used in error messages (e.g. ``GPTQ``).
+        name: the step's registered name (default: ``label`` in lower case).
     """
 
-    def __init__(self, cls: type[T], label: str) -> None:
+    def __init__(self, cls: type[T], label: str, name: str | None = None) -> None:
         self.cls = cls
         self.label = label
+        self.name = name or label.lower()
         self._var: ContextVar[T | None] = ContextVar(f"quantbalance_{label}", default=None)
+        ALGORITHM_OPTIONS[self.name] = cls
+
+    def for_spec(self, spec: LayerSpec) -> T:
+        """The options for one layer: :meth:`current`, then the spec's ``algorithm_args``.
+
+        Args:
+            spec: the layer's spec.
+
+        Returns:
+            The options.
+        """
+        args = spec.algorithm_args.get(self.name)
+        if not args:
+            return self.current()
+        return algorithm_options(self.cls, self.name, args, self.current())  # type: ignore[no-any-return]
 
     def current(self) -> T:
         """The options in force.

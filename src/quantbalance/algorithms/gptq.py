@@ -68,7 +68,7 @@ class GPTQOptions:
             )
 
 
-_SLOT = OptionsSlot(GPTQOptions, "GPTQ")
+_SLOT = OptionsSlot(GPTQOptions, "GPTQ", "gptq")
 
 #: The options in force (defaults outside any ``gptq_options`` block).
 current_gptq_options = _SLOT.current
@@ -356,7 +356,8 @@ def _build(
 def gptq(ctx: QuantContext) -> None:
     """Quantize the layers whose spec names ``gptq``, block by block.
 
-    Options come from :func:`gptq_options` (defaults: :class:`GPTQOptions`).
+    Options come from :func:`gptq_options` (defaults: :class:`GPTQOptions`), then from each
+    layer's ``LayerSpec.algorithm_args["gptq"]`` (per layer).
 
     Layers without a row view of their input (embeddings, grouped convolutions) or with a
     scheme kind GPTQ does not support are left to round to nearest (logged).
@@ -365,7 +366,6 @@ def gptq(ctx: QuantContext) -> None:
         ctx: the quantization context (fills ``ctx.qweights`` and ``ctx.log["gptq"]``).
     """
     batches = ctx.require_data("gptq")
-    opts = current_gptq_options()
     layers = ctx.layers_for("gptq")
     owned = [
         n
@@ -384,15 +384,16 @@ def gptq(ctx: QuantContext) -> None:
 
     def finish(names: list[str]) -> dict[str, torch.Tensor]:
         out = {}
-        prepared: list[tuple[torch.Tensor, PreparedHessian]] = []  # layers sharing an input
+        prepared: list[tuple[torch.Tensor, Any, PreparedHessian]] = []  # sharing an input
         for n in names:
-            scheme = ctx.specs[n].weight
+            scheme, opts = ctx.specs[n].weight, _SLOT.for_spec(ctx.specs[n])
             assert scheme is not None
             hessian = stats.pop(n).hessian()
-            prep = next((p for h, p in prepared if torch.equal(h, hessian)), None)
+            key = (opts.damp, opts.act_order)
+            prep = next((p for h, k, p in prepared if k == key and torch.equal(h, hessian)), None)
             if prep is None:
                 prep = prepare_hessian(hessian, opts.damp, opts.act_order, n)
-                prepared.append((hessian, prep))
+                prepared.append((hessian, key, prep))
             w = weight_matrix(ctx.model.get_submodule(n))
             res = gptq_solve(w, prep, scheme, opts.block_size, static_groups=opts.static_groups,
                              observer=ctx.specs[n].weight_observer, name=n)  # fmt: skip
