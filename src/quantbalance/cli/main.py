@@ -110,6 +110,10 @@ from quantbalance.cli.search_cmd import search_command  # noqa: E402 - after the
 
 app.command("search")(search_command)
 
+from quantbalance.cli.bench_cmd import bench_command  # noqa: E402 - after the app exists
+
+app.command("bench")(bench_command)
+
 
 def _jsonable(x: object) -> object:
     if isinstance(x, dict):

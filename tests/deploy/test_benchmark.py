@@ -1,0 +1,274 @@
+"""The deployment benchmark: interleaved timing, medians, rows, real engines on a tiny model."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import quantbalance as qb
+from quantbalance.deploy import bench_engines, benchmark
+from quantbalance.deploy.bench_engines import Engine, Runner
+from quantbalance.deploy.benchmark import (
+    BenchRow,
+    add_ratios,
+    bench_onnx,
+    load_task,
+    onnx_inputs,
+    take,
+    time_interleaved,
+)
+from quantbalance.errors import CheckpointError, ConfigError
+from quantbalance.tasks.base import Task
+
+
+class FakeClock:
+    """A clock that only moves when a fake engine runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+def _task() -> Task:
+    net = _net()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 16, generator=g)
+    with torch.no_grad():
+        ref = net(x[:16])
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            y = model(x[:16])
+        return {"cosine": float(nn.functional.cosine_similarity(y, ref).mean())}
+
+    return Task("tiny", net, [x[:16], x[16:32]], x[32:], evaluate, "cosine")
+
+
+def test_doctests_run() -> None:
+    for mod in (benchmark, bench_engines):
+        res = doctest.testmod(mod)
+        assert res.attempted > 0 and res.failed == 0
+
+
+def test_time_interleaved_reports_medians_of_each_engine_and_batch() -> None:
+    clock = FakeClock()
+    calls: list[tuple[str, int]] = []
+    costs = {  # ms per call, in call order, for each (engine, batch size)
+        ("a", 1): iter([5.0, 1.0, 3.0]),
+        ("a", 4): iter([10.0, 30.0, 20.0]),
+        ("b", 1): iter([2.0, 2.0, 100.0]),
+        ("b", 4): iter([7.0, 8.0, 9.0]),
+    }
+
+    def runner(name: str) -> Any:
+        def run(batch: torch.Tensor) -> None:
+            calls.append((name, len(batch)))
+            clock.now += next(costs[name, len(batch)]) / 1e3
+
+        return run
+
+    batches = {1: torch.zeros(1, 2), 4: torch.zeros(4, 2)}
+    med = time_interleaved({"a": runner("a"), "b": runner("b")}, batches, 3, clock)
+    assert med["a"][1] == pytest.approx(3.0) and med["a"][4] == pytest.approx(20.0)
+    assert med["b"][1] == pytest.approx(2.0) and med["b"][4] == pytest.approx(8.0)
+    # interleaved: every round calls every engine at every batch size before the next round
+    assert calls == [("a", 1), ("a", 4), ("b", 1), ("b", 4)] * 3
+
+
+def _fake_registry(clock: FakeClock) -> dict[str, Engine]:
+    def build(ms: float, nbytes: int, scale: float = 1.0) -> Any:
+        def factory(ctx: Any, preset: str | None) -> Runner:
+            model = ctx.task.model
+
+            def run(batch: torch.Tensor) -> torch.Tensor:
+                clock.now += ms * len(batch) / 1e3
+                return model(batch) * scale
+
+            return Runner(run, nbytes, note=f"preset={preset}")
+
+        return factory
+
+    def broken(ctx: Any, preset: str | None) -> Runner:
+        raise RuntimeError("no such kernel\nsecond line")
+
+    return {
+        "ref": Engine("torch bf16", build(2.0, 1000)),
+        "slow": Engine("slow one", build(6.0, 4000, scale=-1.0)),
+        "broken": Engine("broken one", broken),
+        "q": Engine("qb {preset} fake", build(1.0, 250), per_preset=True),
+    }
+
+
+def test_benchmark_rows_ratios_metrics_and_skips(tmp_path: Path) -> None:
+    clock = FakeClock()
+    res = benchmark.benchmark(
+        _task(), engines=["ref", "slow", "broken", "q"], presets=["w8a8", "w4-g128"],
+        batch_sizes=[1, 8], rounds=3, workdir=tmp_path, clock=clock,
+        registry=_fake_registry(clock),
+    )  # fmt: skip
+    names = [r.engine for r in res.rows]
+    assert names == ["torch bf16", "slow one", "broken one", "qb w8a8 fake", "qb w4-g128 fake"]
+    assert res.batch_sizes == [1, 8] and res.rounds == 3 and res.name == "tiny"
+    ref, slow, broken = res.row("torch bf16"), res.row("slow one"), res.row("broken one")
+    assert ref.ms == {1: pytest.approx(2.0), 8: pytest.approx(16.0)}
+    assert slow.vs_bf16 == {1: pytest.approx(3.0), 8: pytest.approx(3.0)}
+    assert res.row("qb w8a8 fake").vs_bf16[8] == pytest.approx(0.5)
+    assert res.row("qb w4-g128 fake").note == "preset=w4-g128"
+    assert ref.metrics["cosine"] == pytest.approx(1.0)
+    assert slow.metrics["cosine"] == pytest.approx(-1.0)  # scored through the task's evaluate
+    assert (ref.nbytes, slow.nbytes) == (1000, 4000)
+    assert broken.skipped == "RuntimeError: no such kernel"
+    assert broken.ms == {} and broken.nbytes is None and broken.metrics == {}
+    data = json.loads(json.dumps(res.to_dict()))
+    assert data["rows"][0]["ms"] == {"1": pytest.approx(2.0), "8": pytest.approx(16.0)}
+    assert data["env"]["threads"] >= 1
+    md = res.to_markdown().splitlines()
+    assert md[0] == "| engine | b1 ms | b8 ms | b1 vs bf16 | b8 vs bf16 | file MB | cosine | note |"
+    assert md[3].startswith("| slow one | 6.0 | 48.0 | 3.00x | 3.00x | 0.00 | -1 |")
+    assert "skipped: RuntimeError: no such kernel" in md[4]
+    with pytest.raises(ConfigError, match="no row 'nope'"):
+        res.row("nope")
+
+
+def test_default_batch_sizes_are_one_and_the_example_batch() -> None:
+    clock = FakeClock()
+    res = benchmark.benchmark(_task(), engines=["ref"], rounds=1, clock=clock,
+                              registry=_fake_registry(clock))  # fmt: skip
+    assert res.batch_sizes == [1, 16]
+
+
+def test_add_ratios_without_reference_leaves_them_empty() -> None:
+    rows = add_ratios([BenchRow("a", ms={1: 2.0})])
+    assert rows[0].vs_bf16 == {}
+
+
+def test_take_slices_tiles_and_keeps_structure() -> None:
+    x = torch.arange(6).reshape(3, 2)
+    assert take(x, 2).tolist() == [[0, 1], [2, 3]]
+    assert take(x, 5)[:, 0].tolist() == [0, 2, 4, 0, 2]
+    d = take({"ids": x, "mask": torch.ones(3, 2)}, 4)
+    assert d["ids"].shape == (4, 2) and d["mask"].shape == (4, 2)
+    assert [t.shape[0] for t in take((x, x), 1)] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"engines": ["float", "tensorrt"]}, "unknown engine 'tensorrt'; accepted: float, bf16"),
+        ({"engines": []}, r"unknown engine \(none given\)"),
+        ({"engines": ["qb-ort"], "presets": ["w5"]}, "unknown preset 'w5'; accepted: .*w8a8"),
+        ({"rounds": 0}, "rounds=0; accepted: an integer >= 1"),
+        ({"batch_sizes": [0]}, r"batch sizes \[0\]; accepted"),
+    ],
+)
+def test_bad_options_raise_config_errors(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        benchmark.benchmark(_task(), **{"engines": ["float"], **kwargs})
+
+
+def test_load_task_rejects_tasks_without_bench_sizes() -> None:
+    with pytest.raises(ConfigError, match="unknown task 'smollm'; accepted: minilm, fashion"):
+        load_task("smollm")
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """One benchmark of the real (non-compiling) engines on the tiny model, shared."""
+    folder = tmp_path_factory.mktemp("bench")
+    engines = ["float", "bf16", "ort-float", "ort-dynamic", "ort-static", "qb-ort"]
+    res = benchmark.benchmark(_task(), engines=engines, presets=["w8a8"], batch_sizes=[1, 4],
+                              rounds=2, workdir=folder)  # fmt: skip
+    return res, folder
+
+
+def test_real_engines_on_a_tiny_model(real_run: tuple[Any, Path]) -> None:
+    res, folder = real_run
+    assert all(not r.skipped for r in res.rows), [r.skipped for r in res.rows]
+    for r in res.rows:
+        assert set(r.ms) == {1, 4} and all(v > 0 for v in r.ms.values())
+        assert r.metrics["cosine"] > 0.99, r
+    assert res.row("torch bf16").vs_bf16 == {1: 1.0, 4: 1.0}
+    assert res.row("float torch").nbytes == (folder / "float.safetensors").stat().st_size
+    assert res.row("torch bf16").nbytes < res.row("float torch").nbytes
+    assert res.row("ORT quantize_dynamic").nbytes == (folder / "ort_dynamic.onnx").stat().st_size
+    assert res.row("qb w8a8 ORT").nbytes == (folder / "w8a8.onnx").stat().st_size
+    assert res.row("ORT float").note == "no quantized ops"
+    assert "MatMulInteger×2" in res.row("ORT quantize_dynamic").note
+    assert "Gemm×2" in res.row("ORT quantize_static QDQ").note  # calibrated QDQ around both
+    assert "MatMul×2" in res.row("qb w8a8 ORT").note
+
+
+def test_torchao_missing_gives_a_skipped_row_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "torchao", None)  # import torchao -> ImportError
+    res = benchmark.benchmark(_task(), engines=["torchao", "float"], batch_sizes=[2], rounds=1,
+                              workdir=tmp_path)  # fmt: skip
+    assert "torchao is not importable" in res.rows[0].skipped
+    assert "pip install 'quantbalance[bench]'" in res.rows[0].skipped
+    assert not res.rows[1].skipped and res.rows[1].ms[2] > 0
+
+
+@pytest.mark.slow  # torch.compile: ~5-10 s on 2 cores
+def test_torchao_row_quantizes_the_linears(tmp_path: Path) -> None:
+    pytest.importorskip("torchao")
+    res = benchmark.benchmark(_task(), engines=["torchao"], batch_sizes=[2], rounds=1,
+                              workdir=tmp_path)  # fmt: skip
+    row = res.rows[0]
+    assert not row.skipped, row.skipped
+    assert "int8 Linear×2 of 2" in row.note and row.metrics["cosine"] > 0.99
+    assert row.nbytes == (tmp_path / "torchao.pt").stat().st_size
+
+
+def test_bench_onnx_times_any_file_on_generated_inputs(real_run: tuple[Any, Path]) -> None:
+    path = real_run[1] / "w8a8.onnx"
+    clock = FakeClock()
+    res = bench_onnx(path, batch_sizes=[1, 3], rounds=2, clock=clock)
+    (row,) = res.rows
+    assert row.engine == "ORT" and res.name == "w8a8.onnx" and set(row.ms) == {1, 3}
+    assert row.ms == {1: 0.0, 3: 0.0}  # the fake clock never moved: ORT was timed by it
+    assert row.nbytes == path.stat().st_size
+    assert "[1, 16] float32" in row.note
+    res = bench_onnx(path, batch_sizes=[2], rounds=1)
+    assert res.rows[0].ms[2] > 0
+
+
+def test_onnx_inputs_fill_dynamic_dims_by_name_batch_or_length() -> None:
+    spec = [
+        SimpleNamespace(name="ids", shape=["batch", "seq", 3], type="tensor(int64)"),
+        SimpleNamespace(name="x", shape=[None, "seq", "other"], type="tensor(float)"),
+        SimpleNamespace(name="flag", shape=[2], type="tensor(bool)"),
+    ]
+    feeds = onnx_inputs(spec, batch=4, dims={"seq": 7}, length=5)
+    assert feeds["ids"].shape == (4, 7, 3) and feeds["ids"].dtype == np.int64
+    assert not feeds["ids"].any()
+    assert feeds["x"].shape == (4, 7, 5) and feeds["x"].dtype == np.float32
+    assert feeds["flag"].all()
+    bad = [SimpleNamespace(name="s", shape=[1], type="tensor(string)")]
+    with pytest.raises(qb.UnsupportedError, match="'s' has type tensor\\(string\\); accepted"):
+        onnx_inputs(bad, 1, {}, 1)
+
+
+def test_bench_onnx_rejects_missing_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no such file; accepted: an existing \.onnx"):
+        bench_onnx(tmp_path / "none.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(CheckpointError, match=r"bad\.onnx is not a model ONNX Runtime can load"):
+        bench_onnx(bad)
