@@ -74,3 +74,26 @@ def test_session_auto_picks_the_measured_fastest_engine() -> None:
         assert cos(q(x), torch.as_tensor(run(x))) > 0.9999
     with pytest.raises(qb.ConfigError, match="needs the quantized model"):
         qb.deploy.session("model.onnx", backend="torch")
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN int8 kernels")
+def test_hf_attention_is_fused_and_still_matches() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=16, attn_implementation="eager",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    ids = torch.randint(0, 50, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # padding must still be masked by the fused kernel
+    q = qb.quantize(bert, "w8a8-dynamic", progress=False)
+    e = to_torch_engine(q, compile=False, dtype=torch.float32)
+    assert e.config._attn_implementation == "sdpa" and q.config._attn_implementation == "eager"
+    with torch.no_grad():
+        want = q(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = e(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert cos(want, got) > 0.99999
+    keep = to_torch_engine(q, compile=False, fused_attention=False)
+    assert keep.config._attn_implementation == "eager"

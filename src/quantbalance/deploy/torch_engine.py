@@ -187,7 +187,10 @@ class _Bf16Dequant(nn.Module):
 
 
 def to_torch_engine(
-    qmodel: nn.Module, compile: bool = True, dtype: torch.dtype = torch.bfloat16
+    qmodel: nn.Module,
+    compile: bool = True,
+    dtype: torch.dtype = torch.bfloat16,
+    fused_attention: bool = True,
 ) -> nn.Module:
     """A copy of ``qmodel`` that computes with real integer kernels; the rest in ``dtype``.
 
@@ -195,11 +198,15 @@ def to_torch_engine(
         qmodel: output of ``qb.quantize``.
         compile: wrap with ``torch.compile`` (fuses activation quantization into producers).
         dtype: dtype of the non-quantized parts (bf16 uses the AMX units where present).
+        fused_attention: switch Hugging Face models that use the explicit ("eager") attention
+            to PyTorch's fused ``scaled_dot_product_attention`` (same math, one kernel).
 
     Returns:
         The engine module (call it like the model).
     """
     model = copy.deepcopy(qmodel).eval()
+    if fused_attention:
+        _use_sdpa(model)
     kinds: dict[str, int] = {}
     use_onednn = onednn_available()
     for name, mod in list(model.named_modules()):
@@ -233,3 +240,14 @@ def _embedding(q: QEmbedding, dtype: torch.dtype) -> nn.Module:
     emb = nn.Embedding(q.num_embeddings, q.embedding_dim, q.padding_idx)
     emb.weight = nn.Parameter(q.weight.to(dtype), requires_grad=False)
     return emb
+
+
+def _use_sdpa(model: nn.Module) -> None:
+    """Point every Hugging Face config in ``model`` from eager attention to SDPA, if supported."""
+    for mod in model.modules():
+        cfg = getattr(mod, "config", None)
+        if getattr(cfg, "_attn_implementation", None) != "eager":
+            continue
+        if getattr(mod, "_supports_sdpa", False):
+            cfg._attn_implementation = "sdpa"
+            log.info("torch engine: %s uses fused SDPA attention", type(mod).__name__)
