@@ -203,3 +203,25 @@ def test_missing_metric_and_bad_groups(tmp_path: Path) -> None:
         run(Budget(max_drop=0.01), tmp_path, presets=["w2-magic"])
     with pytest.raises(ConfigError, match="max_evals"):
         run(Budget(max_drop=0.01), tmp_path, max_evals=0)
+
+
+def test_presets_are_judged_on_both_splits_with_one_quantization(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantbalance.search.evaluator import PlanEvaluator
+
+    _, _, ev = make()
+    quantized: list[str] = []
+    original = PlanEvaluator._quantize
+
+    def counting(self: PlanEvaluator, plan: qb.Plan) -> nn.Module:
+        quantized.append(plan.name)
+        return original(self, plan)
+
+    monkeypatch.setattr(PlanEvaluator, "_quantize", counting)
+    r = run(Budget(max_drop=0.01), tmp_path, holdout=ev)
+    for p in r.presets:
+        assert quantized.count(p.name) == 1  # search and held-out split from one quantized copy
+        assert p.holdout_metrics is not None and p.holdout_drop == pytest.approx(p.drop)
+    held = [e for e in r.log if e["split"] == "holdout" and e["purpose"] == "holdout"]
+    assert {p.name for p in r.presets} <= {e["plan"] for e in held}

@@ -223,27 +223,51 @@ class PlanEvaluator:
         Returns:
             ``{"metrics": {...}, "bytes": int, "seconds": float, "cached": bool}``.
         """
-        src = self.source if split == "search" else self.holdout
-        if src is None:
-            raise ConfigError("no held-out split was given")
-        key = {**self.keys, "plan": plan.model_dump(mode="json"), "eval": src.eval_id}
-        key["plan"].pop("name", None)
-        got = self.cache.get("eval", key)
-        cached = got is not None
-        if got is None:
-            t0 = time.perf_counter()
-            q = self._quantize(plan)
-            what = f"eval function (plan {plan.name!r}, {split} split)"
-            got = {
-                "metrics": src.evaluate(q, what),
-                "bytes": model_nbytes(q),
-                "seconds": time.perf_counter() - t0,
-            }
-            self.cache.put("eval", key, got)
-        rec = {"plan": plan.name, "purpose": purpose, "split": split, "cached": cached, **got}
-        self.log.append(rec)
-        m = got["metrics"].get(src.metric, math.nan)
-        log.info(
-            "%s %s (%s): %s=%.6g, %d bytes", purpose, plan.name, split, src.metric, m, got["bytes"]
-        )
-        return rec
+        return self.evaluate_splits(plan, {split: purpose})[split]
+
+    def evaluate_splits(self, plan: Plan, purposes: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Quantize with ``plan`` once and evaluate it on several splits (each cached).
+
+        A uniform preset is judged on both splits; one quantization serves both.
+
+        Args:
+            plan: the Plan.
+            purposes: split (``search``/``holdout``) -> purpose for the log.
+
+        Returns:
+            split -> the record :meth:`evaluate` returns.
+        """
+        q: nn.Module | None = None
+        out = {}
+        for split, purpose in purposes.items():
+            src = self.source if split == "search" else self.holdout
+            if src is None:
+                raise ConfigError(f"split {split!r}: no held-out split was given")
+            key = {**self.keys, "plan": plan.model_dump(mode="json"), "eval": src.eval_id}
+            key["plan"].pop("name", None)
+            got = self.cache.get("eval", key)
+            cached = got is not None
+            if got is None:
+                t0 = time.perf_counter()
+                q = self._quantize(plan) if q is None else q
+                what = f"eval function (plan {plan.name!r}, {split} split)"
+                got = {
+                    "metrics": src.evaluate(q, what),
+                    "bytes": model_nbytes(q),
+                    "seconds": time.perf_counter() - t0,
+                }
+                self.cache.put("eval", key, got)
+            rec = {"plan": plan.name, "purpose": purpose, "split": split, "cached": cached, **got}
+            self.log.append(rec)
+            m = got["metrics"].get(src.metric, math.nan)
+            log.info(
+                "%s %s (%s): %s=%.6g, %d bytes",
+                purpose,
+                plan.name,
+                split,
+                src.metric,
+                m,
+                got["bytes"],
+            )
+            out[split] = rec
+        return out

@@ -324,7 +324,7 @@ def search(
     pre_points = []
     for name, plan in tqdm(preset_plans.items(), desc="presets", disable=not progress):
         try:
-            pre_points.append(ver.preset_point(name, plan, preset_choice[name]))
+            pre_points.append(ver.preset_point(name, plan, preset_choice[name], hold is not None))
         except QuantBalanceError as e:
             log.warning("preset %s skipped: %s", name, e)
     times["front"] = time.perf_counter() - t0

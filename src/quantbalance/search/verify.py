@@ -121,10 +121,24 @@ class Verifier:
             p.holdout_drop = self._drop(p.holdout_metrics, self.ev.reference("holdout"))
         return p
 
-    def preset_point(self, name: str, plan: Plan, choice: dict[str, str]) -> PlanPoint:
-        """Evaluate a uniform preset and place it on the axes."""
-        rec = self.ev.evaluate(plan, "preset")
-        return PlanPoint(
+    def preset_point(
+        self, name: str, plan: Plan, choice: dict[str, str], holdout: bool = False
+    ) -> PlanPoint:
+        """Evaluate a uniform preset and place it on the axes.
+
+        Args:
+            name: the preset's name.
+            plan: its Plan.
+            choice: layer -> option key of the preset.
+            holdout: also judge it on the held-out split (one quantization for both).
+
+        Returns:
+            The measured point.
+        """
+        purposes = {"search": "preset"} | ({"holdout": "holdout"} if holdout else {})
+        recs = self.ev.evaluate_splits(plan, purposes)
+        rec = recs["search"]
+        p = PlanPoint(
             name,
             "preset",
             plan,
@@ -135,6 +149,10 @@ class Verifier:
             self._drop(rec["metrics"], self.reference),
             choice=choice,
         )
+        if "holdout" in recs:
+            p.holdout_metrics = recs["holdout"]["metrics"]
+            p.holdout_drop = self._drop(p.holdout_metrics, self.ev.reference("holdout"))
+        return p
 
     def run(self, max_evals: int, objective: str) -> None:
         """The verification loop (see the module doc).
