@@ -254,6 +254,8 @@ def test_finished_blocks_are_installed_and_their_float_weights_freed(monkeypatch
     assert q is m and isinstance(m.layers[0].up, QLinear) and isinstance(m.emb, QEmbedding)
     assert seen == {"block0_up": "QLinear", "float_freed": True}
     assert _codes_equal(q, late)  # in place: the same codes as on a copy
+    # no quantized module ran during quantization: none holds a dequantized float copy yet
+    assert all(mod._w is None for mod in q.modules() if hasattr(mod, "qweight"))
 
 
 def test_plan_algorithm_args_set_gptq_options_per_layer() -> None:

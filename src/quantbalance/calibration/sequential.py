@@ -17,7 +17,8 @@ run here instead of through full-model passes:
    chain without recomputing it.
 
 Peak memory is the model plus one block's activations for the calibration set (the blocks are
-not offloaded here; ``accelerate`` is the planned way to do that).
+not offloaded here; ``accelerate`` is the planned way to do that); free heap memory is handed
+back to the operating system after each block (:mod:`quantbalance.calibration.memory`).
 
 Control flow note: capturing the first block's inputs stops the forward pass by raising the
 private :class:`_EarlyStopError` from a pre-hook (the rest of the model need not run); it is caught
@@ -37,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantbalance.calibration.batch import call_model
+from quantbalance.calibration.memory import release_free_memory
 from quantbalance.calibration.pipeline import capture, describe_batch
 from quantbalance.errors import CalibrationError, QuantBalanceError, UnsupportedError
 
@@ -297,6 +299,7 @@ def run_sequential(
                 outputs = _run_block(block, calls, {}, None)
             del subs
             _done(modules, names, done)
+            release_free_memory()  # keep the resident memory at one block's work
             if found:
                 calls = [_next_call(c, o) for c, o in zip(calls, outputs, strict=True)]
         if outside and found:
