@@ -6,7 +6,9 @@ happen inside the command, so the rest of the CLI stays fast to start.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +18,21 @@ from rich.table import Table
 
 from quantbalance.errors import ConfigError, QuantBalanceError
 
-console = Console()
+
+def make_console() -> Console:
+    """A rich Console that stays readable when stdout is not a terminal (logs, ``make``).
+
+    Rich falls back to 80 columns off a terminal, which truncates the result table; then 120
+    columns are used (or ``$COLUMNS`` when set).
+
+    Returns:
+        The console.
+    """
+    c = Console()
+    return c if c.is_terminal or "COLUMNS" in os.environ else Console(width=120)
+
+
+console = make_console()
 _UNITS = {
     "": 1,
     "b": 1,
@@ -84,7 +100,7 @@ def _load(
     from quantbalance.cli.loading import load_source
     from quantbalance.search.holdout import split_task
 
-    if holdout and task in ("minilm", "fashion") and not (model or hf):
+    if holdout and task in ("minilm", "fashion", "smollm") and not (model or hf):
         sp = split_task(task, n_sensitivity=n_sens)
         return sp.search, sp.holdout, sp.sensitivity
     if holdout and hf and not (task or model):  # a local BERT-style encoder: minilm's splits
@@ -111,17 +127,9 @@ def results_table(res: Any) -> Table:
     from quantbalance.report.html import size_txt
 
     m = res.metric
-    t = Table(
-        "plan",
-        "search",
-        "drop",
-        "held out",
-        "size",
-        "×smaller",
-        "ms",
-        "×faster",
-        title=f"{m}: {res.budget.describe()} (ms: predicted latency)",
-    )
+    t = Table(title=f"{m}: {res.budget.describe()} (ms: predicted latency)")
+    for col in ("plan", "search", "drop", "held out", "size", "×smaller", "ms", "×faster"):
+        t.add_column(col, no_wrap=True, justify="left" if col == "plan" else "right")
     f = res.float_point
     pct = res.budget.kind != "drop" or res.budget.relative
     for p in [f, res.chosen, *res.presets]:
@@ -140,6 +148,109 @@ def results_table(res: Any) -> Table:
             style=style,
         )
     return t
+
+
+def run_search(
+    out: Path,
+    *,
+    task: str | None = None,
+    model: str | None = None,
+    hf: str | None = None,
+    max_drop: str | None = None,
+    max_bytes: str | None = None,
+    max_latency_ms: float | None = None,
+    metric: str | None = None,
+    max_evals: int = 8,
+    objective: str = "bytes",
+    algorithm: str = "rtn",
+    holdout: bool = True,
+    n_sensitivity: int | None = None,
+    measure: int | None = None,
+    cache_dir: Path | None = None,
+    out_console: Console | None = None,
+) -> tuple[Any, Path]:
+    """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
+
+    Args:
+        out: output folder (``report.html``, ``report.json``, ``plan.json``).
+        task: a benchmark task (``minilm``, ``fashion``, ``smollm``).
+        model: ``module:factory`` of a user model.
+        hf: a local Hugging Face encoder folder.
+        max_drop: drop budget text (``1%`` relative, ``0.5`` absolute).
+        max_bytes: size budget text (``20MB``).
+        max_latency_ms: latency budget.
+        metric: protected metric.
+        max_evals: verification evaluations.
+        objective: what a drop budget minimises (``bytes`` or ``latency``).
+        algorithm: weight algorithm.
+        holdout: judge the budget on a held-out split (benchmark tasks).
+        n_sensitivity: eval samples for the single-layer measurements.
+        measure: measure only this many (layer, spec) pairs for real, the others estimated from
+            the proxies (large models); None: all.
+        cache_dir: cache folder (None: the default cache).
+        out_console: where the loading status shows (default the module console).
+
+    Returns:
+        ``(SearchResult, path of report.html)``.
+
+    Raises:
+        ConfigError: the budget options are not exactly one, or malformed.
+    """
+    from quantbalance.report import write_report
+    from quantbalance.search import Budget, search
+
+    con = out_console or console
+    kinds = [x is not None for x in (max_drop, max_bytes, max_latency_ms)]
+    if sum(kinds) != 1:
+        raise ConfigError("give exactly one of --max-drop, --max-bytes, --max-latency-ms")
+    if max_drop is not None:
+        d, rel = parse_drop(max_drop)
+        budget = Budget(max_drop=d, relative=rel, metric=metric)
+    elif max_bytes is not None:
+        budget = Budget(max_bytes=parse_bytes(max_bytes), metric=metric)
+    else:
+        budget = Budget(max_latency_ms=max_latency_ms, metric=metric)
+    if measure is not None and measure < 1:
+        raise ConfigError(f"--measure {measure}: give a number of pairs >= 1 (or leave it out)")
+    with con.status("loading model and data"):
+        src, held, sens = _load(task, model, hf, holdout, n_sensitivity, metric)
+    res = search(
+        src.model,
+        src,
+        budget,
+        algorithm=algorithm,
+        max_evals=max_evals,
+        holdout=held,
+        objective=objective,  # type: ignore[arg-type]
+        sensitivity_source=sens,
+        cache_dir=cache_dir if cache_dir is not None else "default",
+        measure=True if measure is None else measure,
+        progress=sys.stderr.isatty(),
+    )
+    with con.status("writing the report"):
+        path = write_report(res, out, model=src.model, calib_data=src.calib_data)
+        res.plan.save(out / "plan.json")
+    return res, path
+
+
+def show_result(res: Any, path: Path, out: Path, con: Console | None = None) -> None:
+    """Print the result table, the layer counts, the verdict and where the report is.
+
+    Args:
+        res: the SearchResult.
+        path: the report's path.
+        out: the output folder.
+        con: the console (default the module console).
+    """
+    con = con or console
+    con.print(results_table(res))
+    counts: dict[str, int] = {}
+    for k in (res.chosen.choice or {}).values():
+        counts[k] = counts.get(k, 0) + 1
+    con.print("layers: " + ", ".join(f"{k} × {v}" for k, v in sorted(counts.items())))
+    color = "green" if res.met_budget else "red"
+    con.print(f"[{color}]{res.message}[/]")
+    con.print(f"report: [bold]{path}[/]  plan: [bold]{out / 'plan.json'}[/]")
 
 
 def search_command(
@@ -167,52 +278,40 @@ def search_command(
         int | None,
         typer.Option("--n-sensitivity", help="eval samples for single-layer measurements"),
     ] = None,
+    measure: Annotated[
+        int | None,
+        typer.Option(
+            "--measure",
+            help="measure only this many (layer, spec) pairs, estimate the rest from proxies",
+        ),
+    ] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir")] = None,
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
     Exit status: 0 if the budget is met, 1 if not (closest Plan still written), 2: bad input.
     """
-    from quantbalance.report import write_report
-    from quantbalance.search import Budget, search
-
     try:
-        kinds = [x is not None for x in (max_drop, max_bytes, max_latency_ms)]
-        if sum(kinds) != 1:
-            raise ConfigError("give exactly one of --max-drop, --max-bytes, --max-latency-ms")
-        if max_drop is not None:
-            d, rel = parse_drop(max_drop)
-            budget = Budget(max_drop=d, relative=rel, metric=metric)
-        elif max_bytes is not None:
-            budget = Budget(max_bytes=parse_bytes(max_bytes), metric=metric)
-        else:
-            budget = Budget(max_latency_ms=max_latency_ms, metric=metric)
-        with console.status("loading model and data"):
-            src, held, sens = _load(task, model, hf, holdout, n_sensitivity, metric)
-        res = search(
-            src.model,
-            src,
-            budget,
-            algorithm=algorithm,
+        res, path = run_search(
+            out,
+            task=task,
+            model=model,
+            hf=hf,
+            max_drop=max_drop,
+            max_bytes=max_bytes,
+            max_latency_ms=max_latency_ms,
+            metric=metric,
             max_evals=max_evals,
-            holdout=held,
             objective=objective,
-            sensitivity_source=sens,
-            cache_dir=cache_dir if cache_dir is not None else "default",
+            algorithm=algorithm,
+            holdout=holdout,
+            n_sensitivity=n_sensitivity,
+            measure=measure,
+            cache_dir=cache_dir,
         )
-        with console.status("writing the report"):
-            path = write_report(res, out, model=src.model, calib_data=src.calib_data)
-            res.plan.save(out / "plan.json")
     except QuantBalanceError as e:
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
-    console.print(results_table(res))
-    counts: dict[str, int] = {}
-    for k in (res.chosen.choice or {}).values():
-        counts[k] = counts.get(k, 0) + 1
-    console.print("layers: " + ", ".join(f"{k} × {v}" for k, v in sorted(counts.items())))
-    color = "green" if res.met_budget else "red"
-    console.print(f"[{color}]{res.message}[/]")
-    console.print(f"report: [bold]{path}[/]  plan: [bold]{out / 'plan.json'}[/]")
+    show_result(res, path, out)
     if not res.met_budget:
         raise typer.Exit(1)
