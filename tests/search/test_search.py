@@ -225,3 +225,20 @@ def test_presets_are_judged_on_both_splits_with_one_quantization(
         assert p.holdout_metrics is not None and p.holdout_drop == pytest.approx(p.drop)
     held = [e for e in r.log if e["split"] == "holdout" and e["purpose"] == "holdout"]
     assert {p.name for p in r.presets} <= {e["plan"] for e in held}
+
+
+class TokenEngine(FakeEngine):
+    """FakeEngine where the per-token dynamic int8 kernel is the fastest."""
+
+    factor: ClassVar[dict[str, float]] = {**FakeEngine.factor, "int8-act-token": 0.2}
+
+
+def test_latency_objective_adds_per_token_dynamic_candidates(tmp_path: Path) -> None:
+    r = run(Budget(max_drop=0.01), tmp_path, objective="latency", latency_model=TokenEngine())
+    for layer in ("q", "k", "mid", "out"):
+        assert "w8a8-dynamic" in r.sensitivity.entries[layer]
+        assert r.costs.latency_ms[layer]["w8a8-dynamic"] < r.costs.latency_ms[layer]["w8a8"]
+    assert r.met_budget
+    assert "w8a8-dynamic" in set((r.chosen.choice or {}).values())
+    b = run(Budget(max_drop=0.01), tmp_path / "b")
+    assert "w8a8-dynamic" not in b.sensitivity.entries["q"]  # bytes: same size as int8-weight

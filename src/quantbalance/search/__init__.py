@@ -10,7 +10,12 @@ from quantbalance.search.costs import CostTable, LatencyModel, layer_nbytes
 from quantbalance.search.latency import TorchLatencyModel
 from quantbalance.search.pareto import PlanPoint
 from quantbalance.search.search import Budget, SearchResult, search
-from quantbalance.search.sensitivity import SensitivityTable, default_candidates, sensitivity
+from quantbalance.search.sensitivity import (
+    SensitivityTable,
+    default_candidates,
+    latency_candidates,
+    sensitivity,
+)
 from quantbalance.search.solver import Problem, Solution, solve, sweep
 
 __all__ = [
@@ -26,6 +31,7 @@ __all__ = [
     "TorchLatencyModel",
     "default_cache_dir",
     "default_candidates",
+    "latency_candidates",
     "layer_nbytes",
     "search",
     "sensitivity",

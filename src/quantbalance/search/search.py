@@ -46,7 +46,12 @@ from quantbalance.search.costs import (
 from quantbalance.search.evaluator import PlanEvaluator, as_holdout, as_source
 from quantbalance.search.latency import TorchLatencyModel
 from quantbalance.search.pareto import PlanPoint, mark_fronts, preset_dominance, spread
-from quantbalance.search.sensitivity import Candidates, SensitivityTable, layer_options
+from quantbalance.search.sensitivity import (
+    Candidates,
+    SensitivityTable,
+    latency_candidates,
+    layer_options,
+)
 from quantbalance.search.sensitivity import run_sensitivity as _run_sensitivity
 from quantbalance.search.solver import Problem, sweep
 from quantbalance.search.verify import Verifier
@@ -227,7 +232,9 @@ def search(
         model: the float model (not modified).
         task_or: a ``Task`` or ``(calib_data, eval_fn)`` (the search split).
         budget: a :class:`Budget`.
-        candidates: per-layer candidates (see ``search.sensitivity.layer_options``).
+        candidates: per-layer candidates (see ``search.sensitivity.layer_options``; default
+            ``default_candidates``, plus per-token dynamic W8A8 for Linear layers when
+            ``objective="latency"``: ``latency_candidates``).
         algorithm: weight algorithm for every candidate (``rtn`` by default).
         max_evals: evaluations the verification loop may spend (≥ 1).
         holdout: held-out split: a ``Task`` or an eval function; the budget is judged on it.
@@ -265,6 +272,8 @@ def search(
     base = copy.deepcopy(model).eval()
     fold_batchnorm(base)
     names = list(quantizable_layers(base))
+    if candidates is None and objective == "latency":
+        candidates = lambda _name, mod: latency_candidates(mod)  # noqa: E731
     options = layer_options(base, names, candidates, algorithm)
     keys = {"model": mkey, "data": data_hash(src.calib_data), "algorithm": algorithm}
     ev = PlanEvaluator(model, src, hold, cache, keys)

@@ -71,6 +71,25 @@ def default_candidates(module: nn.Module) -> Options:
     return {FLOAT: None, "int8-weight": _p("int8-weight"), "w8a8": _p("w8a8"), **low}
 
 
+def latency_candidates(module: nn.Module) -> Options:
+    """:func:`default_candidates` plus W8A8 with per-token dynamic activations for Linear.
+
+    Per-token dynamic activations need no calibrated range (robust to outlier tokens) and run
+    on an int8 kernel (``torch._int_mm`` + rescale, see ``search.latency``), but cost the same
+    bytes as ``int8-weight``; they are candidates when the search minimises latency.
+
+    Args:
+        module: the layer.
+
+    Returns:
+        key -> spec (None = float).
+    """
+    opts = default_candidates(module)
+    if isinstance(module, nn.Linear):
+        opts["w8a8-dynamic"] = _p("w8a8-dynamic")
+    return opts
+
+
 def spec_key(spec: LayerSpec | None) -> str:
     """Short key of a spec: ``float``, the preset name it equals, or its label."""
     if spec is None:
