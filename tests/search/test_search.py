@@ -60,6 +60,7 @@ class FakeEngine:
         "int8-weight": 0.7,
         "int4-weight": 0.6,
         "int8-act": 0.3,
+        "int8-act-token": 0.35,
     }
 
     def latency_ms(
