@@ -153,6 +153,26 @@ def test_default_batch_sizes_are_one_and_the_example_batch() -> None:
     assert res.batch_sizes == [1, 16]
 
 
+def test_compiled_engines_get_room_in_dynamo_cache_and_scratch_files_go_away() -> None:
+    from torch._dynamo import config as dynamo_config
+
+    seen: dict[str, Any] = {}
+
+    def spy(ctx: Any, preset: str | None) -> Runner:
+        seen["limit"], seen["workdir"] = dynamo_config.recompile_limit, ctx.workdir
+        (ctx.workdir / "model.bin").write_bytes(b"123")
+        return Runner(lambda b: ctx.task.model(b), 3)
+
+    before = dynamo_config.recompile_limit
+    registry = {f"e{i}": Engine(f"engine {i}", spy) for i in range(6)}
+    res = benchmark.benchmark(_task(), engines=list(registry), batch_sizes=[1, 2], rounds=1,
+                              registry=registry)  # fmt: skip
+    # one cache entry per engine and shape would pass dynamo's default of 8: compiled
+    # engines built late would silently run eager
+    assert seen["limit"] >= 6 * 2 and dynamo_config.recompile_limit == before
+    assert not seen["workdir"].exists() and res.rows[5].nbytes == 3
+
+
 def test_add_ratios_without_reference_leaves_them_empty() -> None:
     rows = add_ratios([BenchRow("a", ms={1: 2.0})])
     assert rows[0].vs_bf16 == {}

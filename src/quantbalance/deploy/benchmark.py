@@ -203,7 +203,7 @@ def benchmark(
             ``(1, size of the example batch)``.
         rounds: timed rounds; each round calls every engine once per batch size.
         threads: torch and ONNX Runtime threads (default: torch's current setting).
-        workdir: folder for the deployed files (default: a new temporary folder).
+        workdir: folder to keep the deployed files in (default: a temporary folder, deleted).
         clock: the timer (seconds); tests pass a fake one.
         registry: the engine factories (default ``ENGINES``).
 
@@ -224,15 +224,24 @@ def benchmark(
     if any(b < 1 for b in sizes):
         raise ConfigError(f"batch sizes {sizes}; accepted: integers >= 1")
     threads = threads or torch.get_num_threads()
-    folder = Path(workdir or tempfile.mkdtemp(prefix="qb-bench-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    ctx = BenchContext(task, folder, threads)
     batches = {b: take(task.example_inputs, b) for b in sizes}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    from torch._dynamo import config as dynamo_config
+
+    # Every compiled engine wraps the same forward code: one dynamo cache entry per engine and
+    # shape. Past dynamo's default limit (8) later engines would silently run eager.
+    limit = max(dynamo_config.recompile_limit, 4 * len(engines) * len(presets) * len(sizes))
     try:
-        rows, runs = _build_all(ctx, engines, presets, registry, batches)
-        times = time_interleaved(runs, batches, rounds, clock)
+        with (
+            tempfile.TemporaryDirectory(prefix="qb-bench-") as tmp,
+            dynamo_config.patch(recompile_limit=limit),
+        ):
+            folder = Path(workdir or tmp)  # the deployed files, measured then (by default) deleted
+            folder.mkdir(parents=True, exist_ok=True)
+            ctx = BenchContext(task, folder, threads)
+            rows, runs = _build_all(ctx, engines, presets, registry, batches)
+            times = time_interleaved(runs, batches, rounds, clock)
     finally:
         torch.set_num_threads(previous)
     for r in rows:
@@ -263,7 +272,9 @@ def _build_all(
                         runner.run(batch)
                     row.metrics = dict(ctx.task.evaluate(RunnerModule(runner.run)))
             except Exception as exc:
-                log.warning("%s skipped: %s", row.engine, exc, exc_info=log.isEnabledFor(10))
+                log.warning(
+                    "%s skipped: %s", row.engine, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+                )
                 row.skipped = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 continue
             row.nbytes, row.note = runner.nbytes, runner.note
