@@ -81,6 +81,13 @@ def test_corrupt_onnx_file_exits_2(tmp_path: Path) -> None:
     assert "is not a model ONNX Runtime can load" in " ".join(r.output.split())
 
 
+def test_engines_help_lists_every_engine() -> None:
+    from quantbalance.cli.bench_cmd import ENGINES_HELP
+    from quantbalance.deploy.bench_engines import ENGINES
+
+    assert ENGINES_HELP.endswith(", ".join(ENGINES))
+
+
 def test_option_parsers() -> None:
     assert parse_sizes(None) is None
     assert parse_sizes(["1, 32", "64"]) == [1, 32, 64]

@@ -18,6 +18,11 @@ from rich.table import Table
 from quantbalance.errors import ConfigError, QuantBalanceError
 
 console = Console()
+# Kept here (not imported from deploy.bench_engines) so that `--help` stays fast; a test checks it.
+ENGINES_HELP = (
+    "comma-separated, default all: float, bf16, bf16-compile, torchao, ort-float, ort-dynamic, "
+    "ort-static, qb-torch, qb-ort"
+)
 
 
 def parse_sizes(values: list[str] | None, what: str = "--batch") -> list[int] | None:
@@ -124,9 +129,7 @@ def bench_command(
         str | None, typer.Option("--model", help="module:factory returning a Task or tuple")
     ] = None,
     onnx: Annotated[Path | None, typer.Option("--onnx", help="time any ONNX file")] = None,
-    engines: Annotated[
-        str | None, typer.Option("--engines", help="comma-separated engines (default: all)")
-    ] = None,
+    engines: Annotated[str | None, typer.Option("--engines", help=ENGINES_HELP)] = None,
     presets: Annotated[
         str, typer.Option("--presets", help="quantbalance presets for the qb-* engines")
     ] = "w8a8,int8-weight,w4-g128",
