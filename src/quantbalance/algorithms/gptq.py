@@ -128,12 +128,12 @@ def prepare_hessian(
     Returns:
         The :class:`PreparedHessian`.
     """
-    H = hessian.detach().double().clone()
+    H = hessian.detach().to(torch.float64, copy=True)
     n = H.shape[0]
     if not torch.isfinite(H).all():
         log.warning("%s: Hessian has NaN/Inf entries; rounding to nearest instead", name)
         return PreparedHessian(torch.eye(n), None, float("inf"), 0, True)
-    H = (H + H.T) / 2
+    H = (H + H.T).div_(2)
     dead = torch.diag(H) <= 0  # the input channel was always 0: round it, spread nothing
     H[dead, :] = 0
     H[:, dead] = 0
@@ -142,9 +142,11 @@ def prepare_hessian(
     if perm is not None:
         H = H[perm][:, perm]
     mean_diag = float(torch.diag(H).mean())
-    eye = torch.eye(n, dtype=torch.float64)
     for rel in [damp] + [max(damp, 1e-4) * 10**k for k in range(1, 7)]:
-        L, info = torch.linalg.cholesky_ex(H + rel * mean_diag * eye)
+        damped = H.clone()  # H + rel · mean · I, without an n × n identity (memory)
+        damped.diagonal().add_(rel * mean_diag)
+        L, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if int(info) == 0:
             U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
             if int(info) == 0 and torch.isfinite(U).all():
