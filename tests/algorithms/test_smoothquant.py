@@ -110,3 +110,21 @@ def test_unpairable_model_says_which_layers() -> None:
     m = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(UnsupportedError, match="could not pair layers 0"):
         qb.quantize(m, "w8a8", [torch.randn(3, 4)], algorithm="smoothquant", progress=False)
+
+
+def test_alpha_from_plan_algorithm_args_and_bad_alpha() -> None:
+    from quantbalance.algorithms.smoothquant import smoothquant_options
+    from quantbalance.errors import ConfigError
+
+    bert = tiny_bert()
+    w8a8 = qb.preset("w8a8").layers["re:.*"]
+    spec = w8a8.model_copy(update={"algorithm_args": {"smoothquant": {"alpha": 0.85}}})
+    plan = qb.Plan(layers={"re:.*": spec})
+    q = qb.quantize(bert, plan, bert_batches(), "smoothquant", progress=False)
+    alphas = q.qb_info.algorithm_log["smoothquant"]["alpha"]
+    assert alphas and set(alphas.values()) == {0.85}
+    with smoothquant_options(alpha=0.3):
+        q = qb.quantize(bert, "w8a8", bert_batches(), "smoothquant", progress=False)
+    assert set(q.qb_info.algorithm_log["smoothquant"]["alpha"].values()) == {0.3}
+    with pytest.raises(ConfigError, match="alpha"):
+        qb.LayerSpec(**{**w8a8.model_dump(), "algorithm_args": {"smoothquant": {"alpha": 2}}})

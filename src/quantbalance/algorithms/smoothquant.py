@@ -36,11 +36,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from quantbalance.algorithms.base import QuantContext, register_algorithm
+from quantbalance.algorithms.base import OptionsSlot, QuantContext, register_algorithm
 from quantbalance.algorithms.mapping import ScaleGroup, find_scale_groups, fold_scales
 from quantbalance.calibration import capture, make_observer
 from quantbalance.calibration.sequential import find_blocks
-from quantbalance.errors import UnsupportedError
+from quantbalance.errors import ConfigError, UnsupportedError
 from quantbalance.formats import fake_quantize, qparams_from_range, quantize_tensor
 from quantbalance.plan import LayerSpec, preset
 from quantbalance.transform import replace_module
@@ -58,6 +58,30 @@ EXTRA_GROUPS: dict[str, tuple[tuple[str, Kind, tuple[str, ...]], ...]] = {
         ("intermediate.intermediate_act_fn", "act", ("output.dense",)),
     ),
 }
+
+
+@dataclass(frozen=True)
+class SmoothQuantOptions:
+    """Options of the ``smoothquant`` step (Plan: ``algorithm_args={"smoothquant": {...}}``).
+
+    Attributes:
+        alpha: migration strength in [0, 1], or ``None`` / ``"auto"`` (per-group search over
+            :data:`ALPHAS`, keeping no smoothing when nothing beats it).
+    """
+
+    alpha: float | str | None = None
+
+    def __post_init__(self) -> None:
+        a = self.alpha
+        ok_number = isinstance(a, int | float) and not isinstance(a, bool) and 0.0 <= a <= 1.0
+        if not (a is None or a == "auto" or ok_number):
+            raise ConfigError(f"SmoothQuant alpha={a!r}; accepted: a number in [0, 1] or 'auto'")
+
+
+_SLOT = OptionsSlot(SmoothQuantOptions, "SmoothQuant", "smoothquant")
+
+#: ``with smoothquant_options(alpha=0.8):`` sets options for the ``smoothquant`` step.
+smoothquant_options = _SLOT.override
 
 
 @dataclass(frozen=True)
@@ -273,8 +297,11 @@ def smooth_model(
         lo, hi, rows = stats[head]
         weights = [model.get_submodule(c).weight.detach().float() for c in g.consumers]
         absmax = torch.maximum(lo.abs(), hi.abs())
-        choice: float | None = None if alpha == "auto" else alpha
-        if alpha == "auto":
+        a_g: float | str = alpha
+        if specs is not None and head in specs and specs[head].algorithm_args.get("smoothquant"):
+            a_g = _SLOT.for_spec(specs[head]).alpha or "auto"
+        choice: float | None = None if a_g == "auto" else float(a_g)
+        if a_g == "auto":
             spec = (specs or {}).get(head) or default
             best = _output_error(rows, lo, hi, weights, spec, torch.ones_like(lo))
             for a in ALPHAS:
@@ -291,15 +318,18 @@ def smooth_model(
 def smoothquant(ctx: QuantContext) -> None:
     """Plan step ``smoothquant``: per-group α search against the consumers' own schemes.
 
-    Call :func:`smooth_model` for a fixed α. The next step chooses the weights (round to
-    nearest by default); static activation ranges are calibrated on the smoothed model.
+    A fixed α comes from ``smoothquant_options(alpha=...)`` or, per group (its first
+    consumer's spec), from ``algorithm_args={"smoothquant": {"alpha": 0.8}}``. The next step
+    chooses the weights (round to nearest by default); static activation ranges are calibrated
+    on the smoothed model.
 
     Args:
         ctx: the quantization context (its float model is modified in place).
     """
     data = ctx.require_data("smoothquant")
     layers = set(ctx.layers_for("smoothquant"))
-    chosen = smooth_model(ctx.model, data, "auto", layers, ctx.specs, ctx.progress)
+    alpha = _SLOT.current().alpha or "auto"
+    chosen = smooth_model(ctx.model, data, alpha, layers, ctx.specs, ctx.progress)  # type: ignore[arg-type]
     ctx.log["smoothquant"] = {"alpha": chosen}
 
 
