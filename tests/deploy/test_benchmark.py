@@ -269,6 +269,23 @@ def test_bench_onnx_times_any_file_on_generated_inputs(real_run: tuple[Any, Path
     assert res.rows[0].ms[2] > 0
 
 
+def test_ort_static_quantizes_only_nodes_with_a_constant_weight() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.zeros((10, 4), np.float32), "table")
+    w = numpy_helper.from_array(np.zeros((4, 4), np.float32), "w")
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "w"], ["h"], name="linear"),
+        helper.make_node("MatMul", ["h", "e_t"], ["s"], name="scores"),  # activation x activation
+        helper.make_node("Gather", ["s", "ids"], ["o"], name="pick"),  # gathers activations
+    ]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [3])
+    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", [ids], [out], initializer=[table, w])
+    assert bench_engines._weight_nodes(helper.make_model(graph)) == ["embed", "linear"]
+
+
 def test_onnx_inputs_fill_dynamic_dims_by_name_batch_or_length() -> None:
     spec = [
         SimpleNamespace(name="ids", shape=["batch", "seq", 3], type="tensor(int64)"),

@@ -10,8 +10,8 @@ engine             what runs
 ``ort-float``      the float model exported to ONNX, ONNX Runtime defaults
 ``ort-dynamic``    ONNX Runtime ``quantize_dynamic`` (per-channel int8 weights) of that file
 ``ort-static``     ONNX Runtime ``quantize_static`` QDQ of the weight-bearing ops (Conv, MatMul,
-                   Gemm with a constant weight): per-channel int8 weights, uint8 activations,
-                   MinMax-calibrated on the task's calibration batches
+                   Gemm with a constant weight; Gather of a constant table): per-channel int8
+                   weights, uint8 activations, MinMax-calibrated on the calibration batches
 ``qb-torch``       each quantbalance preset on its torch engine (``to_torch_engine``)
 ``qb-ort``         each preset exported as QDQ (``export_onnx``) in :class:`OrtSession`
 =================  ===============================================================================
@@ -185,13 +185,7 @@ def _ort_static(ctx: BenchContext, _: str | None) -> Runner:
 
     src = ctx.float_onnx(preprocessed=True)
     names = _onnx_input_names(src)
-    graph = onnx.load(str(src)).graph
-    inits = {i.name for i in graph.initializer}
-    weighted = [
-        n.name
-        for n in graph.node
-        if n.op_type in ("Conv", "MatMul", "Gemm") and any(i in inits for i in n.input)
-    ]
+    weighted = _weight_nodes(onnx.load(str(src)))
     feeds = [_feeds(b, names) for b in ctx.task.calib_data]
 
     class Reader(CalibrationDataReader):
@@ -308,6 +302,18 @@ def _feeds(batch: Any, names: list[str]) -> dict[str, Any]:
         return {k: v.numpy() for k, v in batch.items() if k in names}
     values = batch if isinstance(batch, tuple | list) else (batch,)
     return {n: v.numpy() for n, v in zip(names, values, strict=False)}
+
+
+def _weight_nodes(proto: Any) -> list[str]:
+    """Nodes that hold a constant weight: Conv/MatMul/Gemm with one, Gather from a table."""
+    inits = {i.name for i in proto.graph.initializer}
+    weighted = {"Conv", "MatMul", "Gemm"}
+    return [
+        n.name
+        for n in proto.graph.node
+        if (n.op_type in weighted and any(i in inits for i in n.input))
+        or (n.op_type == "Gather" and n.input[:1] and n.input[0] in inits)
+    ]
 
 
 def _ort_runner(ctx: BenchContext, path: Path, qb_session: bool = False) -> Runner:
