@@ -89,3 +89,26 @@ def test_smollm_slice_matches_the_loader_and_avoids_calibration() -> None:
         build_evaluate(task, slice(3, 5))
     with pytest.raises(ConfigError, match="accepted 0 <= start < stop"):
         build_evaluate(task, slice(4, 10**6))
+
+
+def test_minilm_float_model_is_embedded_once_when_evaluated_first(
+    minilm: Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantbalance.tasks import minilm as mt
+
+    calls = []
+    real = mt.embed_batches
+
+    def counting(model, batches):  # type: ignore[no-untyped-def]
+        calls.append(model)
+        return real(model, batches)
+
+    monkeypatch.setattr(mt, "embed_batches", counting)
+    fn = build_evaluate(minilm, slice(100, 120))
+    first = fn(minilm.model)
+    assert len(calls) == 1 and first["cosine_mean"] == pytest.approx(1.0, abs=1e-6)
+    noisy = _perturbed(minilm.model)
+    assert fn(noisy)["cosine_mean"] < 0.9999 and len(calls) == 2
+    fresh = build_evaluate(minilm, slice(100, 120))
+    assert fresh(noisy) == fn(noisy)  # a changed model still gets the float reference
+    assert len(calls) == 5
