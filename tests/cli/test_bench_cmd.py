@@ -88,6 +88,15 @@ def test_engines_help_lists_every_engine() -> None:
     assert ENGINES_HELP.endswith(", ".join(ENGINES))
 
 
+def test_doctests_run() -> None:
+    import doctest
+
+    from quantbalance.cli import bench_cmd
+
+    res = doctest.testmod(bench_cmd)
+    assert res.attempted >= 2 and res.failed == 0
+
+
 def test_option_parsers() -> None:
     assert parse_sizes(None) is None
     assert parse_sizes(["1, 32", "64"]) == [1, 32, 64]
