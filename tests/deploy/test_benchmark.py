@@ -15,17 +15,11 @@ import torch
 from torch import nn
 
 import quantbalance as qb
-from quantbalance.deploy import bench_engines, benchmark
+from quantbalance.deploy import bench_engines, bench_result, benchmark
 from quantbalance.deploy.bench_engines import Engine, Runner
-from quantbalance.deploy.benchmark import (
-    BenchRow,
-    add_ratios,
-    bench_onnx,
-    load_task,
-    onnx_inputs,
-    take,
-    time_interleaved,
-)
+from quantbalance.deploy.bench_onnx import bench_onnx, onnx_inputs
+from quantbalance.deploy.bench_result import BenchRow, add_ratios, time_interleaved
+from quantbalance.deploy.benchmark import load_task, take
 from quantbalance.errors import CheckpointError, ConfigError
 from quantbalance.tasks.base import Task
 
@@ -61,7 +55,7 @@ def _task() -> Task:
 
 
 def test_doctests_run() -> None:
-    for mod in (benchmark, bench_engines):
+    for mod in (benchmark, bench_engines, bench_result):
         res = doctest.testmod(mod)
         assert res.attempted > 0 and res.failed == 0
 

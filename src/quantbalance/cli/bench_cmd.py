@@ -82,7 +82,7 @@ def result_table(result: Any) -> Table:
     Returns:
         The table: medians per batch size, ratio to torch bf16, file size, metrics, notes.
     """
-    from quantbalance.deploy.benchmark import fmt_num
+    from quantbalance.deploy.bench_result import fmt_num
 
     sizes = result.batch_sizes
     metrics = sorted({k for r in result.rows for k in r.metrics})
@@ -148,6 +148,7 @@ def bench_command(
 ) -> None:
     """Time deployed engines (torch, torchao, ONNX Runtime, quantbalance presets) on a task."""
     from quantbalance.deploy import benchmark as bm
+    from quantbalance.deploy.bench_onnx import bench_onnx
 
     try:
         if sum(x is not None for x in (task, model, onnx)) != 1:
@@ -155,7 +156,7 @@ def bench_command(
         sizes = parse_sizes(batch)
         if onnx is not None:
             with console.status(f"timing {onnx}"):
-                result = bm.bench_onnx(
+                result = bench_onnx(
                     onnx,
                     batch_sizes=sizes or [1],
                     dims=parse_dims(dim),

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from quantbalance.calibration.batch import call_model
+from quantbalance.deploy.bench_result import BF16_ROW
 from quantbalance.errors import UnsupportedError
 from quantbalance.tasks.base import Task
 
@@ -234,7 +235,7 @@ def _qb_ort(ctx: BenchContext, preset: str | None) -> Runner:
 
 ENGINES: dict[str, Engine] = {
     "float": Engine("float torch", _float),
-    "bf16": Engine("torch bf16", _bf16),
+    "bf16": Engine(BF16_ROW, _bf16),
     "bf16-compile": Engine("torch bf16 + compile", lambda c, p: _bf16(c, p, compile=True)),
     "torchao": Engine("torchao int8×int8 + compile", _torchao),
     "ort-float": Engine("ORT float", _ort_float),
@@ -243,7 +244,6 @@ ENGINES: dict[str, Engine] = {
     "qb-torch": Engine("qb {preset} torch", _qb_torch, per_preset=True),
     "qb-ort": Engine("qb {preset} ORT", _qb_ort, per_preset=True),
 }
-BF16_ROW = ENGINES["bf16"].label
 
 
 def _cast(batch: Any, dtype: torch.dtype) -> Any:
