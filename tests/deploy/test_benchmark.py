@@ -187,6 +187,7 @@ def test_take_slices_tiles_and_keeps_structure() -> None:
         ({"engines": ["float", "tensorrt"]}, "unknown engine 'tensorrt'; accepted: float, bf16"),
         ({"engines": []}, r"unknown engine \(none given\)"),
         ({"engines": ["qb-ort"], "presets": ["w5"]}, "unknown preset 'w5'; accepted: .*w8a8"),
+        ({"engines": ["qb-ort"], "presets": ["w8a8+magic"]}, "unknown algorithm 'magic'"),
         ({"rounds": 0}, "rounds=0; accepted: an integer >= 1"),
         ({"batch_sizes": [0]}, r"batch sizes \[0\]; accepted"),
     ],
@@ -303,3 +304,11 @@ def test_bench_onnx_rejects_missing_and_corrupt_files(tmp_path: Path) -> None:
     bad.write_bytes(b"not a protobuf at all")
     with pytest.raises(CheckpointError, match=r"bad\.onnx is not a model ONNX Runtime can load"):
         bench_onnx(bad)
+
+
+def test_preset_plus_algorithm_quantizes_with_those_steps(tmp_path: Path) -> None:
+    ctx = bench_engines.BenchContext(_task(), tmp_path, threads=1)
+    q = ctx.quantized("int8-weight+gptq")
+    assert q.qb_plan.layers["re:.*"].algorithm == "gptq"
+    assert "gptq" in q.qb_info.algorithm_log
+    assert ctx.quantized("int8-weight+gptq") is q  # built once

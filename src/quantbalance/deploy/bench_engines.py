@@ -71,13 +71,18 @@ class BenchContext:
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def quantized(self, preset: str) -> nn.Module:
-        """``qb.quantize(task.model, preset, task.calib_data)``, once per preset."""
+        """``qb.quantize(task.model, preset, task.calib_data)``, once per preset.
+
+        ``preset`` may name algorithm steps after a ``+`` (``w8a8+smoothquant``).
+        """
         if preset not in self._cache:
             from quantbalance.quantize import quantize
 
+            name, _, algorithm = preset.partition("+")
             self._cache[preset] = quantize(
-                self.task.model, preset, self.task.calib_data, progress=False
-            )
+                self.task.model, name, self.task.calib_data, algorithm=algorithm or None,
+                progress=False,
+            )  # fmt: skip
         return self._cache[preset]
 
     def float_onnx(self, preprocessed: bool = False) -> Path:

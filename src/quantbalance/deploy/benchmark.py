@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantbalance.algorithms import parse_algorithm
 from quantbalance.deploy.bench_engines import ENGINES, BenchContext, Engine
 from quantbalance.deploy.bench_result import (
     BenchResult,
@@ -69,7 +70,8 @@ def benchmark(
     Args:
         task: the task (its model, calibration batches, example batch and evaluate function).
         engines: keys of ``registry`` (default ``ENGINES``), in row order.
-        presets: quantbalance presets, for the per-preset engines.
+        presets: quantbalance presets, for the per-preset engines; ``preset+algorithm``
+            (e.g. ``w8a8+smoothquant``) quantizes with those algorithm steps.
         batch_sizes: timed batch sizes, cut from (or tiled past) the example batch; default
             ``(1, size of the example batch)``.
         rounds: timed rounds; each round calls every engine once per batch size.
@@ -88,7 +90,10 @@ def benchmark(
     registry = ENGINES if registry is None else registry
     check_names(engines, registry, "engine")
     if any(registry[e].per_preset for e in engines):
-        check_names(presets, PRESETS, "preset")
+        check_names([p.partition("+")[0] for p in presets], PRESETS, "preset")
+        for p in presets:
+            if "+" in p:
+                parse_algorithm(p.partition("+")[2])
     if rounds < 1:
         raise ConfigError(f"rounds={rounds}; accepted: an integer >= 1")
     sizes = list(batch_sizes or (1, _batch_len(task.example_inputs)))
