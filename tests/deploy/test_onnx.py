@@ -215,3 +215,24 @@ def test_errors() -> None:
         session(q)
     with pytest.raises(UnsupportedError, match="opset=17"):
         to_onnx(q, images(1, 0)[0], opset=17)
+
+
+def test_4bit_convs_with_shared_zero_points_export_and_match(tmp_path: Path) -> None:
+    """w4a8 on a CNN: the exporter merges identical 4-bit zero points (stem and dw both have 8
+    channels, zero point 0) and an 8-bit activation zero point may equal them; both still work."""
+    m = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4),
+    ).eval()  # fmt: skip
+    torch.manual_seed(0)
+    data = [torch.randn(4, 1, 6, 6) for _ in range(2)]
+    q = qb.quantize(m, "w4a8", calib_data=data, progress=False)
+    path = export_onnx(q, data[0], tmp_path / "w4a8.onnx")
+    model = onnx.load(path)
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    four = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and inits.get(node.input[0]) in four:
+            assert inits[node.input[2]] == inits[node.input[0]]  # codes and zero point agree
+    run = session(path, intra_op_threads=1)
+    assert cosine(run(data[1]), call(q, data[1])) >= 0.9999

@@ -87,8 +87,7 @@ def to_onnx(
     if opset < 21:
         raise UnsupportedError(f"opset={opset}: blocked and int4 QDQ need opset >= 21")
     model = export_module(qmodel)
-    pack4 = {f"{n}.{b}" for n, m in model.named_modules() if isinstance(m, WeightDQ) and m.pack4
-             for b in ("q", "zero_point")}  # fmt: skip
+    pack4 = {f"{n}.q" for n, m in model.named_modules() if isinstance(m, WeightDQ) and m.pack4}
     if isinstance(example_inputs, Mapping):
         args, kwargs = (), dict(example_inputs)
     else:
@@ -153,13 +152,36 @@ def _dims(x: Any) -> dict[int, Any] | None:
     return {0: auto}
 
 
-def _pack_int4(proto: onnx.ModelProto, names: set[str]) -> None:
-    """Turn the 4-bit code and zero-point initializers (uint8/int8, one per byte) into
-    INT4/UINT4 tensors, two codes per byte (ONNX order: element 2i in the low nibble)."""
+def _pack_int4(proto: onnx.ModelProto, codes: set[str]) -> None:
+    """Turn the 4-bit code initializers and the zero points of their ``DequantizeLinear`` nodes
+    (uint8/int8, one per byte) into INT4/UINT4 tensors, two per byte (ONNX order: element 2i
+    in the low nibble).
+
+    The exporter may merge identical zero-point constants across layers; a zero point shared
+    with an 8-bit ``DequantizeLinear`` is copied first, so only the 4-bit uses change type.
+    """
     inits = {t.name: t for t in proto.graph.initializer}
-    missing = names - set(inits)
+    missing = codes - set(inits)
     if missing:
         raise UnsupportedError(f"exporter renamed 4-bit initializers: {sorted(missing)}")
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    zps: set[str] = set()
+    for node in dq:
+        if node.input[0] in codes and len(node.input) > 2 and node.input[2]:
+            zps.add(node.input[2])
+    wide = {n.input[2] for n in dq if n.input[0] not in codes and len(n.input) > 2}
+    for zp in zps & wide:
+        copy_name = f"{zp}.int4"
+        t = onnx.TensorProto()
+        t.CopyFrom(inits[zp])
+        t.name = copy_name
+        proto.graph.initializer.append(t)
+        inits[copy_name] = proto.graph.initializer[-1]
+        for node in dq:
+            if node.input[0] in codes and node.input[2] == zp:
+                node.input[2] = copy_name
+        zps = (zps - {zp}) | {copy_name}
+    names = codes | zps
     for name in names:
         t = inits[name]
         arr = numpy_helper.to_array(t)
