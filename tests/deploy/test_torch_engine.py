@@ -97,3 +97,19 @@ def test_hf_attention_is_fused_and_still_matches() -> None:
     assert cos(want, got) > 0.99999
     keep = to_torch_engine(q, compile=False, fused_attention=False)
     assert keep.config._attn_implementation == "eager"
+
+
+def test_compiled_engines_keep_separate_compile_caches() -> None:
+    from quantbalance.deploy.torch_engine import compile_isolated
+
+    net = mlp()
+    a, b = compile_isolated(net), compile_isolated(net)
+    code_a, code_b = a._orig_mod.forward.__code__, b._orig_mod.forward.__code__
+    assert code_a is not code_b and code_a.co_name != code_b.co_name
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), net(x))
+        torch.testing.assert_close(b(x), net(x))
+    assert a._orig_mod.module is net and a.training == net.training  # attributes fall through
+    e = to_torch_engine(qb.quantize(net, "int8-weight", progress=False))
+    assert e.qb_engine_kernels == {"dequant-bf16": 3}

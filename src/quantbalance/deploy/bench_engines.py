@@ -42,6 +42,7 @@ from torch import nn
 
 from quantbalance.calibration.batch import call_model
 from quantbalance.deploy.bench_result import BF16_ROW
+from quantbalance.deploy.torch_engine import compile_isolated
 from quantbalance.errors import UnsupportedError
 from quantbalance.tasks.base import Task
 
@@ -139,7 +140,7 @@ def _bf16(ctx: BenchContext, _: str | None, compile: bool = False) -> Runner:
     model = copy.deepcopy(ctx.task.model).to(torch.bfloat16)
     path = _save_safetensors(model, ctx.workdir / "bf16.safetensors")
     if compile:
-        model = torch.compile(model, dynamic=False)
+        model = compile_isolated(model)
     return Runner(_torch_runner(model, torch.bfloat16), path.stat().st_size)
 
 
@@ -161,7 +162,7 @@ def _torchao(ctx: BenchContext, _: str | None) -> Runner:
     n_layers = sum(1 for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d))
     path = ctx.workdir / "torchao.pt"
     torch.save(model.state_dict(), path)
-    compiled = torch.compile(model, dynamic=False)
+    compiled = compile_isolated(model)
     note = f"torchao {torchao.__version__}: int8 Linear×{n_q} of {n_layers} Linear/Conv layers"
     return Runner(_torch_runner(compiled), path.stat().st_size, note)
 
