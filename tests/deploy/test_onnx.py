@@ -236,3 +236,14 @@ def test_4bit_convs_with_shared_zero_points_export_and_match(tmp_path: Path) -> 
             assert inits[node.input[2]] == inits[node.input[0]]  # codes and zero point agree
     run = session(path, intra_op_threads=1)
     assert cosine(run(data[1]), call(q, data[1])) >= 0.9999
+
+
+def test_session_without_spinning_threads(export_dir: Path) -> None:
+    from quantbalance.deploy.ort import OrtSession
+
+    _, q, path = exported("cnn", "w8a8", export_dir)
+    quiet = OrtSession(path, intra_op_threads=1, spin=False)
+    opts = quiet.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    batch = images(1, 3)[0]
+    assert cosine(quiet(batch), call(q, batch)) >= 0.9999

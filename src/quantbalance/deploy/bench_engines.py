@@ -323,13 +323,16 @@ def _weight_nodes(proto: Any) -> list[str]:
 
 
 def _ort_runner(ctx: BenchContext, path: Path, qb_session: bool = False) -> Runner:
-    """ORT peers run with ONNX Runtime's default optimizers; qb files with OrtSession's."""
+    """ORT peers run with ONNX Runtime's default optimizers; qb files with OrtSession's.
+
+    No spinning threads: engines are timed interleaved on the same cores.
+    """
     import onnx
 
     from quantbalance.deploy.ort import OrtSession
 
     options = {} if qb_session else {"disabled_optimizers": ()}
-    sess = OrtSession(path, intra_op_threads=ctx.threads, **options)
+    sess = OrtSession(path, intra_op_threads=ctx.threads, spin=False, **options)
     return Runner(sess, path.stat().st_size, _quantized_ops(onnx.load(str(path))))
 
 

@@ -60,6 +60,9 @@ class OrtSession:
         qdq: fuse QDQ groups into integer kernels (default). False runs Q/DQ as float ops, so
             ONNX Runtime folds constant weight DQs into float initializers: same outputs, float
             MatMul speed and float memory at run time (the file stays small).
+        spin: let idle ONNX Runtime threads spin-wait for the next call (its default, lowest
+            latency alone). False when other engines share the cores, as in interleaved
+            benchmarks: spinning threads would steal the next engine's time.
     """
 
     backend = "ort"
@@ -73,8 +76,12 @@ class OrtSession:
         disabled_optimizers: Sequence[str] = DISABLED_OPTIMIZERS,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         qdq: bool = True,
+        spin: bool = True,
     ) -> None:
         so = ort.SessionOptions()
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads is not None:
             so.intra_op_num_threads = int(intra_op_threads)
