@@ -1,6 +1,6 @@
 """Parity of the deployed engines with quantbalance's own simulation on the real minilm task.
 
-Usage: OMP_WAIT_POLICY=PASSIVE python bench/bench_parity.py [--preset w8a8] [--algorithm smoothquant]
+Usage: OMP_WAIT_POLICY=PASSIVE python bench/bench_parity.py [--preset P] [--algorithm A]
 
 Cosine (mean / min over the 32 example sentences) between the simulated quantized model and:
 the torch engine with float32 elsewhere, the default torch engine (bf16 elsewhere, compiled),
