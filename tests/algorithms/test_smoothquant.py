@@ -17,6 +17,7 @@ from quantbalance.algorithms.smoothquant import (
     smoothquant_groups,
 )
 from quantbalance.errors import CalibrationError, UnsupportedError
+from tiny_bert import bert_batches, tiny_bert
 
 
 class PreNorm(nn.Module):
@@ -59,27 +60,6 @@ def test_prenorm_float_identity_and_lower_w8a8_error() -> None:
         e_sq = (q(x) - ref).pow(2).mean()
     assert e_sq < 0.5 * e_rtn
     assert q.qb_info.algorithm_log["smoothquant"]["alpha"]["norm"] is not None
-
-
-def tiny_bert() -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=16, attn_implementation="eager",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
-    with torch.no_grad():  # outlier channels, as in trained BERTs
-        for layer in bert.encoder.layer:
-            layer.attention.output.LayerNorm.weight[:2] = 20.0
-            layer.intermediate.dense.bias[:3] = 6.0
-    return bert
-
-
-def bert_batches() -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    ids = [torch.randint(0, 50, (4, 12), generator=g) for _ in range(2)]
-    return [{"input_ids": i, "attention_mask": torch.ones_like(i)} for i in ids]
 
 
 def test_bert_groups_are_data_and_smoothing_is_exact() -> None:

@@ -17,28 +17,9 @@ from quantbalance.deploy.torch_engine import Int8Linear, to_torch_engine
 from quantbalance.deploy.torch_kernels import onednn_available
 from quantbalance.errors import CheckpointError
 from quantbalance.nn import QuantModule
+from tiny_bert import bert_batches, tiny_bert
 
-transformers = pytest.importorskip("transformers")
-
-
-def tiny_bert() -> nn.Module:
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=16, attn_implementation="eager",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
-    with torch.no_grad():  # outlier channels, as in trained BERTs
-        for layer in bert.encoder.layer:
-            layer.attention.output.LayerNorm.weight[:2] = 20.0
-            layer.intermediate.dense.bias[:3] = 6.0
-    return bert
-
-
-def batches(n: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(0, 50, (4, 12), generator=g) for _ in range(n)]
-    return [{"input_ids": i, "attention_mask": torch.ones_like(i)} for i in ids]
+pytest.importorskip("transformers")
 
 
 def out(m: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -56,7 +37,7 @@ _Q: dict[str, nn.Module] = {}
 
 def sq_model() -> nn.Module:
     if "q" not in _Q:
-        _Q["q"] = qb.quantize(tiny_bert(), "w8a8", batches(), "smoothquant", progress=False)
+        _Q["q"] = qb.quantize(tiny_bert(), "w8a8", bert_batches(), "smoothquant", progress=False)
     return _Q["q"]
 
 
@@ -70,12 +51,13 @@ def test_runtime_divisions_become_consumer_input_factors() -> None:
     # The float model with the same smoothing (run-time divisions) and the lowered model agree.
     ref = tiny_bert()
     sm = copy.deepcopy(ref)
-    smooth_model(sm, batches(), alpha=0.8)
+    smooth_model(sm, bert_batches(), alpha=0.8)
     assert any(isinstance(m, ScaledActivation) for m in sm.modules())
-    torch.testing.assert_close(out(sm, batches()[0]), out(ref, batches()[0]), rtol=1e-4, atol=1e-4)
+    b0 = bert_batches()[0]
+    torch.testing.assert_close(out(sm, b0), out(ref, b0), rtol=1e-4, atol=1e-4)
     # w8a8 + SmoothQuant beats plain w8a8 on these outlier channels, after lowering.
-    plain = qb.quantize(ref, "w8a8", batches(), progress=False)
-    b = batches(1, seed=5)[0]
+    plain = qb.quantize(ref, "w8a8", bert_batches(), progress=False)
+    b = bert_batches(1, seed=5)[0]
     assert cos(out(q, b), out(ref, b)) > cos(out(plain, b), out(ref, b))
 
 
@@ -83,7 +65,7 @@ def test_checkpoint_round_trip_keeps_the_factors(tmp_path: Path) -> None:
     q = sq_model()
     p = qb.save(q, tmp_path / "sq.safetensors")
     r = qb.load(p, tiny_bert())
-    b = batches(1, seed=3)[0]
+    b = bert_batches(1, seed=3)[0]
     assert torch.equal(out(r, b), out(q, b))
     names = {
         n for n, m in r.named_modules() if isinstance(m, QuantModule) and m.input_smooth is not None
@@ -95,12 +77,12 @@ def test_checkpoint_round_trip_keeps_the_factors(tmp_path: Path) -> None:
 
 def test_unlowerable_group_refuses_to_save(tmp_path: Path) -> None:
     bert = tiny_bert()
-    smooth_model(bert, batches(), alpha=0.8)  # run-time divisions in every group
+    smooth_model(bert, bert_batches(), alpha=0.8)  # run-time divisions in every group
     plan = qb.Plan(
         layers={"re:.*": qb.preset("w8a8").layers["re:.*"]},
         skip=["re:.*intermediate\\.dense"],  # a float consumer of the intermediate group
     )
-    q = qb.quantize(bert, plan, batches(), progress=False)
+    q = qb.quantize(bert, plan, bert_batches(), progress=False)
     kept = {n.split("layer.0.")[-1] for n, m in q.named_modules()
             if isinstance(m, ScaledActivation | SmoothInput) and "layer.0." in n}  # fmt: skip
     assert kept == {"intermediate"}  # the other groups were lowered
@@ -116,13 +98,13 @@ def test_torch_engine_matches_simulation() -> None:
     assert e.qb_engine_kernels["int8-onednn"] == 12
     smoothed = [m for m in e.modules() if isinstance(m, Int8Linear) and m.smooth is not None]
     assert smoothed
-    b = batches(1, seed=4)[0]
+    b = bert_batches(1, seed=4)[0]
     assert cos(out(e, b), out(q, b)) > 0.99999
 
 
 def test_onnx_export_has_the_multiply_and_matches(tmp_path: Path) -> None:
     q = sq_model()
-    b = batches(1, seed=4)[0]
+    b = bert_batches(1, seed=4)[0]
     path = qb.export_onnx(q, b, tmp_path / "sq.onnx")
     graph = onnx.load(str(path)).graph
     assert sum(n.op_type == "Mul" for n in graph.node) >= 1

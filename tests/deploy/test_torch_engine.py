@@ -5,6 +5,7 @@ from torch import nn
 import quantbalance as qb
 from quantbalance.deploy.torch_engine import Int4Linear, Int8Linear, to_torch_engine
 from quantbalance.deploy.torch_kernels import onednn_available
+from tiny_bert import tiny_bert
 
 
 def mlp() -> nn.Module:
@@ -78,13 +79,7 @@ def test_session_auto_picks_the_measured_fastest_engine() -> None:
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN int8 kernels")
 def test_hf_attention_is_fused_and_still_matches() -> None:
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=16, attn_implementation="eager",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    bert = tiny_bert(outliers=False)
     ids = torch.randint(0, 50, (3, 10))
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0  # padding must still be masked by the fused kernel

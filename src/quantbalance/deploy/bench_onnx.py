@@ -18,19 +18,9 @@ from quantbalance.deploy.bench_result import (
     env_info,
     time_interleaved,
 )
+from quantbalance.deploy.ort import ONNX_NP_TYPES as _NP
 from quantbalance.deploy.ort import OrtSession
 from quantbalance.errors import CheckpointError, ConfigError, UnsupportedError
-
-_NP = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
 
 
 def bench_onnx(

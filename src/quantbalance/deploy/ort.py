@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("ort", "torch", "auto")
 DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
-_NP_TYPES = {
+ONNX_NP_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
@@ -216,5 +216,5 @@ def _to_numpy(v: Any, onnx_type: str) -> np.ndarray:
         v = v.float() if v.dtype == torch.bfloat16 else v
         v = v.numpy()
     arr = np.asarray(v)
-    want = _NP_TYPES.get(onnx_type)
+    want = ONNX_NP_TYPES.get(onnx_type)
     return arr if want is None or arr.dtype == want else arr.astype(want)
