@@ -34,10 +34,11 @@ import re
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from rss import PeakRSS, rss_mb
 
 SMOLLM = [
     "float",
@@ -53,40 +54,13 @@ MINILM = ["rtn-w4-g128", "gptq-w4-g128", "awq-w4-g128", "awq+gptq-w4-g128"]
 DEFAULT_OUT = "bench/results/algorithms_llm.json"
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class _PeakRSS:
-    """Samples the process RSS in a thread; ``peak`` is the largest value seen."""
-
-    def __init__(self, every_s: float = 0.02) -> None:
-        self.peak = _rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
-
-    def _run(self, every_s: float) -> None:
-        while not self._stop.wait(every_s):
-            self.peak = max(self.peak, _rss_mb())
-
-    def __enter__(self) -> _PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
-
-
 def _measured(fn: Any, into: dict[str, float]) -> Any:
     """Wrap an algorithm step: record its wall time and peak RSS above the RSS at its start."""
 
     def step(ctx: Any) -> None:
-        before = _rss_mb()
+        before = rss_mb()
         t0 = time.perf_counter()
-        with _PeakRSS() as peak:
+        with PeakRSS(every_s=0.02) as peak:
             fn(ctx)
         into.update(seconds=round(time.perf_counter() - t0, 1),
                     step_extra_mb=round(peak.peak - before, 1))  # fmt: skip
@@ -118,7 +92,7 @@ def run_one(task_name: str, config: str, threads: int, n_calib: int = 0) -> dict
     model_mb = sum(p.numel() * p.element_size() for p in task.model.parameters()) / 2**20
     row: dict[str, Any] = {"task": task_name, "config": config, "tool": "quantbalance"}
     model = task.model
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     if config != "float":
         name, _, scope = config.partition("@")
         flags = set(re.findall(r"-(noact|mse)", name))
@@ -137,7 +111,7 @@ def run_one(task_name: str, config: str, threads: int, n_calib: int = 0) -> dict
         for step in set(algorithm.split("+")) | {"rtn"}:
             ALGORITHMS[step] = _measured(ALGORITHMS[step], steps.setdefault(step, {}))
         t0 = time.perf_counter()
-        with gptq_options(act_order=act_order), _PeakRSS() as peak:
+        with gptq_options(act_order=act_order), PeakRSS(every_s=0.02) as peak:
             model = qb.quantize(
                 task.model, plan, calib_data=task.calib_data, algorithm=algorithm, progress=False
             )

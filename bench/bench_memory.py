@@ -40,17 +40,13 @@ import platform
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from rss import PeakRSS, rss_mb
+
 DEFAULT_OUT = "bench/results/memory-smollm.json"
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _maxrss_mb() -> float:
@@ -65,28 +61,6 @@ def _reset_peak() -> bool:
     except OSError:
         return False
     return True
-
-
-class _Sampler:
-    """Samples the RSS in a thread; ``peak`` is the largest value seen."""
-
-    def __init__(self, every_s: float = 0.01) -> None:
-        self.peak = _rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
-
-    def _run(self, every_s: float) -> None:
-        while not self._stop.wait(every_s):
-            self.peak = max(self.peak, _rss_mb())
-
-    def __enter__(self) -> _Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
 
 
 def run_one(task_name: str, config: str, inplace: bool, evaluate: bool, threads: int) -> dict:
@@ -114,15 +88,15 @@ def run_one(task_name: str, config: str, inplace: bool, evaluate: bool, threads:
 
     torch.set_num_threads(threads)
     gc.collect()
-    rss_imports = _rss_mb()
+    rss_imports = rss_mb()
     task = qb.tasks.load(task_name)
     float_bytes = sum(p.numel() * p.element_size() for p in task.model.parameters())
     gc.collect()
-    rss_loaded = _rss_mb()
+    rss_loaded = rss_mb()
     algorithm, preset = config.split("-", 1)
     reset = _reset_peak()
     t0 = time.perf_counter()
-    with _Sampler() as sampler:
+    with PeakRSS(every_s=0.01) as sampler:
         model = qb.quantize(task.model, preset, calib_data=task.calib_data, algorithm=algorithm,
                             progress=False, inplace=inplace)  # fmt: skip
     quantize_s = time.perf_counter() - t0
@@ -137,7 +111,7 @@ def run_one(task_name: str, config: str, inplace: bool, evaluate: bool, threads:
         "peak_quantize_mb": round(peak, 1),
         "peak_method": "ru_maxrss after clear_refs" if reset else "sampler 10 ms",
         "peak_sampled_mb": round(sampler.peak, 1),
-        "rss_after_quantize_mb": round(_rss_mb(), 1),
+        "rss_after_quantize_mb": round(rss_mb(), 1),
         "float_model_bytes": float_bytes,
         "ratio": round((peak - rss_imports) * 2**20 / float_bytes, 3),
         "extra_over_loaded_mb": round(peak - rss_loaded, 1),
