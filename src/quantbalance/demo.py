@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from safetensors import safe_open
 
+from quantbalance.cli.main import quiet_third_party_logs
 from quantbalance.cli.search_cmd import make_console, run_search, show_result
 from quantbalance.evaluate import sqnr
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, Scheme, quantize_tensor
@@ -98,6 +99,7 @@ def main(out: Path = OUT) -> int:
         The exit status: 0 when the chosen Plan meets the budget, else 1.
     """
     logging.basicConfig(level=logging.WARNING)
+    quiet_third_party_logs()
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     console = make_console()

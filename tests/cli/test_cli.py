@@ -165,3 +165,13 @@ def test_demo_schemes_table_on_the_real_weight() -> None:
     by = {r["scheme"]: r for r in rows}
     assert by[SCHEMES[1].label]["sqnr"] > by[SCHEMES[2].label]["sqnr"] + 15  # int8 >> int4
     assert by[SCHEMES[1].label]["bytes"] < 1536 * 384 * 4 / 3.5
+
+
+def test_third_party_noise_is_quiet_unless_verbose() -> None:
+    import logging
+
+    assert runner.invoke(app, ["presets"]).exit_code == 0
+    assert logging.getLogger("torchao").level == logging.ERROR
+    assert logging.getLogger("torch.utils._pytree").level == logging.ERROR
+    assert runner.invoke(app, ["-v", "presets"]).exit_code == 0
+    assert logging.getLogger("torchao").level == logging.INFO

@@ -37,6 +37,22 @@ def _fail(e: QuantBalanceError) -> None:
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """quantbalance: quantize a model and see, measured, what it costs."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    quiet_third_party_logs(verbose)
+
+
+#: Loggers of optional packages that transformers imports on its own (torchao's "Failed to load"
+#: CUDA-only extensions on a CPU machine, torch's pytree deprecation notes): noise on a terminal.
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_third_party_logs(verbose: bool = False) -> None:
+    """Show only errors from :data:`NOISY_LOGGERS` unless ``verbose``.
+
+    Args:
+        verbose: keep their warnings.
+    """
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 @app.command()
