@@ -33,7 +33,7 @@ from quantbalance.formats import (
     Scheme,
     check_finite,
 )
-from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule
+from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule, quantized_type
 from quantbalance.plan import LayerSpec, Plan, preset
 from quantbalance.transform import (
     fold_batchnorm,
@@ -229,7 +229,9 @@ def _install(model: nn.Module, name: str, spec: LayerSpec, qweight: QuantizedTen
     act = None
     if spec.activation is not None and not isinstance(mod, nn.Embedding):
         act = ActQuantizer(spec.activation, spec.act_mode, spec.act_observer)
-    replace_module(model, name, REGISTRY[type(mod)].from_float(mod, qweight, act))
+    qtype = quantized_type(mod)
+    assert qtype is not None, name
+    replace_module(model, name, qtype.from_float(mod, qweight, act))
 
 
 def _ordered_steps(specs: dict[str, LayerSpec]) -> list[str]:

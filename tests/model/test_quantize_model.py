@@ -95,7 +95,7 @@ def test_embedding_tables_rowwise_and_dict_batches() -> None:
 
 
 def test_unsupported_layers_are_listed_and_kept_float() -> None:
-    m = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.ConvTranspose1d(4, 4, 1))
+    m = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.ConvTranspose1d(4, 4, 1, groups=2))
     q = qb.quantize(m, "int8-weight", progress=False)
     assert q.qb_info.unsupported == {"1": "LayerNorm", "2": "ConvTranspose1d"}
     assert isinstance(q[2], nn.ConvTranspose1d)

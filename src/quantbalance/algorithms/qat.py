@@ -30,7 +30,7 @@ from quantbalance.calibration import call_model, check_calib_data
 from quantbalance.errors import CalibrationError, ConfigError
 from quantbalance.formats import Scheme, fake_quantize, quantize_tensor
 from quantbalance.formats.uniform import store_scale
-from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule
+from quantbalance.nn import ActQuantizer, QuantModule, quantized_type
 from quantbalance.plan import LayerSpec, Plan
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,9 @@ class LSQLayer(nn.Module):
             if self.a_zp is not None:
                 act.zero_point = self.a_zp.round().to(torch.int32).reshape(())
             act.observing, act.observer = False, None
-        return REGISTRY[type(self.module)].from_float(self.module, qt, act)
+        qtype = quantized_type(self.module)
+        assert qtype is not None
+        return qtype.from_float(self.module, qt, act)
 
 
 def _split(batch: Any) -> tuple[Any, Any]:

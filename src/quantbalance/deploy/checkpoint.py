@@ -1,20 +1,27 @@
 """Packed checkpoints: one safetensors file, no pickle, rebuilt on a float skeleton.
 
-File layout (safetensors: 8-byte little-endian header length, JSON header, raw tensor data):
+A quantized model's weights are module state (``QuantModule``'s ``qweight_*`` buffers), so a
+checkpoint is the model's ``state_dict()`` plus text metadata. File layout (safetensors: 8-byte
+little-endian header length, JSON header, raw tensor data):
 
-* ``<layer>.qweight.<part>``: the tensors of each layer's QuantizedTensor (``packed``, ``scale``,
-  ``zero_point``, ``codebook``), exactly ``QuantizedTensor.nbytes`` bytes per layer;
-* every other parameter and persistent buffer of the quantized model under its ``state_dict``
-  name (float weights, biases, activation scales and zero points);
-* ``__metadata__`` (str -> str): ``quantbalance.format``, ``quantbalance.version``,
-  ``torch.version``, ``plan`` (Plan JSON), ``layers`` (per quantized layer: QuantModule class,
-  float class, QuantizedTensor meta, input-quantizer config), ``aliases`` (tied tensors stored
+* every entry of ``state_dict()`` under its own name: for a quantized layer
+  ``<layer>.qweight_packed`` and whichever of ``qweight_scale``, ``qweight_zero_point``,
+  ``qweight_codebook`` it has (exactly ``QuantizedTensor.nbytes`` bytes per layer), then float
+  weights, biases, activation scales and zero points, SmoothQuant input factors;
+* ``__metadata__`` (str -> str, structured values as JSON text): ``quantbalance.format``,
+  ``quantbalance.version``, ``torch.version``, ``plan`` (Plan JSON), ``layers`` (per quantized
+  layer: its quantized class, float class, the QuantizedTensor's scheme/shape/dtype, the
+  input-quantizer config), ``aliases`` (tied tensors and identical quantized weights, stored
   once), ``info`` (the rest of ``qb_info``), optional ``source`` (a task name) and ``checksum``.
 
 ``checksum`` is ``sha256:<hex>`` over, in this order: the UTF-8 JSON (sorted keys) of every
 other metadata entry, then for each tensor in sorted name order the bytes
-``name \\0 dtype \\0 shape \\0`` followed by its raw little-endian data. The data section therefore
-holds exactly ``sum(QuantizedTensor.nbytes) + sum(unquantized tensor bytes)`` (ties once).
+``name \\0 dtype \\0 shape \\0`` followed by its raw little-endian data. The data section
+therefore holds exactly ``sum(QuantizedTensor.nbytes) + sum(unquantized tensor bytes)`` (ties
+once).
+
+Format 1 files (written before quantized weights became module state) are refused with a
+``CheckpointError`` that says to re-save them.
 """
 
 from __future__ import annotations
@@ -36,13 +43,19 @@ from torch import nn
 from quantbalance.errors import CheckpointError
 from quantbalance.formats import QuantizedTensor, Scheme
 from quantbalance.io import atomic_write
-from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule, weight_matrix
+from quantbalance.nn import (
+    PARTS,
+    ActQuantizer,
+    QuantModule,
+    quantized_layers,
+    quantized_type,
+    weight_matrix,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _FORMAT_KEY = "quantbalance.format"
-_QW = ".qweight."
 
 
 def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> Path:
@@ -124,6 +137,13 @@ def read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
         version = int(meta[_FORMAT_KEY])
     except ValueError:
         raise CheckpointError(f"{path}: format {meta[_FORMAT_KEY]!r} is not an integer") from None
+    if version < FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} (quantbalance "
+            f"{meta.get('quantbalance.version', '?')}) predates quantized weights as module "
+            f"state; this quantbalance reads format {FORMAT_VERSION}. Re-save it: load it with "
+            "the quantbalance that wrote it, or quantize the model again, then qb.save"
+        )
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {version} (quantbalance "
@@ -181,34 +201,17 @@ def _header_metadata(data: bytes, where: str) -> dict[str, str]:
 
 
 def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Unique tensors to store and the metadata describing how to rebuild."""
+    """The model's state dict (each tensor once) and the metadata describing how to rebuild."""
     import quantbalance
 
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    layers: dict[str, Any] = {}
-    seen_qt: dict[str, str] = {}
     _check_rebuildable(qmodel)
-    for name, mod in qmodel.named_modules():
-        if not isinstance(mod, QuantModule):
-            continue
-        parts = mod.qweight.to_dict()
-        qmeta = json.loads(bytes(parts.pop("meta").tolist()).decode())
-        layers[name] = {
-            "module": type(mod).__name__,
-            "float_type": mod.float_type.__name__,
-            "qweight": qmeta,
-            "act": _act_config(name, mod.input_quantizer),
-            "input_smooth": mod.input_smooth is not None,
-        }
-        sig = _signature(parts, qmeta)
-        if sig in seen_qt:  # a tie: the same codes already stored under another layer
-            aliases[name + ".qweight"] = seen_qt[sig] + ".qweight"
-            continue
-        seen_qt[sig] = name
-        tensors.update({f"{name}.qweight.{k}": v.detach().cpu() for k, v in parts.items()})
+    layers = {name: _layer_meta(name, mod) for name, mod in quantized_layers(qmodel)}
+    aliases = _identical_qweights(qmodel)
+    tensors: dict[str, torch.Tensor] = {}
     storage: dict[tuple[Any, ...], str] = {}
     for key, t in qmodel.state_dict().items():
+        if key in aliases:
+            continue
         t = t.detach().cpu()
         ident = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype)
         if t.numel() and ident in storage:
@@ -228,6 +231,39 @@ def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]
         "info": json.dumps(_info_dict(info), sort_keys=True, default=str),
     }
     return tensors, meta
+
+
+def _layer_meta(name: str, mod: QuantModule) -> dict[str, Any]:
+    return {
+        "module": type(mod).__name__,
+        "float_type": mod.float_type.__name__,
+        "qweight": mod.qweight.metadata(),
+        "act": _act_config(name, mod.input_quantizer),
+        "input_smooth": mod.input_smooth is not None,
+    }
+
+
+def _identical_qweights(qmodel: nn.Module) -> dict[str, str]:
+    """State-dict keys of quantized weights identical to an earlier layer's -> that layer's keys.
+
+    Tied float weights (an embedding shared with the output projection) quantize to the same
+    codes in two layers; they are stored once and shared again on load.
+    """
+    seen: dict[str, str] = {}
+    aliases: dict[str, str] = {}
+    for name, mod in quantized_layers(qmodel):
+        qt = mod.qweight
+        sig = _signature(qt.parts(), qt.metadata())
+        if sig not in seen:
+            seen[sig] = name
+            continue
+        for part in qt.parts():
+            aliases[_key(name, f"qweight_{part}")] = _key(seen[sig], f"qweight_{part}")
+    return aliases
+
+
+def _key(layer: str, leaf: str) -> str:
+    return f"{layer}.{leaf}" if layer else leaf
 
 
 def _check_rebuildable(qmodel: nn.Module) -> None:
@@ -285,7 +321,7 @@ def _rebuild(
 ) -> nn.Module:
     from quantbalance.plan import Plan
     from quantbalance.quantize import QuantizationInfo
-    from quantbalance.transform import fold_batchnorm, replace_module
+    from quantbalance.transform import fold_batchnorm
 
     layers: dict[str, Any] = json.loads(meta["layers"])
     aliases: dict[str, str] = json.loads(meta["aliases"])
@@ -297,26 +333,10 @@ def _rebuild(
         raise CheckpointError(
             f"{where}: the checkpoint folded BatchNorm pairs {want}, the skeleton folds {folded}"
         )
-    qts: dict[str, QuantizedTensor] = {}
-    for name, spec in layers.items():
-        key = aliases.get(name + ".qweight", name + ".qweight").removesuffix(".qweight")
-        if key not in qts:
-            qts[key] = _qtensor(key, layers[key]["qweight"], tensors, where)
-        qt = qts[key]
-        mod = _skeleton_layer(model, name, spec, qt, where)
-        act = None
-        if spec["act"] is not None:
-            a = spec["act"]
-            act = ActQuantizer.frozen(Scheme(**a["scheme"]), a["mode"], a["observer"])
-        new = REGISTRY[type(mod)].from_float(mod, qt, act)
-        if spec.get("input_smooth"):
-            key = f"{name}.input_smooth"
-            if key not in tensors:
-                raise CheckpointError(f"{where}: layer {name!r} has no tensor {key}")
-            new.set_input_smooth(torch.ones_like(tensors[key]))
-        replace_module(model, name, new)
-    state = {k: v for k, v in tensors.items() if k.rpartition(_QW)[0] not in layers}
+    state = dict(tensors)
     state.update({k: state[v] for k, v in aliases.items() if v in state})
+    for name, spec in layers.items():
+        _install_layer(model, name, spec, state, where)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -336,18 +356,31 @@ def _rebuild(
     return model
 
 
-def _qtensor(
-    name: str, qmeta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str
-) -> QuantizedTensor:
-    prefix = name + _QW
-    parts = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-    if "packed" not in parts:
-        raise CheckpointError(f"{where}: layer {name!r} has no tensor {prefix}packed")
-    blob = torch.tensor(list(json.dumps(qmeta, sort_keys=True).encode()), dtype=torch.uint8)
+def _install_layer(
+    model: nn.Module, name: str, spec: dict[str, Any], state: dict[str, torch.Tensor], where: str
+) -> None:
+    """Put the quantized layer ``name`` into the skeleton, built from the checkpoint's tensors."""
+    from quantbalance.transform import replace_module
+
+    parts = {p: state[k] for p in PARTS if (k := _key(name, f"qweight_{p}")) in state}
     try:
-        return QuantizedTensor.from_dict({**parts, "meta": blob})
+        qt = QuantizedTensor.from_parts(parts, spec["qweight"])
     except CheckpointError as e:
         raise CheckpointError(f"{where}: layer {name!r}: {e}") from None
+    mod = _skeleton_layer(model, name, spec, qt, where)
+    act = None
+    if spec["act"] is not None:
+        a = spec["act"]
+        act = ActQuantizer.frozen(Scheme(**a["scheme"]), a["mode"], a["observer"])
+    qtype = quantized_type(mod)
+    assert qtype is not None
+    new = qtype.from_float(mod, qt, act)
+    if spec.get("input_smooth"):
+        key = _key(name, "input_smooth")
+        if key not in state:
+            raise CheckpointError(f"{where}: layer {name!r} has no tensor {key}")
+        new.set_input_smooth(torch.ones_like(state[key]))
+    replace_module(model, name, new)
 
 
 def _skeleton_layer(
@@ -360,7 +393,7 @@ def _skeleton_layer(
             f"{where}: quantized layer {name!r} does not exist in the skeleton "
             f"({type(model).__name__})"
         ) from None
-    qtype = REGISTRY.get(type(mod))
+    qtype = quantized_type(mod)
     if qtype is None or qtype.__name__ != spec["module"]:
         raise CheckpointError(
             f"{where}: layer {name!r} is a {type(mod).__name__} in the skeleton; the checkpoint "
@@ -378,8 +411,6 @@ def _skeleton_layer(
 def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
     """Make every aliased parameter/buffer the same object as its canonical tensor again."""
     for alias, canon in aliases.items():
-        if alias.endswith(".qweight"):
-            continue
         src_mod, _, src_leaf = canon.rpartition(".")
         dst_mod, _, dst_leaf = alias.rpartition(".")
         src = model.get_submodule(src_mod)

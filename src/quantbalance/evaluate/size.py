@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
-
-from quantbalance.nn import QuantModule
 
 
 def model_nbytes(model: nn.Module) -> int:
-    """Bytes to store ``model``: ``QuantizedTensor.nbytes`` of quantized layers plus the bytes of
-    every other parameter and persistent buffer (shared tensors counted once).
+    """Bytes to store ``model``: every parameter and persistent buffer, shared tensors once.
+
+    A quantized layer's weight is its ``qweight_*`` buffers (packed codes, scales, zero points,
+    codebook), so this is ``QuantizedTensor.nbytes`` for quantized layers plus the bytes of
+    every other tensor; the dequantized cache is a non-persistent buffer and does not count.
 
     Args:
         model: a float or quantized model.
@@ -19,10 +21,7 @@ def model_nbytes(model: nn.Module) -> int:
     """
     total = 0
     seen: set[int] = set()
-    for mod in model.modules():
-        if isinstance(mod, QuantModule):
-            total += mod.qweight.nbytes
-    for t in list(model.parameters()) + [b for _, b in _persistent_buffers(model)]:
+    for t in list(model.parameters()) + _persistent_buffers(model):
         key = t.data_ptr()
         if key in seen or t.numel() == 0:
             continue
@@ -31,11 +30,11 @@ def model_nbytes(model: nn.Module) -> int:
     return total
 
 
-def _persistent_buffers(model: nn.Module) -> list[tuple[str, object]]:
+def _persistent_buffers(model: nn.Module) -> list[torch.Tensor]:
     out = []
-    for mod_name, mod in model.named_modules():
+    for mod in model.modules():
         skip = getattr(mod, "_non_persistent_buffers_set", set())
         for name, buf in mod.named_buffers(recurse=False):
             if name not in skip and buf is not None:
-                out.append((f"{mod_name}.{name}", buf))
+                out.append(buf)
     return out

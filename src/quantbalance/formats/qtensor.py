@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -145,21 +146,79 @@ class QuantizedTensor:
                 out[name] = t
         return out
 
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        """Plain tensors for safetensors: the stored tensors plus a ``meta`` uint8 JSON blob.
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The stored tensors (``packed`` and whichever of scale/zero_point/codebook exist).
 
         Returns:
-            Name -> contiguous tensor. ``meta`` holds the scheme, shape, dtype and format version.
+            Name -> tensor (not copied).
         """
-        meta = {
+        return self._tensors()
+
+    def metadata(self) -> dict[str, Any]:
+        """What the tensors alone do not say: scheme, shape, dtype and format version.
+
+        Returns:
+            A JSON-ready dict (checkpoints store it as text in the safetensors header).
+        """
+        return {
             "format": FORMAT_VERSION,
             "scheme": self.scheme.model_dump(mode="json"),
             "shape": list(self.shape),
             "dtype": str(self.dtype).removeprefix("torch."),
         }
-        blob = torch.tensor(list(json.dumps(meta, sort_keys=True).encode()), dtype=torch.uint8)
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, torch.Tensor], meta: dict[str, Any]) -> QuantizedTensor:
+        """Rebuild from :meth:`parts` and :meth:`metadata`, checking every size against the scheme.
+
+        Args:
+            parts: name -> tensor.
+            meta: the metadata dict.
+
+        Returns:
+            The QuantizedTensor.
+
+        Raises:
+            CheckpointError: unknown format version, dtype or a tensor of the wrong size.
+        """
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            got = meta.get("format") if isinstance(meta, dict) else meta
+            raise CheckpointError(
+                f"quantized tensor format {got!r} is not supported; "
+                f"this quantbalance reads format {FORMAT_VERSION}"
+            )
+        if "packed" not in parts:
+            raise CheckpointError("quantized tensor has no 'packed' codes")
+        try:
+            scheme = Scheme(**meta["scheme"])
+            shape = tuple(int(v) for v in meta["shape"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"quantized tensor metadata is unreadable ({e})") from None
+        dtype = getattr(torch, str(meta.get("dtype")), None)
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointError(f"unknown dtype {meta.get('dtype')!r} in quantized tensor meta")
+        qt = cls(
+            packed=parts["packed"],
+            scale=parts.get("scale"),
+            zero_point=parts.get("zero_point"),
+            codebook=parts.get("codebook"),
+            scheme=scheme,
+            shape=shape,
+            dtype=dtype,
+        )
+        qt.validate()
+        return qt
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """Plain tensors: :meth:`parts` plus :meth:`metadata` as a ``meta`` uint8 JSON blob.
+
+        Returns:
+            Name -> contiguous tensor (one self-contained dict; checkpoints use
+            :meth:`parts` and :meth:`metadata` instead).
+        """
+        blob = json.dumps(self.metadata(), sort_keys=True).encode()
         out = {k: v.contiguous() for k, v in self._tensors().items()}
-        out["meta"] = blob
+        out["meta"] = torch.tensor(list(blob), dtype=torch.uint8)
         return out
 
     @classmethod
@@ -176,27 +235,7 @@ class QuantizedTensor:
             meta = json.loads(bytes(d["meta"].tolist()).decode())
         except (KeyError, ValueError, UnicodeDecodeError) as e:
             raise CheckpointError(f"quantized tensor has no readable 'meta' entry ({e})") from None
-        if meta.get("format") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"quantized tensor format {meta.get('format')!r} is not supported; "
-                f"this quantbalance reads format {FORMAT_VERSION}"
-            )
-        scheme = Scheme(**meta["scheme"])
-        shape = tuple(int(v) for v in meta["shape"])
-        dtype = getattr(torch, meta["dtype"], None)
-        if not isinstance(dtype, torch.dtype):
-            raise CheckpointError(f"unknown dtype {meta['dtype']!r} in quantized tensor meta")
-        qt = cls(
-            packed=d["packed"],
-            scale=d.get("scale"),
-            zero_point=d.get("zero_point"),
-            codebook=d.get("codebook"),
-            scheme=scheme,
-            shape=shape,
-            dtype=dtype,
-        )
-        qt.validate()
-        return qt
+        return cls.from_parts({k: v for k, v in d.items() if k != "meta"}, meta)
 
     def validate(self) -> None:
         """Check that every stored tensor has the size the scheme and shape imply.

@@ -1,15 +1,18 @@
-"""Quantized modules: each holds a QuantizedTensor weight and an optional input quantizer.
+"""Quantized modules: each holds a QuantizedTensor weight as buffers and an input quantizer.
 
-A registry maps float module types to quantized ones (``@register(nn.Linear)``), so adding a
-layer type never touches an ``isinstance`` chain. These modules *simulate* the quantized
-arithmetic in float (dequantized weight, fake-quantized input); ``quantbalance.deploy`` runs the
-same codes on integer kernels.
+A registry maps float module types to quantized ones (``@register(nn.Linear)``) for the exact
+torch classes whose forward these modules re-implement; every other weight layer (a subclass,
+``Conv3d``, a transposed convolution) is quantized in place and keeps its own forward
+(:mod:`quantbalance.nn.keep_forward`). These modules *simulate* the quantized arithmetic in
+float (dequantized weight, fake-quantized input); ``quantbalance.deploy`` runs the same codes on
+integer kernels.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +20,10 @@ from torch import nn
 
 from quantbalance.formats import QuantizedTensor
 from quantbalance.nn.act import ActQuantizer
+from quantbalance.nn.layout import from_matrix
+
+#: The QuantizedTensor fields stored as buffers ``qweight_<part>``.
+PARTS = ("packed", "scale", "zero_point", "codebook")
 
 REGISTRY: dict[type[nn.Module], type[QuantModule]] = {}
 
@@ -39,48 +46,101 @@ def register(float_type: type[nn.Module]) -> Callable[[type[QuantModule]], type[
     return deco
 
 
-def quantized_type(module: nn.Module) -> type[QuantModule] | None:
-    """The quantized class for ``module`` (exact type match), or None if unsupported.
-
-    Args:
-        module: a float module.
-
-    Returns:
-        The registered QuantModule subclass or None.
-    """
-    return REGISTRY.get(type(module))
-
-
 class QuantModule(nn.Module, metaclass=abc.ABCMeta):
-    """Base class: a quantized weight, the float bias, an optional input quantizer.
+    """Base class: a quantized weight held as module state, the float bias, an input quantizer.
 
-    The dequantized weight is cached in a non-persistent buffer on first use, so simulation runs
-    at float speed; ``qweight`` is the source of truth.
+    The QuantizedTensor's parts are buffers (``qweight_packed``, ``qweight_scale``,
+    ``qweight_zero_point``, ``qweight_codebook``; absent parts are None), so ``state_dict()``,
+    ``load_state_dict()`` and ``.to(device)`` see them; its scheme, shape and dtype are plain
+    attributes (checkpoints store them as metadata). ``qweight`` reassembles the QuantizedTensor
+    from them. Moving the module to another dtype keeps the stored parts exact (codes and scales
+    keep the scheme's dtypes) and makes ``weight`` dequantize to that dtype.
+
+    The dequantized weight is cached in the non-persistent buffer ``_w`` on first use (so
+    simulation runs at float speed) and dropped whenever the parts change (``qweight = ...``,
+    ``load_state_dict``, ``.to()``).
     """
 
     float_type: type[nn.Module] = nn.Module
     input_smooth: torch.Tensor | None
+    _w: torch.Tensor | None
 
     def __init__(
         self, qweight: QuantizedTensor, bias: torch.Tensor | None, act: ActQuantizer | None
     ) -> None:
         super().__init__()
-        self.qweight = qweight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+        self._setup(qweight, act, tuple(qweight.shape), "rows")
+
+    def _setup(
+        self,
+        qweight: QuantizedTensor,
+        act: ActQuantizer | None,
+        shape: tuple[int, ...],
+        layout: str,
+    ) -> None:
+        """Register the quantized state (shared by every QuantModule, in-place ones included)."""
+        self.register_buffer("_w", None, persistent=False)
+        self.weight_layout = layout
+        self._weight_shape = shape
+        self.qweight = qweight
         self.input_quantizer = act
         self.register_buffer("input_smooth", None)
-        self._w: torch.Tensor | None = None
+
+    @property
+    def qweight(self) -> QuantizedTensor:
+        """The quantized weight (a view of the module's buffers: no copy)."""
+        b = self._buffers
+        return QuantizedTensor(
+            packed=b["qweight_packed"],  # type: ignore[arg-type]
+            scale=b["qweight_scale"],
+            zero_point=b["qweight_zero_point"],
+            codebook=b["qweight_codebook"],
+            scheme=self._qscheme,
+            shape=self._qshape,
+            dtype=self._qdtype,
+        )
+
+    @qweight.setter
+    def qweight(self, qt: QuantizedTensor) -> None:
+        for part in PARTS:
+            self.register_buffer(f"qweight_{part}", getattr(qt, part))
+        self._qscheme, self._qshape, self._qdtype = qt.scheme, tuple(qt.shape), qt.dtype
+        self._w = None
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dequantized weight in the float module's shape (cached)."""
-        if self._w is None:
-            self._w = self.qweight.dequantize().reshape(self.weight_shape())
-        return self._w
+        """The dequantized weight in the float module's shape.
+
+        Cached on first use, except while ``torch.compile``/``torch.export`` trace the module:
+        then it is computed from the buffers in the graph (a traced value must not be stored).
+        """
+        if self._w is not None:
+            return self._w
+        w = from_matrix(self.weight_layout, self.qweight.dequantize(), self._weight_shape)
+        w = w.contiguous()
+        if not torch.compiler.is_compiling():
+            self._w = w
+        return w
 
     def weight_shape(self) -> tuple[int, ...]:
         """Shape of the float module's weight."""
-        return self.qweight.shape
+        return self._weight_shape
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        stored = {k: v for k, v in self._buffers.items() if k.startswith("qweight_")}
+        out = super()._apply(fn, recurse)
+        for key, before in stored.items():
+            after = self._buffers[key]
+            if before is not None and after is not None and after.dtype != before.dtype:
+                self._buffers[key] = before.to(after.device)  # devices move, dtypes stay exact
+        self._qdtype = fn(torch.empty(0, dtype=self._qdtype)).dtype
+        self._w = None
+        return out
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._w = None
 
     def set_input_smooth(self, factors: torch.Tensor | None) -> None:
         """Multiply the input by per-channel ``factors`` before quantizing it.
@@ -107,11 +167,11 @@ class QuantModule(nn.Module, metaclass=abc.ABCMeta):
     def from_float(
         cls, module: nn.Module, qweight: QuantizedTensor, act: ActQuantizer | None
     ) -> QuantModule:
-        """Build from a float module and its quantized weight.
+        """Build from a float module and its quantized weight (the float module is untouched).
 
         Args:
             module: the float module (its hyper-parameters and bias are copied).
-            qweight: the quantized weight (shape: the weight's, or flattened per output).
+            qweight: the quantized weight (the :mod:`quantbalance.nn.layout` matrix).
             act: optional input quantizer.
 
         Returns:
@@ -139,9 +199,9 @@ class QLinear(QuantModule):
     def from_float(
         cls, module: nn.Module, qweight: QuantizedTensor, act: ActQuantizer | None
     ) -> QLinear:
-        """See :meth:`QuantModule.from_float`."""
-        assert isinstance(module, nn.Linear)
-        return cls(module.in_features, module.out_features, qweight, module.bias, act)
+        """See :meth:`QuantModule.from_float` (also takes transformers' ``Conv1D``)."""
+        out_features, in_features = qweight.shape
+        return cls(in_features, out_features, qweight, module.bias, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``linear(Q(x), dequant(W), b)``."""
@@ -149,7 +209,7 @@ class QLinear(QuantModule):
         return F.linear(self.quantize_input(x), w.to(x.dtype), _cast(self.bias, x))
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, weight={self.qweight.scheme.label}"
+        return f"{self.in_features}, {self.out_features}, weight={self._qscheme.label}"
 
 
 class _QConvNd(QuantModule):
@@ -159,6 +219,8 @@ class _QConvNd(QuantModule):
 
     def __init__(self, conv: nn.Module, qweight: QuantizedTensor, act: ActQuantizer | None) -> None:
         super().__init__(qweight, conv.bias, act)
+        self._weight_shape = tuple(conv.weight.shape)
+        self.weight_layout = "conv"
         self.in_channels = conv.in_channels
         self.out_channels = conv.out_channels
         self.kernel_size = conv.kernel_size
@@ -167,17 +229,12 @@ class _QConvNd(QuantModule):
         self.dilation = conv.dilation
         self.groups = conv.groups
         self.padding_mode = conv.padding_mode
-        self._shape = tuple(conv.weight.shape)
         if conv.padding_mode != "zeros":
             from quantbalance.errors import UnsupportedError
 
             raise UnsupportedError(
                 f"padding_mode={conv.padding_mode!r}: quantized convolutions support 'zeros'"
             )
-
-    def weight_shape(self) -> tuple[int, ...]:
-        """The float convolution's weight shape."""
-        return self._shape
 
     @classmethod
     def from_float(
@@ -202,7 +259,7 @@ class _QConvNd(QuantModule):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"groups={self.groups}, weight={self.qweight.scheme.label}"
+            f"groups={self.groups}, weight={self._qscheme.label}"
         )
 
 
@@ -246,21 +303,8 @@ class QEmbedding(QuantModule):
         return F.embedding(idx, self.weight, self.padding_idx)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, weight={self.qweight.scheme.label}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, weight={self._qscheme.label}"
 
 
 def _cast(b: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     return None if b is None else b.to(x.dtype)
-
-
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The weight a quantized module stores: convolutions flattened to ``(out, -1)``.
-
-    Args:
-        module: a supported float module.
-
-    Returns:
-        The 2-D weight view that gets quantized.
-    """
-    w = module.weight.detach()
-    return w.reshape(w.shape[0], -1) if w.dim() > 2 else w

@@ -24,7 +24,7 @@ from torch import nn
 from quantbalance.algorithms import ALGORITHMS, QuantContext
 from quantbalance.calibration import capture
 from quantbalance.evaluate import sqnr
-from quantbalance.nn import REGISTRY, ActQuantizer, weight_matrix
+from quantbalance.nn import ActQuantizer, quantized_type, weight_matrix
 from quantbalance.plan import LayerSpec
 
 MAX_DB = 300.0
@@ -144,7 +144,9 @@ def build_qmodule(
             act = copy.deepcopy(quantizers[_act_key(name, spec)])
         else:
             act = ActQuantizer(spec.activation, "dynamic")
-    return REGISTRY[type(mod)].from_float(mod, ctx.qweights[name], act)
+    qtype = quantized_type(mod)
+    assert qtype is not None, name
+    return qtype.from_float(mod, ctx.qweights[name], act)
 
 
 @torch.no_grad()  # not inference_mode: the module caches its weight for later evaluations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from quantbalance.nn import REGISTRY, QuantModule
+from quantbalance.nn import QuantModule, family, quantized_type
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -21,15 +21,16 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, str]:
-    """Modules whose type has a registered quantized module, in model order.
+    """Float weight layers that have a quantized form (subclasses included), in model order.
 
     Args:
         model: the model.
 
     Returns:
-        name -> class name.
+        name -> the torch class the layer behaves as (``Conv2d`` for a ``Conv2d`` subclass,
+        ``Linear`` for transformers' ``Conv1D``): what Plan ``layer_types`` match.
     """
-    return {n: type(m).__name__ for n, m in model.named_modules() if type(m) in REGISTRY}
+    return {n: family(m) for n, m in model.named_modules() if quantized_type(m) is not None}
 
 
 def unsupported_layers(model: nn.Module) -> dict[str, str]:
@@ -44,7 +45,8 @@ def unsupported_layers(model: nn.Module) -> dict[str, str]:
     out = {}
     inside = [n for n, m in model.named_modules() if isinstance(m, QuantModule)]
     for n, m in model.named_modules():
-        if type(m) in REGISTRY or not n or any(n == q or n.startswith(q + ".") for q in inside):
+        inside_quantized = any(n == q or n.startswith(q + ".") for q in inside)
+        if quantized_type(m) is not None or not n or inside_quantized:
             continue
         if any(True for _ in m.parameters(recurse=False)):
             out[n] = type(m).__name__

@@ -1,0 +1,87 @@
+"""Weight layers quantized in place: the layer's own ``forward`` runs on the quantized weight.
+
+A subclass of ``nn.Linear`` or ``nn.Conv2d`` that computes "same" padding or reshapes in its own
+``forward`` (timm's ``Conv2dSame``, models ported from TensorFlow), a ``Conv3d`` or a transposed
+convolution has no quantized class that re-implements its forward. Instead the layer is copied
+without its float weight and its class becomes ``Quantized<Class>``, a subclass of
+:class:`KeepsForward` and of the layer's own class: ``weight`` is then the dequantized weight of
+the :class:`~quantbalance.nn.QuantModule` buffers, and ``forward`` quantizes the input (when the
+spec has an activation scheme) and calls the class's own ``forward``. Everything else about the
+layer (attributes, methods, submodules, hooks) is kept.
+
+This is the approach of torchao and optimum-quanto ("swap the weight, keep the module").
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from quantbalance.formats import QuantizedTensor
+from quantbalance.nn.act import ActQuantizer
+from quantbalance.nn.layout import layout_of
+from quantbalance.nn.modules import QuantModule
+
+_TYPES: dict[type[nn.Module], type[KeepsForward]] = {}
+
+
+class KeepsForward(QuantModule):
+    """Mixin of the in-place quantized classes (see the module docstring).
+
+    Deploy engines cannot run such a layer's own forward on integer kernels: the torch engine
+    runs it with its dequantized weight, and ONNX QDQ export refuses it by name.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Quantize the first input, then run the layer class's own ``forward``."""
+        if args:
+            args = (self.quantize_input(args[0]), *args[1:])
+        return super().forward(*args, **kwargs)
+
+    @classmethod
+    def from_float(
+        cls, module: nn.Module, qweight: QuantizedTensor, act: ActQuantizer | None
+    ) -> KeepsForward:
+        """A copy of ``module`` (its float weight not copied) holding ``qweight``.
+
+        Args:
+            module: the float layer (left untouched).
+            qweight: its quantized weight (the :mod:`quantbalance.nn.layout` matrix).
+            act: optional input quantizer (ignored for embeddings: their inputs are indices).
+
+        Returns:
+            The quantized layer, an instance of ``cls`` and of ``type(module)``.
+        """
+        weight = module._parameters["weight"]
+        assert weight is not None
+        layout = layout_of(module)
+        assert layout is not None
+        new = copy.deepcopy(module, {id(weight): None})  # everything but the float weight
+        new.__class__ = cls
+        del new._parameters["weight"]
+        if isinstance(module, nn.Embedding):
+            act = None
+        new._setup(qweight, act, tuple(weight.shape), layout)
+        return new
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight={self._qscheme.label}"
+
+
+def keep_forward_type(float_type: type[nn.Module]) -> type[KeepsForward]:
+    """The in-place quantized class for ``float_type`` (made once, then reused).
+
+    Args:
+        float_type: the float layer's class.
+
+    Returns:
+        ``Quantized<Name>``, a subclass of :class:`KeepsForward` and ``float_type``.
+    """
+    made = _TYPES.get(float_type)
+    if made is None:
+        name = f"Quantized{float_type.__name__}"
+        attrs = {"float_type": float_type, "__module__": __name__, "__qualname__": name}
+        made = _TYPES[float_type] = type(name, (KeepsForward, float_type), attrs)
+    return made
