@@ -26,6 +26,10 @@ class UnsupportedError(QuantBalanceError, TypeError):
     """A layer type, dtype or scheme combination is not supported."""
 
 
+class FloatLayerError(UnsupportedError):
+    """``quantize(strict=True)`` would leave weight layers float that the Plan did not skip."""
+
+
 class PlanError(QuantBalanceError, ValueError):
     """A Plan does not fit the model it is applied to (e.g. a name that matches nothing)."""
 

@@ -26,6 +26,11 @@ from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Sche
 from quantbalance.formats.config import FrozenConfig
 
 ALGORITHMS_HINT = "rtn (more in quantbalance.algorithms)"
+#: What ``re:`` keys match by default: the torch class a layer behaves as (subclasses included,
+#: transformers' ``Conv1D`` as ``Linear``); embeddings only when named or listed.
+WEIGHT_LAYER_TYPES = (
+    "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+)  # fmt: skip
 
 #: Algorithm name -> the frozen dataclass of options its step accepts in
 #: ``LayerSpec.algorithm_args`` (registered by ``quantbalance.algorithms.base.OptionsSlot``).
@@ -156,7 +161,7 @@ class Plan(FrozenConfig):
 
     layers: dict[str, LayerSpec | None] = Field(default_factory=dict)
     skip: list[str] = Field(default_factory=list)
-    layer_types: list[str] = Field(default_factory=lambda: ["Linear", "Conv1d", "Conv2d"])
+    layer_types: list[str] = Field(default_factory=lambda: list(WEIGHT_LAYER_TYPES))
     name: str = "custom"
 
     @field_validator("layers", "skip")
@@ -304,7 +309,7 @@ def _uniform_plan(name: str, spec: LayerSpec) -> Plan:
         name=name,
         layers={"re:.*": spec},
         skip=["re:(.*\\.)?lm_head"],
-        layer_types=["Linear", "Conv1d", "Conv2d", "Embedding"],
+        layer_types=[*WEIGHT_LAYER_TYPES, "Embedding"],
     )
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from quantbalance.algorithms import ALGORITHMS, NEEDS_DATA, QuantContext, parse_algorithm
 from quantbalance.algorithms.smoothquant import lower_smoothing
 from quantbalance.calibration import check_calib_data, run_batches
-from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
+from quantbalance.errors import CalibrationError, ConfigError, FloatLayerError, UnsupportedError
 from quantbalance.formats import (
     PerChannel,
     PerTensor,
@@ -36,6 +36,8 @@ from quantbalance.formats import (
 from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule, quantized_type
 from quantbalance.plan import LayerSpec, Plan, preset
 from quantbalance.transform import (
+    Coverage,
+    coverage,
     fold_batchnorm,
     quantizable_layers,
     replace_module,
@@ -57,9 +59,11 @@ class QuantizationInfo:
         plan: the Plan applied.
         layers: quantized layer name -> spec label.
         kept_float: quantizable layers the Plan left in float.
-        unsupported: layers with parameters that have no quantized module (kept in float).
+        unsupported: layers with parameters that have no quantized module (kept in float;
+            norms included).
         folded: ``(conv, bn)`` pairs folded before quantization.
         algorithm_log: facts reported by algorithm steps.
+        coverage: every weight layer: quantized, float by plan, or unsupported (with why).
     """
 
     plan: Plan
@@ -68,6 +72,44 @@ class QuantizationInfo:
     unsupported: dict[str, str] = field(default_factory=dict)
     folded: list[tuple[str, str]] = field(default_factory=list)
     algorithm_log: dict[str, Any] = field(default_factory=dict)
+    coverage: Coverage = field(default_factory=Coverage)
+
+    @property
+    def summary(self) -> str:
+        """``"quantized N of M weight layers (P % of weights)"``."""
+        return self.coverage.summary()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of everything but the Plan (checkpoints store the Plan apart)."""
+        return {
+            "layers": self.layers,
+            "kept_float": self.kept_float,
+            "unsupported": self.unsupported,
+            "folded": [list(p) for p in self.folded],
+            "algorithm_log": self.algorithm_log,
+            "coverage": self.coverage.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, plan: Plan, d: dict[str, Any]) -> QuantizationInfo:
+        """Rebuild from :meth:`to_dict` and the Plan.
+
+        Args:
+            plan: the Plan applied.
+            d: the dict.
+
+        Returns:
+            The info.
+        """
+        return cls(
+            plan=plan,
+            layers=d.get("layers", {}),
+            kept_float=d.get("kept_float", []),
+            unsupported=d.get("unsupported", {}),
+            folded=[tuple(p) for p in d.get("folded", [])],
+            algorithm_log=d.get("algorithm_log", {}),
+            coverage=Coverage.from_dict(d.get("coverage", {})),
+        )
 
 
 def as_plan(plan: Plan | str | dict[str, Any] | None) -> Plan:
@@ -124,6 +166,7 @@ def quantize(
     bitwidths: list[int] | None = None,
     progress: bool = True,
     inplace: bool = False,
+    strict: bool = False,
 ) -> nn.Module:
     """Return a quantized copy of ``model`` (``model`` itself is not modified unless ``inplace``).
 
@@ -137,9 +180,16 @@ def quantize(
         inplace: quantize ``model`` itself instead of a deep copy, which saves one copy of the
             float model (for large models). The float model is given up: its layers are
             replaced (and its BatchNorms folded) in place, and the returned model is ``model``.
+        strict: raise :class:`~quantbalance.errors.FloatLayerError` (before any work) if a weight
+            layer (a module owning a weight parameter of 2+ dimensions: Linear/Conv/Embedding
+            and look-alikes; norms excluded) would be left float *unintentionally*, i.e. it has
+            no quantized form. Layers the Plan skips (``skip`` patterns, None specs, types
+            outside ``layer_types``) are float by plan and never raise. Without ``strict``,
+            such layers are announced by a WARNING and in ``qb_info.coverage``.
 
     Returns:
-        The quantized model (simulated), with ``qb_plan`` and ``qb_info`` attributes.
+        The quantized model (simulated), with ``qb_plan`` and ``qb_info`` attributes
+        (``qb_info.summary``: "quantized N of M weight layers (P % of weights)").
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -167,6 +217,7 @@ def quantize(
     folded = fold_batchnorm(qmodel)
     candidates = quantizable_layers(qmodel)
     specs = the_plan.resolve(candidates)
+    _check_coverage(coverage(qmodel, specs), strict)
     for name in specs:
         mod = qmodel.get_submodule(name)
         check_finite(mod.weight.detach(), f"layer {name!r} weight")
@@ -211,6 +262,7 @@ def quantize(
     if lowered := lower_smoothing(qmodel):
         info.algorithm_log.setdefault("smoothquant", {})["lowered"] = lowered
     info.unsupported = unsupported_layers(qmodel)
+    info.coverage = _announce(coverage(qmodel))
 
     quantizers = {n: m for n, m in qmodel.named_modules() if isinstance(m, ActQuantizer)}
     if any(q.mode == "static" for q in quantizers.values()):
@@ -221,6 +273,38 @@ def quantize(
     qmodel.qb_plan = the_plan
     qmodel.qb_info = info
     return qmodel
+
+
+def _check_coverage(planned: Coverage, strict: bool) -> None:
+    """Refuse, under ``strict``, weight layers that would stay float without the Plan saying so."""
+    if strict and planned.unsupported:
+        listing = "; ".join(f"{n} ({why})" for n, why in planned.reasons.items())
+        raise FloatLayerError(
+            f"strict: {len(planned.unsupported)} weight layer(s) would be left float: {listing}. "
+            "Skip them in the Plan (skip=[...]) to keep them float on purpose, or quantize "
+            "without strict=True"
+        )
+
+
+def _announce(cov: Coverage) -> Coverage:
+    """Log what stays float: a WARNING for layers without a quantized form, INFO by plan."""
+    if cov.unsupported:
+        log.warning(
+            "%s; %d weight layer(s) left float with no quantized form (%.1f %% of weights): %s",
+            cov.summary(), len(cov.unsupported), _pct(cov, cov.unsupported),
+            "; ".join(f"{n}: {why}" for n, why in cov.reasons.items()),
+        )  # fmt: skip
+    if cov.by_plan:
+        log.info(
+            "%s; %d weight layer(s) float by plan (%.1f %% of weights): %s",
+            cov.summary(), len(cov.by_plan), _pct(cov, cov.by_plan), ", ".join(cov.by_plan),
+        )  # fmt: skip
+    return cov
+
+
+def _pct(cov: Coverage, part: dict[str, int]) -> float:
+    total = sum(cov.quantized.values()) + sum(cov.by_plan.values()) + sum(cov.unsupported.values())
+    return 100.0 * sum(part.values()) / max(total, 1)
 
 
 def _install(model: nn.Module, name: str, spec: LayerSpec, qweight: QuantizedTensor) -> None:

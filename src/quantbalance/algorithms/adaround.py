@@ -33,7 +33,7 @@ from quantbalance.calibration import capture, make_observer
 from quantbalance.formats import QuantizedTensor, Scheme, fake_quantize, quantize_tensor
 from quantbalance.formats.granularity import expand_params
 from quantbalance.formats.uniform import implied_zero_point
-from quantbalance.nn import weight_matrix
+from quantbalance.nn import from_matrix, layout_of, plain_forward, weight_matrix
 from quantbalance.plan import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,10 @@ def dequantized_weights(
     saved = {}
     try:
         for name, qt in qweights.items():
-            p = model.get_submodule(name).weight
+            mod = model.get_submodule(name)
+            p = mod.weight
             saved[name] = p.data
-            p.data = qt.dequantize().reshape(p.shape).to(p.dtype)
+            p.data = from_matrix(layout_of(mod) or "rows", qt.dequantize(), p.shape).to(p.dtype)
         yield model
     finally:
         for name, data in saved.items():
@@ -285,7 +286,7 @@ def _layer_forward(
 def _supported(spec: LayerSpec, mod: nn.Module) -> bool:
     w = spec.weight
     ok = w is not None and w.kind == "uniform" and w.bits >= 2
-    return ok and isinstance(mod, nn.Linear | nn.Conv1d | nn.Conv2d)
+    return ok and isinstance(mod, nn.Linear | nn.Conv1d | nn.Conv2d) and plain_forward(mod)
 
 
 @register_algorithm("adaround", needs_data=True)

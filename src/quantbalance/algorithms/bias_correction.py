@@ -26,6 +26,7 @@ from quantbalance.algorithms.base import QuantContext, register_algorithm
 from quantbalance.algorithms.rtn import rtn
 from quantbalance.calibration import capture
 from quantbalance.formats import QuantizedTensor
+from quantbalance.nn import plain_forward
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def bias_correction(ctx: QuantContext) -> None:
     names = [
         n
         for n, m in ctx.layers_for("bias_correction").items()
-        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d) and plain_forward(m)
     ]
     applied = correct_biases(ctx.model, ctx.qweights, names, data, ctx.progress)
     ctx.log["bias_correction"] = {"max_abs_delta": applied}

@@ -31,6 +31,7 @@ from torch import nn
 
 from quantbalance.calibration.batch import call_model
 from quantbalance.calibration.sequential import find_blocks
+from quantbalance.nn import plain_forward
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,8 @@ def check_group(model: nn.Module, group: ScaleGroup, shared: set[int] | None = N
         return f"no module named {missing}"
     prev = names[group.prev_op]
     linears = [names[n] for n in group.linear_names]
-    if not all(isinstance(m, nn.Linear) for m in linears):
-        return "not every target is an nn.Linear"
+    if not all(isinstance(m, nn.Linear) and plain_forward(m) for m in linears):
+        return "not every target is an nn.Linear running nn.Linear's own forward"
     width = {m.in_features for m in linears}
     if len(width) != 1:
         return f"the linears have different input widths {sorted(width)}"

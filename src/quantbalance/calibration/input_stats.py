@@ -14,12 +14,15 @@ import torch
 from torch import nn
 
 from quantbalance.errors import CalibrationError, UnsupportedError
+from quantbalance.nn.layout import layout_of, plain_forward
 
 
 def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """The rows a layer multiplies with its weight matrix (``nn.weight_matrix`` layout).
 
-    Linear: every token; Conv1d/Conv2d (``groups=1``, numeric zero padding): every unfolded patch.
+    Linear (and transformers' ``Conv1D``): every token; Conv1d/Conv2d (``groups=1``, numeric
+    zero padding): every unfolded patch. Only layers that run their torch class's own forward
+    (``nn.plain_forward``) have rows: a subclass's forward may pad or reshape its input first.
 
     Args:
         module: the layer.
@@ -28,10 +31,10 @@ def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     Returns:
         ``(N, in_features)`` float32 rows, or None for a layer without such a view.
     """
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1]).float()
     if not supports_rows(module):
         return None
+    if layout_of(module) in ("rows", "transposed"):
+        return x.reshape(-1, x.shape[-1]).float()
     assert isinstance(module, nn.Conv1d | nn.Conv2d)
     k, d, p, s = module.kernel_size, module.dilation, module.padding, module.stride
     if isinstance(module, nn.Conv1d):
@@ -48,9 +51,12 @@ def supports_rows(module: nn.Module) -> bool:
         module: any module.
 
     Returns:
-        True for Linear and for ungrouped, zero-padded Conv1d/Conv2d with numeric padding.
+        True for Linear, transformers' ``Conv1D`` and ungrouped, zero-padded Conv1d/Conv2d with
+        numeric padding, each running its torch class's own forward.
     """
-    if isinstance(module, nn.Linear):
+    if not plain_forward(module):
+        return False
+    if isinstance(module, nn.Linear) or layout_of(module) == "transposed":
         return True
     return (
         isinstance(module, nn.Conv1d | nn.Conv2d)

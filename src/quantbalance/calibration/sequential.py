@@ -55,6 +55,7 @@ from quantbalance.calibration.input_stats import (
 )
 from quantbalance.calibration.memory import release_free_memory
 from quantbalance.calibration.pipeline import capture
+from quantbalance.nn.layout import from_matrix, layout_of
 
 __all__ = [  # the runner, and the names re-exported from blocks and input_stats
     "BLOCK_PATHS",
@@ -96,9 +97,10 @@ def swapped_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> It
     saved = {}
     try:
         for name, w in weights.items():
-            param = model.get_submodule(name).weight
+            mod = model.get_submodule(name)
+            param = mod.weight
             saved[name] = param.data
-            param.data = w.reshape(param.shape).to(param.dtype)
+            param.data = from_matrix(layout_of(mod) or "rows", w, param.shape).to(param.dtype)
         yield
     finally:
         for name, data in saved.items():

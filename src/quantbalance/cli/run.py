@@ -89,4 +89,5 @@ def results_table(result: dict[str, Any]) -> Table:
         sq = [v for v in r["layer_sqnr"].values() if v is not None]
         worst = f"{min(sq):.1f}" if sq else "-"
         t.add_row(name, *cells, f"{r['quant_bytes'] / 1e6:.2f}", f"{r['compression']:.2f}x", worst)
+    t.caption = "\n".join(f"{n}: {r['coverage']}" for n, r in result["plans"].items())
     return t

@@ -248,6 +248,12 @@ def show_result(res: Any, path: Path, out: Path, con: Console | None = None) -> 
     for k in (res.chosen.choice or {}).values():
         counts[k] = counts.get(k, 0) + 1
     con.print("layers: " + ", ".join(f"{k} × {v}" for k, v in sorted(counts.items())))
+    if res.info.get("coverage"):
+        con.print(res.info["coverage"])
+    unsupported = {n: why for n, why in res.info.get("left_float", {}).items() if why != "by plan"}
+    if unsupported:
+        con.print("[yellow]left float (no quantized form):[/] "
+                  + "; ".join(f"{n}: {why}" for n, why in unsupported.items()))  # fmt: skip
     color = "green" if res.met_budget else "red"
     con.print(f"[{color}]{res.message}[/]")
     con.print(f"report: [bold]{path}[/]  plan: [bold]{out / 'plan.json'}[/]")

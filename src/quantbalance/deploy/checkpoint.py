@@ -228,7 +228,7 @@ def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]
         "plan": plan.to_json() if plan is not None else "null",
         "layers": json.dumps(layers, sort_keys=True),
         "aliases": json.dumps(aliases, sort_keys=True),
-        "info": json.dumps(_info_dict(info), sort_keys=True, default=str),
+        "info": json.dumps(info.to_dict() if info else {}, sort_keys=True, default=str),
     }
     return tensors, meta
 
@@ -304,18 +304,6 @@ def _act_config(name: str, act: ActQuantizer | None) -> dict[str, Any] | None:
     }
 
 
-def _info_dict(info: Any) -> dict[str, Any]:
-    if info is None:
-        return {}
-    return {
-        "layers": info.layers,
-        "kept_float": info.kept_float,
-        "unsupported": info.unsupported,
-        "folded": [list(p) for p in info.folded],
-        "algorithm_log": info.algorithm_log,
-    }
-
-
 def _rebuild(
     skeleton: nn.Module, meta: dict[str, str], tensors: dict[str, torch.Tensor], where: str
 ) -> nn.Module:
@@ -345,14 +333,7 @@ def _rebuild(
     plan = Plan(**json.loads(meta["plan"])) if meta.get("plan", "null") != "null" else None
     if plan is not None:
         model.qb_plan = plan
-        model.qb_info = QuantizationInfo(
-            plan=plan,
-            layers=info.get("layers", {}),
-            kept_float=info.get("kept_float", []),
-            unsupported=info.get("unsupported", {}),
-            folded=[tuple(p) for p in info.get("folded", [])],
-            algorithm_log=info.get("algorithm_log", {}),
-        )
+        model.qb_info = QuantizationInfo.from_dict(plan, info)
     return model
 
 

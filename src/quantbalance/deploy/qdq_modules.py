@@ -18,7 +18,7 @@ from torch import nn
 from quantbalance.deploy.qdq_ops import dequantize_linear, dynamic_quantize_linear, quantize_linear
 from quantbalance.errors import UnsupportedError
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, QuantizedTensor
-from quantbalance.nn import ActQuantizer, QConv1d, QEmbedding, QLinear, QuantModule
+from quantbalance.nn import ActQuantizer, QConv1d, QConv2d, QEmbedding, QLinear, QuantModule
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +248,15 @@ def export_module(qmodel: nn.Module) -> nn.Module:
             replace_module(model, name, QDQLinear(m, name))
         elif isinstance(m, QEmbedding):
             replace_module(model, name, QDQEmbedding(m))
-        elif isinstance(m, QuantModule):
+        elif isinstance(m, QConv1d | QConv2d):
             replace_module(model, name, QDQConv(m, name))
+        elif isinstance(m, QuantModule):
+            raise UnsupportedError(
+                f"layer {name!r} ({type(m).__name__}) is quantized in place and runs its own "
+                "forward, which has no ONNX QDQ form here; QDQ export supports exact Linear, "
+                "Conv1d, Conv2d, Embedding and transformers' Conv1D. Keep the layer float "
+                "(Plan skip) to export, or deploy with the torch engine"
+            )
     emulated: dict[str, list[str]] = {}
     for name, m in model.named_modules():
         if getattr(m, "emulated", ""):

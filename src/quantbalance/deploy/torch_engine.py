@@ -31,7 +31,7 @@ from torch import nn
 
 from quantbalance.deploy.torch_kernels import int8_linear, onednn_available
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, QuantizedTensor
-from quantbalance.nn import ActQuantizer, QEmbedding, QLinear, QuantModule
+from quantbalance.nn import ActQuantizer, KeepsForward, QEmbedding, QLinear, QuantModule
 from quantbalance.transform import replace_module
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,19 @@ class _Bf16Dequant(nn.Module):
         return self.q(x)
 
 
+class _Simulated(nn.Module):
+    """A layer quantized in place (its own forward): run exactly as simulated, in float32."""
+
+    def __init__(self, q: KeepsForward) -> None:
+        super().__init__()
+        self.q = q
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The simulated layer on a float32 input; the output in the input's dtype."""
+        y = self.q(x.float() if x.is_floating_point() else x, *args, **kwargs)
+        return y.to(x.dtype) if x.is_floating_point() and isinstance(y, torch.Tensor) else y
+
+
 def to_torch_engine(
     qmodel: nn.Module,
     compile: bool = True,
@@ -226,12 +239,15 @@ def to_torch_engine(
             new, kind = Int4Linear(mod), "int4-pack"
         elif isinstance(mod, QEmbedding):
             new, kind = _embedding(mod, dtype), "embedding-bf16"
+        elif isinstance(mod, KeepsForward):
+            new, kind = _Simulated(mod), "simulated-fp32"
         else:
             new, kind = _Bf16Dequant(mod), "dequant-bf16"
         replace_module(model, name, new)
         kinds[kind] = kinds.get(kind, 0) + 1
     for mod in model.modules():
-        if isinstance(mod, nn.LayerNorm | nn.Embedding | nn.BatchNorm2d | nn.Linear):
+        float_layer = isinstance(mod, nn.LayerNorm | nn.Embedding | nn.BatchNorm2d | nn.Linear)
+        if float_layer and not isinstance(mod, QuantModule):  # in-place quantized: simulated
             mod.to(dtype)
     log.info("torch engine kernels: %s", kinds)
     model.qb_engine_kernels = kinds

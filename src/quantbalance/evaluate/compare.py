@@ -14,7 +14,7 @@ from quantbalance.errors import ConfigError
 from quantbalance.evaluate.size import model_nbytes
 from quantbalance.evaluate.sqnr import layer_output_sqnr
 from quantbalance.nn import QuantModule
-from quantbalance.transform import fold_batchnorm
+from quantbalance.transform import coverage, fold_batchnorm
 
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
@@ -30,6 +30,8 @@ class Comparison:
         float_bytes: exact bytes of the float model.
         quant_bytes: exact bytes of the quantized model.
         layer_sqnr: per-layer output SQNR (dB) on the example batches.
+        coverage: "quantized N of M weight layers (P % of weights)".
+        left_float: float weight layer -> why (``"by plan"`` or why it has no quantized form).
     """
 
     float_metrics: dict[str, float]
@@ -38,6 +40,8 @@ class Comparison:
     float_bytes: int
     quant_bytes: int
     layer_sqnr: dict[str, float] = field(default_factory=dict)
+    coverage: str = ""
+    left_float: dict[str, str] = field(default_factory=dict)
 
     @property
     def compression(self) -> float:
@@ -123,4 +127,9 @@ def compare(
             ref = copy.deepcopy(float_model).eval()
             fold_batchnorm(ref)
         layer = layer_output_sqnr(ref, qmodel, names, batches, progress)
-    return Comparison(fm, qm, deltas, model_nbytes(float_model), model_nbytes(qmodel), layer)
+    info = getattr(qmodel, "qb_info", None)
+    cov = info.coverage if info is not None and info.coverage.total else coverage(qmodel)
+    return Comparison(
+        fm, qm, deltas, model_nbytes(float_model), model_nbytes(qmodel), layer,
+        cov.summary(), cov.left_float(),
+    )  # fmt: skip

@@ -3,7 +3,7 @@
 from quantbalance.nn.act import ActQuantizer
 from quantbalance.nn.dispatch import quantized_layers, quantized_type, unsupported_reason
 from quantbalance.nn.keep_forward import KeepsForward, keep_forward_type
-from quantbalance.nn.layout import family, layout_of, weight_matrix
+from quantbalance.nn.layout import family, from_matrix, layout_of, plain_forward, weight_matrix
 from quantbalance.nn.modules import (
     PARTS,
     REGISTRY,
@@ -26,8 +26,10 @@ __all__ = [
     "QLinear",
     "QuantModule",
     "family",
+    "from_matrix",
     "keep_forward_type",
     "layout_of",
+    "plain_forward",
     "quantized_layers",
     "quantized_type",
     "register",

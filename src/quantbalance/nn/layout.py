@@ -138,3 +138,23 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     layout = getattr(module, "weight_layout", None) or layout_of(module)
     assert layout is not None, f"{type(module).__name__} is not a supported weight layer"
     return to_matrix(layout, module.weight.detach())
+
+
+def plain_forward(module: nn.Module) -> bool:
+    """Whether ``module`` runs the forward of the torch class it derives from.
+
+    Algorithms that model a layer's computation (GPTQ's input rows, AdaRound, bias correction,
+    AWQ/SmoothQuant scale folding) only handle such layers; a subclass with its own forward
+    (padding, reshapes) is quantized by round to nearest and keeps that forward.
+
+    Args:
+        module: a weight layer.
+
+    Returns:
+        True if its class does not override ``forward`` (transformers' ``Conv1D`` included).
+    """
+    forward = type(module).forward
+    conv1d = hf_conv1d()
+    if conv1d is not None and isinstance(module, conv1d):
+        return forward is conv1d.forward
+    return any(forward is cls.forward for cls in type(module).__mro__ if cls in _PUBLIC)

@@ -336,6 +336,15 @@ def _evaluations(r: dict[str, Any]) -> str:
     )
 
 
+def _coverage_txt(info: dict[str, Any]) -> str:
+    """The "quantized N of M weight layers" line and the layers left float without a form."""
+    if not info.get("coverage"):
+        return ""
+    bad = {n: why for n, why in info.get("left_float", {}).items() if why != "by plan"}
+    extra = "; left float (no quantized form): " + "; ".join(f"{n}: {w}" for n, w in bad.items())
+    return f'<p id="coverage">{_e(info["coverage"] + (extra if bad else ""))}</p>'
+
+
 def render(r: dict[str, Any]) -> str:
     """The HTML page of a result dict (see the module doc for its sections).
 
@@ -376,5 +385,5 @@ def render(r: dict[str, Any]) -> str:
         f"<style>{CSS}</style></head><body><header><h1>{_e(title)}</h1><p>"
         f"{_e(_budget_txt(r))} · {info.get('layers', '?')} layers · algorithm "
         f"{_e(info.get('algorithm', 'rtn'))} · latency engine {_e(r['costs']['engine'])}"
-        f"</p></header><main>{''.join(parts)}</main></body></html>"
+        f"</p>{_coverage_txt(info)}</header><main>{''.join(parts)}</main></body></html>"
     )

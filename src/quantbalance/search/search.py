@@ -55,7 +55,7 @@ from quantbalance.search.sensitivity import (
 from quantbalance.search.sensitivity import run_sensitivity as _run_sensitivity
 from quantbalance.search.solver import Problem, sweep
 from quantbalance.search.verify import Verifier
-from quantbalance.transform import fold_batchnorm, quantizable_layers
+from quantbalance.transform import coverage, fold_batchnorm, quantizable_layers
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +366,8 @@ def search(
     mark_fronts(front)
     dominated = preset_dominance(pre_points, front, ("bytes", "latency"))
     mark_fronts([*front, *pre_points, float_point])  # presets are Plans: they compete too
+    chosen_specs = chosen.plan.resolve(quantizable_layers(base))
+    cov = coverage(base, [n for n, spec in chosen_specs.items() if spec.weight is not None])
     return SearchResult(
         plan=chosen.plan,
         chosen=chosen,
@@ -393,5 +395,7 @@ def search(
             "cache_misses": cache.misses,
             "engine": costs.engine,
             "layers": len(names),
+            "coverage": cov.summary(),
+            "left_float": cov.left_float(),
         },
     )
