@@ -125,3 +125,23 @@ def test_unsupported_look_alikes_are_named() -> None:
     reasons = {n: qb.nn.unsupported_reason(mod) for n, mod in m.named_children()}
     assert reasons["0"] == "transposed convolution with groups=2 (groups=1 only)"
     assert reasons["1"].startswith("LSTM has no quantized module (supported: Linear")
+
+
+@pytest.mark.parametrize("case", ["same-cnn", "gpt2-conv1d"])
+def test_qat_keeps_layouts_and_own_forwards(case: str) -> None:
+    from quantbalance.algorithms.qat import qat
+
+    cls, shape = CASES[case]
+    m = make(cls)
+    data = [(x, torch.zeros_like(m(x))) for x in batches(shape)]
+    ptq = qb.quantize(m, "w8a8", calib_data=[x for x, _ in data], progress=False)
+    # lr=0: the LSQ layers start from the round-to-nearest scales and keep them, so converting
+    # must give back the PTQ model: the transposed/conv-transpose layouts map both ways.
+    q = qat(m, "w8a8", data, nn.MSELoss(), steps=1, lr=0.0, progress=False)
+    assert [type(mod) for _, mod in quantized_layers(q)] == [
+        type(mod) for _, mod in quantized_layers(ptq)
+    ]
+    for (_, a), (_, b) in zip(quantized_layers(q), quantized_layers(ptq), strict=True):
+        assert torch.equal(a.qweight.codes(), b.qweight.codes())
+    x = batches(shape, n=1, seed=9)[0]
+    torch.testing.assert_close(q(x), ptq(x), rtol=1e-5, atol=1e-5)

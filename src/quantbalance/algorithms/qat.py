@@ -30,7 +30,8 @@ from quantbalance.calibration import call_model, check_calib_data
 from quantbalance.errors import CalibrationError, ConfigError
 from quantbalance.formats import Scheme, fake_quantize, quantize_tensor
 from quantbalance.formats.uniform import store_scale
-from quantbalance.nn import ActQuantizer, QuantModule, quantized_type
+from quantbalance.nn import ActQuantizer, QuantModule, quantized_type, weight_matrix
+from quantbalance.nn.layout import from_matrix, layout_of, to_matrix
 from quantbalance.plan import LayerSpec, Plan
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,15 @@ class LSQLayer(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         """The fake-quantized weight, in the module's weight shape."""
         w = self.module.weight
-        w2d = w.reshape(w.shape[0], -1) if w.dim() > 2 else w
+        layout = layout_of(self.module) or "rows"
+        w2d = to_matrix(layout, w)
         scheme = self.spec.weight
         assert scheme is not None
         if self.w_scale is None:
-            return fake_quantize(w2d, scheme).reshape(w.shape)
+            return from_matrix(layout, fake_quantize(w2d, scheme), w.shape)
         g = 1.0 / math.sqrt(w2d.numel() / self.w_scale.numel() * _qp(scheme))
         s = grad_scale(self.w_scale.clamp(min=1e-8), g)
-        return fake_quantize(w2d, scheme, s, self.w_zp).reshape(w.shape)
+        return from_matrix(layout, fake_quantize(w2d, scheme, s, self.w_zp), w.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the layer on the fake-quantized input with the fake-quantized weight."""
@@ -117,8 +119,7 @@ class LSQLayer(nn.Module):
         """
         scheme = self.spec.weight
         assert scheme is not None
-        w = self.module.weight.detach()
-        w2d = w.reshape(w.shape[0], -1) if w.dim() > 2 else w
+        w2d = weight_matrix(self.module)
         obs = None
         if self.w_scale is not None:
             zp = None if self.w_zp is None else self.w_zp.round().to(torch.int32)
