@@ -1,7 +1,12 @@
 """Quantized modules, the float -> quantized module registry, and weight layouts."""
 
 from quantbalance.nn.act import ActQuantizer
-from quantbalance.nn.dispatch import quantized_layers, quantized_type, unsupported_reason
+from quantbalance.nn.dispatch import (
+    engine_layer,
+    quantized_layers,
+    quantized_type,
+    unsupported_reason,
+)
 from quantbalance.nn.keep_forward import KeepsForward, keep_forward_type
 from quantbalance.nn.layout import family, from_matrix, layout_of, plain_forward, weight_matrix
 from quantbalance.nn.modules import (
@@ -25,6 +30,7 @@ __all__ = [
     "QEmbedding",
     "QLinear",
     "QuantModule",
+    "engine_layer",
     "family",
     "from_matrix",
     "keep_forward_type",

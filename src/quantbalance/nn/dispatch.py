@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from torch import nn
 from torch.nn.modules.conv import _ConvTransposeNd
 
-from quantbalance.nn.keep_forward import keep_forward_type
+from quantbalance.nn.keep_forward import KeepsForward, keep_forward_type
 from quantbalance.nn.layout import hf_conv1d, layout_of
 from quantbalance.nn.modules import REGISTRY, QLinear, QuantModule
 
@@ -42,6 +42,33 @@ def quantized_type(module: nn.Module) -> type[QuantModule] | None:
     if unsupported_reason(module) is not None:
         return None
     return keep_forward_type(type(module))
+
+
+def engine_layer(module: nn.Module) -> nn.Module | None:
+    """The torch layer whose own forward ``module``'s quantized form computes, if any.
+
+    Deploy engines and the latency model know the kernels of exact Linear/Conv1d/Conv2d/
+    Embedding layers; transformers' ``Conv1D`` becomes the equivalent ``nn.Linear`` (weight
+    transposed, a copy). Layers quantized in place run their own forward (None): engines run
+    them simulated, in float.
+
+    Args:
+        module: a float weight layer.
+
+    Returns:
+        The module itself, an equivalent ``nn.Linear``, or None.
+    """
+    qtype = quantized_type(module)
+    if qtype is None or issubclass(qtype, KeepsForward):
+        return None
+    if type(module) is not hf_conv1d():
+        return module
+    w = module.weight.detach()  # (in, out)
+    lin = nn.Linear(w.shape[0], w.shape[1], bias=module.bias is not None, device=w.device)
+    lin.weight = nn.Parameter(w.t().contiguous(), requires_grad=False)
+    if module.bias is not None:
+        lin.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+    return lin
 
 
 def unsupported_reason(module: nn.Module) -> str | None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantbalance.formats import PerGroup, PerToken
+from quantbalance.nn import engine_layer
 from quantbalance.plan import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ def kernel_kind(module: nn.Module, spec: LayerSpec | None) -> str:
         range computed per call), ``int8-act-token``, ``int8-weight``, ``int4-weight``,
         ``dequant-float``.
     """
-    if spec is None or spec.weight is None:
-        return "float"
-    w = spec.weight
+    plain = engine_layer(module)
+    if spec is None or spec.weight is None or plain is None:
+        return "float"  # (None: a layer with its own forward runs simulated, in float)
+    module, w = plain, spec.weight
     if isinstance(module, nn.Embedding | nn.Conv1d):
         return "dequant-float"
     if spec.activation is not None and w.kind == "uniform":
@@ -202,6 +204,11 @@ def build_kernel(module: nn.Module, spec: LayerSpec | None, shape: tuple[int, ..
         The callable.
     """
     kind = kernel_kind(module, spec)
+    plain = engine_layer(module)
+    if plain is None:  # its own forward, as the engine runs it (simulated, float)
+        x = torch.randn(shape) if not isinstance(module, nn.Embedding) else torch.zeros(shape)
+        return lambda: module(x.long() if isinstance(module, nn.Embedding) else x)
+    module = plain
     if isinstance(module, nn.Embedding):
         idx = torch.randint(0, module.num_embeddings, shape)
         w = module.weight.detach().float()

@@ -24,19 +24,32 @@ from torch import nn
 from quantbalance.algorithms import ALGORITHMS, QuantContext
 from quantbalance.calibration import capture
 from quantbalance.evaluate import sqnr
-from quantbalance.nn import ActQuantizer, quantized_type, weight_matrix
+from quantbalance.nn import ActQuantizer, layout_of, plain_forward, quantized_type, weight_matrix
 from quantbalance.plan import LayerSpec
 
 MAX_DB = 300.0
 _ROWS = 256
 
 
+def _kind(mod: nn.Module) -> str | None:
+    """``embedding``, ``linear`` (transformers' ``Conv1D`` too) or ``conv`` (1-D/2-D) for layers
+    running their torch class's own forward; None for others (no Fisher estimate, SQNR only)."""
+    if not plain_forward(mod):
+        return None
+    if isinstance(mod, nn.Embedding):
+        return "embedding"
+    if layout_of(mod) in ("rows", "transposed"):
+        return "linear"
+    return "conv" if isinstance(mod, nn.Conv1d | nn.Conv2d) else None
+
+
 def _column_weights(mod: nn.Module, per_input: torch.Tensor) -> torch.Tensor:
     """Broadcast a per-input-feature (or per-row, for embeddings) weight to the weight matrix."""
     w = weight_matrix(mod)
-    if isinstance(mod, nn.Embedding):
+    kind = _kind(mod)
+    if kind == "embedding":
         return per_input[:, None].expand_as(w)
-    if isinstance(mod, nn.Linear):
+    if kind == "linear":
         return per_input[None, :].expand_as(w)
     kk = w.shape[1] // (mod.in_channels // mod.groups)
     cg = mod.in_channels // mod.groups
@@ -55,10 +68,14 @@ class LayerStats:
 
     def update(self, mod: nn.Module, x: torch.Tensor) -> None:
         """Accumulate one input (second moments; a sample of the first batch)."""
-        if isinstance(mod, nn.Embedding):
+        kind = _kind(mod)
+        if kind is None:  # its own forward: keep a sample for the output SQNR only
+            self.sample = x[:4].clone() if self.sample is None else self.sample
+            return
+        if kind == "embedding":
             sq = torch.bincount(x.reshape(-1), minlength=mod.num_embeddings).double()
             n = 1
-        elif isinstance(mod, nn.Linear):
+        elif kind == "linear":
             x = x.reshape(-1, x.shape[-1])
             sq, n = x.double().pow(2).sum(0), x.shape[0]
         else:
@@ -67,7 +84,7 @@ class LayerStats:
         self.sq = sq if self.sq is None else self.sq + sq
         self.count += n
         if self.sample is None:
-            if isinstance(mod, nn.Linear):
+            if kind == "linear":
                 step = max(1, x.shape[0] // _ROWS)
                 self.sample = x[::step][:_ROWS].float().clone()
             else:
@@ -161,8 +178,10 @@ def proxies(mod: nn.Module, qmod: nn.Module, st: LayerStats) -> dict[str, float 
     Returns:
         ``{"sqnr_db", "fisher_db"}`` (None when calibration never reached the layer).
     """
-    if st.sq is None or st.sample is None:
+    if st.sample is None:
         return {"sqnr_db": None, "fisher_db": None}
+    if st.sq is None:  # a layer with its own forward: no input-statistics estimate
+        return {"sqnr_db": min(sqnr(mod(st.sample), qmod(st.sample)), MAX_DB), "fisher_db": None}
     w = weight_matrix(mod).double()
     dw = weight_matrix(qmod).double() - w
     m = st.sq / max(st.count, 1)
@@ -175,7 +194,7 @@ def proxies(mod: nn.Module, qmod: nn.Module, st: LayerStats) -> dict[str, float 
     x = st.sample
     if aq is not None:
         dx = (aq(x.float()) - x.float()).double().pow(2)
-        e = dx.mean(0) if isinstance(mod, nn.Linear) else dx.mean([0, *range(2, dx.dim())])
+        e = dx.mean(0) if _kind(mod) == "linear" else dx.mean([0, *range(2, dx.dim())])
         noise += float((_column_weights(mod, e) * w.pow(2)).sum())
     fisher = MAX_DB if noise <= 0 else 10 * math.log10(max(signal, 1e-300) / noise)
     out_db = sqnr(mod(x), qmod(x))
