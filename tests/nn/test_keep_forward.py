@@ -145,3 +145,61 @@ def test_qat_keeps_layouts_and_own_forwards(case: str) -> None:
         assert torch.equal(a.qweight.codes(), b.qweight.codes())
     x = batches(shape, n=1, seed=9)[0]
     torch.testing.assert_close(q(x), ptq(x), rtol=1e-5, atol=1e-5)
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention (reads its out_proj's weight itself) and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_multihead_attention_is_reported_not_half_quantized(caplog) -> None:
+    m = make(Attention)
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("WARNING", logger="quantbalance.quantize"):
+        q = qb.quantize(m, "w8a8", calib_data=[x], progress=False)
+    cov = q.qb_info.coverage
+    assert set(cov.quantized) == {"head"}
+    assert set(cov.unsupported) == {"attn", "attn.out_proj"}
+    assert "read by MultiheadAttention's own forward" in cov.reasons["attn.out_proj"]
+    assert "2 weight layer(s) left float with no quantized form" in caplog.text
+    with torch.no_grad():
+        assert sqnr(m(x), q(x)) > 30.0
+
+
+def tiny_gpt2(seed: int = 0) -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=96, n_positions=16, n_embd=32, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def test_gpt2_from_transformers_quantizes_every_conv1d(tmp_path) -> None:
+    m = tiny_gpt2()
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
+    q = qb.quantize(m, "w8a8-dynamic", progress=False)
+    conv1d = [n for n, mod in m.named_modules() if isinstance(mod, Conv1D)]
+    assert len(conv1d) == 8 and all(type(q.get_submodule(n)) is QLinear for n in conv1d)
+    cov = q.qb_info.coverage
+    assert set(cov.by_plan) == {"lm_head"} and not cov.unsupported  # presets keep lm_head float
+    assert q.qb_info.summary.startswith("quantized 10 of 11 weight layers")
+    with torch.no_grad():
+        assert sqnr(m(ids).logits, q(ids).logits) > 25.0
+        r = load(save(q, tmp_path / "gpt2.safetensors"), tiny_gpt2(seed=3))
+        assert torch.equal(r(ids).logits, q(ids).logits)
+
+
+def test_conv1d_model_exports_to_onnx_qdq_and_runs_in_onnxruntime(tmp_path) -> None:
+    from quantbalance.deploy import export_onnx, session
+
+    _, q, x = quantized("gpt2-conv1d", "w8a8")
+    path = export_onnx(q, x, tmp_path / "mlp.onnx")
+    got = session(path, intra_op_threads=1)(x)
+    torch.testing.assert_close(got, q(x), rtol=1e-3, atol=1e-3)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from torch import nn
 from torch.nn.modules.conv import _ConvTransposeNd
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from quantbalance.nn.keep_forward import KeepsForward, keep_forward_type
 from quantbalance.nn.layout import hf_conv1d, layout_of
@@ -80,6 +81,11 @@ def unsupported_reason(module: nn.Module) -> str | None:
     Returns:
         A short reason, e.g. ``"LSTM has no quantized module"``.
     """
+    if isinstance(module, NonDynamicallyQuantizableLinear):
+        return (
+            "MultiheadAttention's out_proj: its weight is read by MultiheadAttention's own "
+            "forward, which never calls the layer (so its input cannot be quantized)"
+        )
     if layout_of(module) is None:
         if isinstance(module, _ConvTransposeNd):
             return f"transposed convolution with groups={module.groups} (groups=1 only)"
