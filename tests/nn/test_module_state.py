@@ -36,7 +36,7 @@ def test_state_dict_holds_the_quantized_parts_and_not_the_cache() -> None:
     assert q[0]._w is not None and "_w" in q[0]._buffers  # a real, non-persistent buffer
     qt = q[0].qweight
     assert isinstance(qt, qb.QuantizedTensor) and qt.packed is q[0].qweight_packed
-    # 16·32 4-bit codes + 32 rows x 1 group of float32 scales + 32 uint8 zero points
+    # 16·32 4-bit codes + 32 rows x 1 group of float32 scales + 32 int8 zero points
     assert qt.nbytes == 16 * 32 // 2 + 32 * 4 + 32
 
 
@@ -134,3 +134,14 @@ def test_corrupt_layer_metadata_is_a_checkpoint_error(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"layer '0'.*packed codes"):
         load(bad, mlp(0))
     assert all(isinstance(m, QuantModule) for _, m in quantized_layers(q))
+
+
+def test_moving_device_and_dtype_together_moves_parts_but_keeps_their_dtypes() -> None:
+    q = qb.quantize(mlp(0), "w4-g128", progress=False)
+    q.to("meta", torch.float64)  # no accelerator needed: "meta" is a device of its own
+    lin = q[0]
+    assert lin.qweight_packed.device.type == "meta" and lin.qweight_packed.dtype == torch.uint8
+    assert lin.qweight_scale.device.type == "meta" and lin.qweight_scale.dtype == torch.float32
+    assert lin.qweight_zero_point.dtype == torch.int8  # signed codes: zero points int8
+    assert lin.bias.device.type == "meta" and lin.bias.dtype == torch.float64
+    assert lin._w is None and lin.qweight.dtype == torch.float64
