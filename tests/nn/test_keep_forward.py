@@ -203,3 +203,14 @@ def test_conv1d_model_exports_to_onnx_qdq_and_runs_in_onnxruntime(tmp_path) -> N
     path = export_onnx(q, x, tmp_path / "mlp.onnx")
     got = session(path, intra_op_threads=1)(x)
     torch.testing.assert_close(got, q(x), rtol=1e-3, atol=1e-3)
+
+
+def test_in_place_quantized_layers_pickle_and_deepcopy() -> None:
+    import copy
+    import pickle
+
+    _, q, x = quantized("same-cnn")
+    for clone in (pickle.loads(pickle.dumps(q)), copy.deepcopy(q)):
+        assert type(clone.stem) is type(q.stem) and isinstance(clone.stem, Conv2dSame)
+        assert clone.stem.qweight_packed is not q.stem.qweight_packed
+        assert torch.equal(clone(x), q(x))

@@ -69,6 +69,16 @@ class KeepsForward(QuantModule):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weight={self._qscheme.label}"
 
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # The class is made at run time: pickle (and copy) it by its float class; the state
+        # goes through nn.Module.__setstate__ as usual.
+        return _new, (self.float_type,), self.__dict__
+
+
+def _new(float_type: type[nn.Module]) -> KeepsForward:
+    cls = keep_forward_type(float_type)
+    return cls.__new__(cls)
+
 
 def keep_forward_type(float_type: type[nn.Module]) -> type[KeepsForward]:
     """The in-place quantized class for ``float_type`` (made once, then reused).
