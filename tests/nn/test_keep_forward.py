@@ -214,3 +214,13 @@ def test_in_place_quantized_layers_pickle_and_deepcopy() -> None:
         assert type(clone.stem) is type(q.stem) and isinstance(clone.stem, Conv2dSame)
         assert clone.stem.qweight_packed is not q.stem.qweight_packed
         assert torch.equal(clone(x), q(x))
+
+
+@pytest.mark.parametrize("algorithm", ["awq", "bias_correction", "adaround", "cle"])
+def test_calibrating_algorithms_leave_own_forward_layers_to_rtn(algorithm: str) -> None:
+    m, _, x = quantized("same-cnn", "int8-weight")
+    calib = batches(CASES["same-cnn"][1])
+    q = qb.quantize(m, "w8a8", calib_data=calib, algorithm=algorithm, progress=False)
+    assert [n for n, _ in quantized_layers(q)] == ["stem", "dw", "up", "head"]
+    with torch.no_grad():
+        assert sqnr(m(x), q(x)) > 28.0

@@ -41,6 +41,7 @@ from quantbalance.formats import (
     to_blocks,
 )
 from quantbalance.formats.granularity import expand_params
+from quantbalance.nn import plain_forward
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,9 @@ def awq(ctx: QuantContext) -> None:
         ctx: the quantization context (modifies ``ctx.model``).
     """
     batches = ctx.require_data("awq")
-    owned = [n for n, m in ctx.layers_for("awq").items() if isinstance(m, nn.Linear)]
+    owned = [
+        n for n, m in ctx.layers_for("awq").items() if isinstance(m, nn.Linear) and plain_forward(m)
+    ]
     if not owned:
         return
     schemes = {n: s.weight for n, s in ctx.specs.items() if s.weight is not None}
