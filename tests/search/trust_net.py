@@ -96,7 +96,32 @@ def summary(r: SearchResult) -> dict[str, Any]:
     }
 
 
+def _slow_puts(seconds: float) -> None:
+    """Sleep after every cache write (the kill test needs time to strike mid-sensitivity).
+
+    Outside the eval function, so the evaluation (and its cache keys) stay those of ``run``.
+    """
+    import time
+
+    from quantbalance.search.cache import Cache
+
+    put = Cache.put
+
+    def slow(self: Cache, kind: str, key: Any, value: Any) -> Any:
+        out = put(self, kind, key, value)
+        time.sleep(seconds)
+        return out
+
+    Cache.put = slow  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
+    import os
+
     torch.set_num_threads(1)
-    res = run(sys.argv[1], float(sys.argv[3]) if len(sys.argv) > 3 else 1.0)
-    Path(sys.argv[2]).write_text(json.dumps(summary(res), default=str))
+    if os.environ.get("QB_TEST_SLOW_PUT"):
+        _slow_puts(float(os.environ["QB_TEST_SLOW_PUT"]))
+    import trust_net  # the module, not __main__: the eval function's identity names its module
+
+    res = trust_net.run(sys.argv[1], float(sys.argv[3]) if len(sys.argv) > 3 else 1.0)
+    Path(sys.argv[2]).write_text(json.dumps(trust_net.summary(res), default=str))
