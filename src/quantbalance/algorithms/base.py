@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from torch import nn
@@ -138,6 +138,19 @@ def parse_algorithm(spec: str) -> list[str]:
     return steps
 
 
+#: name -> OptionsSlot of every algorithm step with context-local options.
+OPTION_SLOTS: dict[str, OptionsSlot[Any]] = {}
+
+
+def options_in_force() -> dict[str, dict[str, Any]]:
+    """The context-local options of every algorithm step, as plain data (cache keys, reports).
+
+    Returns:
+        step name -> its options' fields.
+    """
+    return {name: asdict(slot.current()) for name, slot in sorted(OPTION_SLOTS.items())}
+
+
 class OptionsSlot(Generic[T]):
     """Context-local options of one algorithm step (no global state).
 
@@ -159,6 +172,7 @@ class OptionsSlot(Generic[T]):
         self.name = name or label.lower()
         self._var: ContextVar[T | None] = ContextVar(f"quantbalance_{label}", default=None)
         ALGORITHM_OPTIONS[self.name] = cls
+        OPTION_SLOTS[self.name] = self
 
     def for_spec(self, spec: LayerSpec) -> T:
         """The options for one layer: :meth:`current`, then the spec's ``algorithm_args``.

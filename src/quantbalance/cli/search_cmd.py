@@ -168,6 +168,7 @@ def run_search(
     measure: int | None = None,
     cache_dir: Path | None = None,
     out_console: Console | None = None,
+    no_cache: bool = False,
 ) -> tuple[Any, Path]:
     """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
 
@@ -189,6 +190,7 @@ def run_search(
             the proxies (large models); None: all.
         cache_dir: cache folder (None: the default cache).
         out_console: where the loading status shows (default the module console).
+        no_cache: measure everything in this run, reading and writing no cache.
 
     Returns:
         ``(SearchResult, path of report.html)``.
@@ -223,7 +225,7 @@ def run_search(
         holdout=held,
         objective=objective,  # type: ignore[arg-type]
         sensitivity_source=sens,
-        cache_dir=cache_dir if cache_dir is not None else "default",
+        cache_dir=None if no_cache else (cache_dir if cache_dir is not None else "default"),
         measure=True if measure is None else measure,
         progress=sys.stderr.isatty(),
     )
@@ -256,6 +258,9 @@ def show_result(res: Any, path: Path, out: Path, con: Console | None = None) -> 
                   + "; ".join(f"{n}: {why}" for n, why in unsupported.items()))  # fmt: skip
     color = "green" if res.met_budget else "red"
     con.print(f"[{color}]{res.message}[/]")
+    cache = res.info.get("cache") or {}
+    if cache.get("text"):
+        con.print(cache["text"], style="yellow" if cache.get("notes") else None)
     con.print(f"report: [bold]{path}[/]  plan: [bold]{out / 'plan.json'}[/]")
 
 
@@ -292,6 +297,9 @@ def search_command(
         ),
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir")] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="measure everything anew; read and write no cache")
+    ] = False,
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
@@ -314,6 +322,7 @@ def search_command(
             n_sensitivity=n_sensitivity,
             measure=measure,
             cache_dir=cache_dir,
+            no_cache=no_cache,
         )
     except QuantBalanceError as e:
         console.print(f"[bold red]error:[/] {e}")

@@ -328,11 +328,13 @@ def _evaluations(r: dict[str, Any]) -> str:
     )
     t = r.get("timings", {})
     times = ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
+    cache = (r.get("info", {}).get("cache") or {}).get("text")
+    cache_html = f'<p class="note" id="cache">{_e(cache)}</p>' if cache else ""
     return (
         f'<section id="evaluations"><h2>Evaluations</h2><div class="scroll"><table><tr>'
         f"<th>#</th><th>purpose</th><th>plan</th><th>split</th><th>{_e(m)}</th><th>bytes</th>"
         f'<th>seconds</th><th>cached</th></tr>{rows}</table></div><p class="note">Phases: '
-        f"{_e(times)}.</p></section>"
+        f"{_e(times)}.</p>{cache_html}</section>"
     )
 
 

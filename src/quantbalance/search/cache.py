@@ -1,10 +1,17 @@
 """On-disk cache of search measurements: one small JSON file per entry, written atomically.
 
 An entry is addressed by a *key*: a dict of everything the measurement depends on (model hash,
-layer, spec JSON, data hash, eval-function identity, ...). The file name is the SHA-256 of the
-canonical JSON of the key, and the file stores the key next to the value, so a hash collision
-or a stale file is detected. An unreadable or malformed entry is ignored with a warning and the
-value is recomputed.
+layer, spec JSON with its algorithm and options, calibration-data hash, the evaluation: its
+function's fingerprint and the float model's reference metrics of this run, ...), to which the
+cache adds its format version and the quantbalance and torch versions. The file name is the
+SHA-256 of the canonical JSON of the key, and the file stores the key next to the value, so a
+hash collision or a stale file is detected. An unreadable or malformed entry is ignored with a
+warning and the value is recomputed.
+
+Each entry is its own file, written to a temporary file and renamed into place: a search
+killed half way leaves only complete entries (the next run with the same arguments reuses them
+and resumes), and several processes may share one folder (two writers of one entry write the
+same value; the last rename wins).
 
 Example:
     >>> import tempfile
@@ -18,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +43,13 @@ from quantbalance.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+
+def _versions() -> dict[str, str]:
+    from quantbalance import __version__
+
+    return {"quantbalance": __version__, "torch": torch.__version__}
 
 
 def default_cache_dir() -> Path:
@@ -169,6 +183,14 @@ class Cache:
         self.root = Path(root) if root is not None else None
         self.hits = 0
         self.misses = 0
+        self.by_kind: dict[str, list[int]] = {}
+
+    def _count(self, kind: str, hit: bool) -> None:
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+        self.by_kind.setdefault(kind, [0, 0])[0 if hit else 1] += 1
 
     def path(self, kind: str, key: Mapping[str, Any]) -> Path | None:
         """File of an entry (None when the cache is disabled).
@@ -182,7 +204,7 @@ class Cache:
         """
         if self.root is None:
             return None
-        return self.root / kind / f"{digest({'v': CACHE_VERSION, **key})}.json"
+        return self.root / kind / f"{digest({'v': CACHE_VERSION, **_versions(), **key})}.json"
 
     def get(self, kind: str, key: Mapping[str, Any]) -> Any | None:
         """The cached value, or None on a miss. Corrupted entries are warned about and ignored.
@@ -196,7 +218,7 @@ class Cache:
         """
         path = self.path(kind, key)
         if path is None or not path.is_file():
-            self.misses += 1
+            self._count(kind, False)
             return None
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
@@ -208,9 +230,9 @@ class Cache:
                 raise ValueError("value holds NaN")
         except (OSError, UnicodeDecodeError, ValueError) as e:
             log.warning("cache entry %s is corrupted (%s); ignoring it and recomputing", path, e)
-            self.misses += 1
+            self._count(kind, False)
             return None
-        self.hits += 1
+        self._count(kind, True)
         return entry["value"]
 
     def put(self, kind: str, key: Mapping[str, Any], value: Any) -> Any:
@@ -230,6 +252,44 @@ class Cache:
             atomic_write_text(path, text)
         return value
 
+    def remember_evaluation(
+        self, ident: Mapping[str, Any], reference: Mapping[str, float], parts: Mapping[str, str]
+    ) -> str | None:
+        """Record this run's float reference of an evaluation; say when it changed since the last.
+
+        ``ident`` names the evaluation without its content (model, data, function name), so a
+        changed evaluation finds the record of its previous version. The measurements of that
+        version are keyed by its reference and fingerprint and are therefore not reused.
+
+        Args:
+            ident: model hash, data hash and the eval function's name.
+            reference: the float model's metrics measured in this run.
+            parts: the eval function's fingerprint, part by part (``Fingerprint.parts``).
+
+        Returns:
+            A sentence when the evaluation changed since the previous run, else None.
+        """
+        path = self.path("evaluation", ident)
+        if path is None:
+            return None
+        now = json.loads(json.dumps({"reference": dict(reference), "parts": dict(parts)}))
+        before = None
+        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            before = json.loads(path.read_text(encoding="utf-8"))["value"]
+        atomic_write_text(path, json.dumps({"key": dict(ident), "value": now}, default=str))
+        if not isinstance(before, dict) or before == now:
+            return None
+        old_parts = before.get("parts") or {}
+        changed = sorted(k for k in {*old_parts, *now["parts"]} if old_parts.get(k) != parts.get(k))
+        what = [f"changed: {', '.join(changed)}"] if changed else []
+        if before.get("reference") != now["reference"]:
+            what.append(f"float model {before.get('reference')} -> {now['reference']}")
+        return (
+            f"the evaluation {ident.get('eval')} differs from the previous run's ("
+            + "; ".join(what)
+            + "): measurements cached for the previous evaluation were not reused"
+        )
+
     def get_or(self, kind: str, key: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
         """``get``, else ``compute()`` and ``put``.
 
@@ -245,3 +305,31 @@ class Cache:
         if got is not None:
             return got
         return self.put(kind, key, compute())
+
+
+def cache_summary(cache: Cache, notes: Iterable[str] = ()) -> dict[str, Any]:
+    """What the cache contributed to a run, for results and reports.
+
+    Args:
+        cache: the run's cache.
+        notes: sentences to keep with it (e.g. an evaluation that changed since the last run).
+
+    Returns:
+        ``{"folder", "hits", "misses", "by_kind": {kind: {"hits", "misses"}}, "notes", "text"}``.
+    """
+    if cache.root is None:
+        text = "cache off: every measurement was made in this run"
+    else:
+        text = (
+            f"{cache.hits} cached entries reused, {cache.misses} measured in this run "
+            f"(cache {cache.root})"
+        )
+    notes = list(notes)
+    return {
+        "folder": None if cache.root is None else str(cache.root),
+        "hits": cache.hits,
+        "misses": cache.misses,
+        "by_kind": {k: {"hits": h, "misses": m} for k, (h, m) in sorted(cache.by_kind.items())},
+        "notes": notes,
+        "text": " ".join([text + ".", *notes]),
+    }

@@ -1,9 +1,12 @@
 """Where the search's measurements come from: the data source, and cached evaluation of Plans.
 
 A *source* is a ``Task`` or a ``(calib_data, eval_fn)`` tuple; :func:`as_source` turns either
-into a :class:`Source`. :class:`PlanEvaluator` quantizes a model with a Plan, evaluates it with
-the real eval function (search split, and the held-out split when there is one), measures its
-exact bytes, and caches all of it on disk, keeping a log of every evaluation.
+into a :class:`Source`, whose ``eval_id`` names the eval function *and* fingerprints its code
+and data (``search.fingerprint``). :class:`PlanEvaluator` measures the float model's reference
+metrics first, in every run (never from the cache: they are part of every cache key, so a
+changed evaluation cannot be answered with old figures), then quantizes a model with a Plan,
+evaluates it with the real eval function (search split, and the held-out split when there is
+one), measures its exact bytes, and caches all of it on disk, keeping a log of every evaluation.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,7 @@ from quantbalance.errors import ConfigError
 from quantbalance.evaluate import check_metrics, model_nbytes
 from quantbalance.plan import Plan
 from quantbalance.search.cache import Cache, fn_identity
+from quantbalance.search.fingerprint import Fingerprint, eval_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +41,10 @@ class Source:
         metric: the protected metric.
         higher_is_better: its direction.
         example_inputs: one batch with deployment shapes (latency, proxies).
-        eval_id: identity of ``eval_fn`` for the cache.
+        eval_id: identity of ``eval_fn`` for the cache: its name, then its fingerprint.
         name: label for reports.
+        fingerprint: the eval function's fingerprint (code and data hashed, and what could not
+            be looked into).
     """
 
     calib_data: list[Any] | None
@@ -48,6 +54,12 @@ class Source:
     example_inputs: Any
     eval_id: str
     name: str = "model"
+    fingerprint: Fingerprint | None = None
+
+    @property
+    def eval_name(self) -> str:
+        """``eval_id`` without the fingerprint (stays the same when the evaluation changes)."""
+        return self.eval_id.split("|fp:")[0]
 
     def evaluate(self, model: nn.Module, what: str = "eval function") -> dict[str, float]:
         """Run the eval function and validate its result (NaN or non-number -> ConfigError).
@@ -66,6 +78,39 @@ class Source:
                 f"{self.metric!r}; pass metric=one of those"
             )
         return got
+
+
+def eval_identity(fn: Callable[..., Any], extra: Any = None) -> tuple[str, Fingerprint]:
+    """Cache identity of an eval function: name, ``extra``, and the fingerprint of code and data.
+
+    Args:
+        fn: the eval function.
+        extra: JSON-able facts that distinguish it (task name and info, the user's ``eval_id``).
+
+    Returns:
+        ``(eval_id, fingerprint)``.
+    """
+    fp = eval_fingerprint(fn)
+    if fp.opaque:
+        log.info(
+            "the search cache cannot look into %s of the eval function %s; a change there is "
+            "caught by the float model's reference metrics (also part of every cache key)",
+            ", ".join(fp.opaque),
+            getattr(fn, "__qualname__", type(fn).__name__),
+        )
+    return f"{fn_identity(fn, extra)}|fp:{fp.digest[:32]}", fp
+
+
+def reference_key(reference: Mapping[str, float]) -> dict[str, float]:
+    """Reference metrics as a cache-key part (12 significant digits: exact for a rerun).
+
+    Args:
+        reference: the float model's metrics.
+
+    Returns:
+        name -> rounded value, sorted by name.
+    """
+    return {k: float(f"{float(v):.12g}") for k, v in sorted(reference.items())}
 
 
 def as_source(
@@ -88,11 +133,12 @@ def as_source(
     """
     if hasattr(task_or, "evaluate_fn") and hasattr(task_or, "primary_metric"):
         t = task_or
-        ident = fn_identity(t.evaluate_fn, [t.name, t.info, eval_id])
+        ident, fp = eval_identity(t.evaluate_fn, [t.name, t.info, eval_id])
         hib = t.higher_is_better if higher_is_better is None else higher_is_better
         calib = list(t.calib_data) if t.calib_data else None
         example = t.example_inputs if t.example_inputs is not None else (calib or [None])[0]
-        return Source(calib, t.evaluate_fn, metric or t.primary_metric, hib, example, ident, t.name)
+        m = metric or t.primary_metric
+        return Source(calib, t.evaluate_fn, m, hib, example, ident, t.name, fp)
     if isinstance(task_or, tuple) and len(task_or) in (2, 3) and callable(task_or[1]):
         calib = list(task_or[0]) if task_or[0] is not None else None
         example = task_or[2] if len(task_or) == 3 else (calib[0] if calib else None)
@@ -105,15 +151,8 @@ def as_source(
                 "protects) and higher_is_better"
             )
         hib = True if higher_is_better is None else higher_is_better
-        return Source(
-            calib,
-            fn,
-            metric,
-            hib,
-            example,
-            fn_identity(fn, eval_id),
-            getattr(fn, "__name__", "model"),
-        )
+        ident, fp = eval_identity(fn, eval_id)
+        return Source(calib, fn, metric, hib, example, ident, getattr(fn, "__name__", "model"), fp)
     raise ConfigError(
         f"expected a Task or a (calib_data, eval_fn) tuple, got {type(task_or).__name__}"
     )
@@ -132,14 +171,16 @@ def as_holdout(holdout: Any, src: Source) -> Source | None:
     if holdout is None:
         return None
     if callable(holdout) and not hasattr(holdout, "evaluate_fn"):
+        ident, fp = eval_identity(holdout, "holdout")
         return Source(
             src.calib_data,
             holdout,
             src.metric,
             src.higher_is_better,
             src.example_inputs,
-            src.eval_id + "|holdout:" + getattr(holdout, "__qualname__", "fn"),
+            ident,
             src.name + " (held out)",
+            fp,
         )
     h = as_source(holdout, src.metric, src.higher_is_better)
     return Source(
@@ -150,6 +191,7 @@ def as_holdout(holdout: Any, src: Source) -> Source | None:
         src.example_inputs,
         h.eval_id,
         h.name,
+        h.fingerprint,
     )
 
 
@@ -178,8 +220,9 @@ class PlanEvaluator:
         source: the search split.
         holdout: the held-out split (or None).
         cache: the cache.
-        keys: cache key parts (model hash, data hash, algorithm).
+        keys: cache key parts (model hash, data hash, algorithm and its options).
         log: one record per evaluation, in order.
+        notes: sentences for the report (an evaluation that changed since the last run).
     """
 
     model: nn.Module
@@ -189,15 +232,25 @@ class PlanEvaluator:
     keys: dict[str, Any]
     progress: bool = False
     log: list[dict[str, Any]] = field(default_factory=list)
-    _plans: dict[str, Plan] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    _refs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def _quantize(self, plan: Plan) -> nn.Module:
         from quantbalance.quantize import quantize
 
         return quantize(self.model, plan, self.source.calib_data, progress=False)
 
+    def _src(self, split: str) -> Source:
+        src = self.source if split == "search" else self.holdout
+        if src is None:
+            raise ConfigError(f"split {split!r}: no held-out split was given")
+        return src
+
     def reference(self, split: str = "search") -> dict[str, float]:
-        """Metrics of the float model on a split (cached).
+        """Metrics of the float model on a split, measured once per run (never from the cache).
+
+        The first call for a split also records it in the cache and adds a note when the
+        evaluation differs from the previous run's (see ``Cache.remember_evaluation``).
 
         Args:
             split: ``search`` or ``holdout``.
@@ -205,12 +258,30 @@ class PlanEvaluator:
         Returns:
             The metrics.
         """
-        src = self.source if split == "search" else self.holdout
-        assert src is not None
-        key = {**self.keys, "plan": "float", "eval": src.eval_id}
-        return self.cache.get_or(
-            "eval", key, lambda: src.evaluate(self.model, "eval function (float model)")
-        )
+        if split not in self._refs:
+            src = self._src(split)
+            ref = src.evaluate(self.model, "eval function (float model)")
+            self._refs[split] = ref
+            ident = {"model": self.keys.get("model"), "data": self.keys.get("data")}
+            parts = src.fingerprint.parts if src.fingerprint else {}
+            note = self.cache.remember_evaluation(
+                {**ident, "eval": src.eval_name}, reference_key(ref), parts
+            )
+            if note:
+                log.warning("%s", note)
+                self.notes.append(note)
+        return self._refs[split]
+
+    def eval_key(self, split: str) -> dict[str, Any]:
+        """Cache-key part of a split's evaluation: fingerprint and this run's reference.
+
+        Args:
+            split: ``search`` or ``holdout``.
+
+        Returns:
+            ``{"eval": ..., "reference": ...}``.
+        """
+        return {"eval": self._src(split).eval_id, "reference": reference_key(self.reference(split))}
 
     def evaluate(self, plan: Plan, purpose: str, split: str = "search") -> dict[str, Any]:
         """Quantize with ``plan`` and evaluate it (cached), logging the evaluation.
@@ -240,10 +311,8 @@ class PlanEvaluator:
         q: nn.Module | None = None
         out = {}
         for split, purpose in purposes.items():
-            src = self.source if split == "search" else self.holdout
-            if src is None:
-                raise ConfigError(f"split {split!r}: no held-out split was given")
-            key = {**self.keys, "plan": plan.model_dump(mode="json"), "eval": src.eval_id}
+            src = self._src(split)
+            key = {**self.keys, "plan": plan.model_dump(mode="json"), **self.eval_key(split)}
             key["plan"].pop("name", None)
             got = self.cache.get("eval", key)
             cached = got is not None

@@ -31,11 +31,18 @@ from pydantic import Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
+from quantbalance.algorithms.base import options_in_force
 from quantbalance.errors import ConfigError, QuantBalanceError
 from quantbalance.evaluate import model_nbytes
 from quantbalance.formats.config import FrozenConfig
 from quantbalance.plan import PRESETS, Plan, preset
-from quantbalance.search.cache import Cache, data_hash, default_cache_dir, model_hash
+from quantbalance.search.cache import (
+    Cache,
+    cache_summary,
+    data_hash,
+    default_cache_dir,
+    model_hash,
+)
 from quantbalance.search.costs import (
     CostTable,
     LatencyModel,
@@ -275,9 +282,16 @@ def search(
     if candidates is None and objective == "latency":
         candidates = lambda _name, mod: latency_candidates(mod)  # noqa: E731
     options = layer_options(base, names, candidates, algorithm)
-    keys = {"model": mkey, "data": data_hash(src.calib_data), "algorithm": algorithm}
+    keys = {
+        "model": mkey,
+        "data": data_hash(src.calib_data),
+        "algorithm": algorithm,
+        "options": options_in_force(),
+    }
     ev = PlanEvaluator(model, src, hold, cache, keys)
-    reference = ev.reference()
+    reference = ev.reference()  # before any cache lookup: every measurement is keyed by it
+    if hold is not None:
+        ev.reference("holdout")
     times["setup"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -286,9 +300,8 @@ def search(
         if sensitivity_source is None
         else as_source(sensitivity_source, src.metric, src.higher_is_better)
     )
-    s_ref = (
-        reference if s_src is src else PlanEvaluator(model, s_src, None, cache, keys).reference()
-    )
+    s_ev = ev if s_src is src else PlanEvaluator(model, s_src, None, cache, keys)
+    s_ref = s_ev.reference()
     sens = _run_sensitivity(model, base, s_src, options, cache, mkey, s_ref, measure, progress)
     times["sensitivity"] = time.perf_counter() - t0
 
@@ -393,6 +406,8 @@ def search(
             "max_evals": max_evals,
             "cache_hits": cache.hits,
             "cache_misses": cache.misses,
+            "cache": cache_summary(cache, [*ev.notes, *(s_ev.notes if s_ev is not ev else [])]),
+            "eval_opaque": src.fingerprint.opaque if src.fingerprint else [],
             "engine": costs.engine,
             "layers": len(names),
             "coverage": cov.summary(),

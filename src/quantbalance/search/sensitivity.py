@@ -6,7 +6,8 @@ up. Two proxies (see ``search.proxies``: output SQNR and a Fisher-style estimate
 one calibration pass, so large models can be screened before the expensive measurements
 (``measure=k``). With round to nearest one quantized module is swapped into a folded copy of
 the model; other algorithms go through ``quantize`` with a one-layer Plan. Results are cached
-on disk by (model hash, layer, spec, data hash, eval-function identity).
+on disk by (model hash, layer, spec, algorithm options in force, data hash, eval-function
+fingerprint, float reference metrics of this run).
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantbalance.algorithms import parse_algorithm
+from quantbalance.algorithms.base import options_in_force
 from quantbalance.formats import PerChannel, Scheme
 from quantbalance.plan import LayerSpec, Plan, preset
 from quantbalance.search.cache import Cache, data_hash, default_cache_dir, model_hash
-from quantbalance.search.evaluator import Source, as_source, drop_of
+from quantbalance.search.evaluator import (
+    PlanEvaluator,
+    Source,
+    as_source,
+    drop_of,
+    reference_key,
+)
 from quantbalance.search.proxies import build_qmodule, calibrate, proxies
 from quantbalance.transform import fold_batchnorm, quantizable_layers, replace_module
 
@@ -283,9 +291,9 @@ def sensitivity(
     fold_batchnorm(base)
     names = list(layers) if layers is not None else list(quantizable_layers(base))
     options = layer_options(base, names, candidates, algorithm)
-    mkey, dkey = model_hash(model), data_hash(src.calib_data)
-    ref_key = {"model": mkey, "data": dkey, "plan": "float", "eval": src.eval_id}
-    reference = cache.get_or("eval", ref_key, lambda: src.evaluate(model, "eval (float model)"))
+    mkey = model_hash(model)
+    ev = PlanEvaluator(model, src, None, cache, {"model": mkey, "data": data_hash(src.calib_data)})
+    reference = ev.reference()  # measured in every run, before any cache lookup
     return run_sensitivity(model, base, src, options, cache, mkey, reference, measure, progress)
 
 
@@ -317,11 +325,14 @@ def run_sensitivity(
         The table.
     """
     dkey = data_hash(src.calib_data)
+    opts = options_in_force()
+    ekey = {"eval": src.eval_id, "reference": reference_key(reference)}
     pairs = [(n, k, s) for n, o in options.items() for k, s in o.items() if s is not None]
 
     def key(n: str, s: LayerSpec, with_eval: bool) -> dict[str, Any]:
         k = {"model": mkey, "layer": n, "spec": s.model_dump(mode="json"), "data": dkey}
-        return {**k, "eval": src.eval_id} if with_eval else k
+        k["options"] = opts
+        return {**k, **ekey} if with_eval else k
 
     proxy = {(n, k): cache.get("proxy", key(n, s, False)) for n, k, s in pairs}
     got = {(n, k): cache.get("sens", key(n, s, True)) for n, k, s in pairs} if measure else {}

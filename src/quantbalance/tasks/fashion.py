@@ -126,6 +126,7 @@ def _build_evaluate(
             "agreement": 100.0 * float((preds == cache["float"]).float().mean()),
         }
 
+    evaluate.qb_fingerprint_ignore = ("cache",)  # type: ignore[attr-defined] - a memo
     return evaluate
 
 

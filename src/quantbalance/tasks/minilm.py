@@ -297,6 +297,8 @@ def _build_evaluate(
             "top10_overlap": top,
         }
 
+    # memos (``frozen`` is the float model, emptied once embedded: the task's model hash)
+    evaluate.qb_fingerprint_ignore = ("cache", "frozen")  # type: ignore[attr-defined]
     return evaluate
 
 
