@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +27,7 @@ from torch import nn
 from quantbalance.algorithms import ALGORITHMS, NEEDS_DATA, QuantContext, parse_algorithm
 from quantbalance.algorithms.smoothquant import lower_smoothing
 from quantbalance.calibration import check_calib_data, run_batches
+from quantbalance.calibration.device import computing_on, move_batch, qtensor_to, resolve_device
 from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
 from quantbalance.formats import (
     PerChannel,
@@ -124,7 +128,11 @@ def quantize(
     bitwidths: list[int] | None = None,
     progress: bool = True,
     inplace: bool = False,
-) -> nn.Module:
+    *,
+    offload: str | None = None,
+    save_to: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module | Path:
     """Return a quantized copy of ``model`` (``model`` itself is not modified unless ``inplace``).
 
     Args:
@@ -137,9 +145,18 @@ def quantize(
         inplace: quantize ``model`` itself instead of a deep copy, which saves one copy of the
             float model (for large models). The float model is given up: its layers are
             replaced (and its BatchNorms folded) in place, and the returned model is ``model``.
+        offload: with ``model`` a Hugging Face checkpoint folder: ``"disk"`` loads each
+            transformer block from the safetensors shards only while it is quantized (memory:
+            one block, not the model), ``"cpu"`` reads all weights into host memory once; the
+            result is written block by block to ``save_to`` (see ``frontends.offload``).
+        save_to: the output checkpoint folder for ``offload`` (read it with ``qb.load``).
+        device: where calibration, GPTQ and AWQ run (``"cuda"``, ``"cpu"``; default: where the
+            model is; with ``offload``: ``cuda`` when available). Blocks move to the device one
+            at a time and back to where they were afterwards.
 
     Returns:
-        The quantized model (simulated), with ``qb_plan`` and ``qb_info`` attributes.
+        The quantized model (simulated), with ``qb_plan`` and ``qb_info`` attributes; with
+        ``offload``, the checkpoint folder written.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -147,6 +164,14 @@ def quantize(
         >>> sorted(q.qb_info.layers)
         ['0', '2']
     """
+    if isinstance(model, str | os.PathLike):
+        return _quantize_path(model, plan, calib_data, algorithm, offload, save_to, device,
+                              progress, bitwidths)  # fmt: skip
+    if offload is not None or save_to is not None:
+        raise ConfigError(
+            "offload= and save_to= apply to a Hugging Face checkpoint folder given as model "
+            f"(a path); got a {type(model).__name__}"
+        )
     if not isinstance(model, nn.Module):
         raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if bitwidths is not None:
@@ -155,13 +180,7 @@ def quantize(
         the_plan = plan_from_bitwidths(model, bitwidths)
     else:
         the_plan = as_plan(plan if plan is not None else "int8-weight")
-    if algorithm is not None:
-        parse_algorithm(algorithm)
-        layers = {
-            k: v and v.model_copy(update={"algorithm": algorithm})
-            for k, v in the_plan.layers.items()
-        }
-        the_plan = the_plan.model_copy(update={"layers": layers})
+    the_plan = _with_algorithm(the_plan, algorithm)
 
     qmodel = (model if inplace else copy.deepcopy(model)).eval()
     folded = fold_batchnorm(qmodel)
@@ -196,9 +215,12 @@ def quantize(
         installed.add(name)
 
     order = [*_ordered_steps(specs), "rtn"]
-    for i, step in enumerate(order):
-        ctx.install = install if EAGER_STEPS.issuperset(order[i:]) else None
-        ALGORITHMS[step](ctx)
+    with _computing_on(ctx, device):  # the calibrating steps; rounding runs where weights are
+        for i, step in enumerate(order[:-1]):
+            ctx.install = install if EAGER_STEPS.issuperset(order[i:]) else None
+            ALGORITHMS[step](ctx)
+    ctx.install = install
+    ALGORITHMS["rtn"](ctx)
     ctx.install = None
 
     info = QuantizationInfo(plan=the_plan, folded=folded, algorithm_log=ctx.log)
@@ -221,6 +243,63 @@ def quantize(
     qmodel.qb_plan = the_plan
     qmodel.qb_info = info
     return qmodel
+
+
+@contextmanager
+def _computing_on(ctx: QuantContext, device: str | torch.device | None) -> Iterator[None]:
+    """Run the steps inside on ``device``, one block there at a time (None: where it is)."""
+    if device is None:
+        yield
+        return
+    dev = resolve_device(device)
+    home = next((p.device for p in ctx.model.parameters()), torch.device("cpu"))
+    batches = ctx.calib_data
+    with computing_on(ctx.model, dev) as hooks:
+        ctx.blocks, ctx.calib_data = hooks, move_batch(batches, dev)
+        try:
+            yield
+        finally:
+            ctx.blocks, ctx.calib_data = None, batches
+    ctx.qweights.update({n: qtensor_to(q, home) for n, q in ctx.qweights.items()})
+
+
+def _with_algorithm(plan: Plan, algorithm: str | None) -> Plan:
+    if algorithm is None:
+        return plan
+    parse_algorithm(algorithm)
+    layers = {
+        k: v and v.model_copy(update={"algorithm": algorithm}) for k, v in plan.layers.items()
+    }
+    return plan.model_copy(update={"layers": layers})
+
+
+def _quantize_path(
+    path: str | os.PathLike[str],
+    plan: Plan | str | dict[str, Any] | None,
+    calib_data: Iterable[Any] | None,
+    algorithm: str | None,
+    offload: str | None,
+    save_to: str | Path | None,
+    device: str | torch.device | None,
+    progress: bool,
+    bitwidths: list[int] | None,
+) -> Path:
+    """``quantize`` of a Hugging Face checkpoint folder, block by block (``frontends.offload``)."""
+    from quantbalance.frontends.offload import quantize_offloaded  # the frontend above us
+
+    if offload is None and save_to is None:
+        raise UnsupportedError(
+            f"model must be a torch.nn.Module, got the path {str(path)!r}; to quantize a Hugging "
+            "Face checkpoint folder block by block pass offload='disk' (or 'cpu') and save_to="
+        )
+    if offload is None or save_to is None or bitwidths is not None:
+        raise ConfigError(
+            f"model={str(path)!r} is a path: quantizing a checkpoint folder needs "
+            "offload='disk' or 'cpu' and save_to=<output folder> (and a plan, not bitwidths)"
+        )
+    the_plan = _with_algorithm(as_plan(plan if plan is not None else "int8-weight"), algorithm)
+    return quantize_offloaded(path, the_plan, calib_data, save_to=save_to, offload=offload,
+                              device=device, progress=progress)  # fmt: skip
 
 
 def _install(model: nn.Module, name: str, spec: LayerSpec, qweight: QuantizedTensor) -> None:

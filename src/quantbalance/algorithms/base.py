@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from torch import nn
 
+from quantbalance.calibration.offload import BlockHooks
 from quantbalance.errors import CalibrationError, ConfigError
 from quantbalance.formats import QuantizedTensor
 from quantbalance.plan import ALGORITHM_OPTIONS, LayerSpec, algorithm_options
@@ -41,6 +42,8 @@ class QuantContext:
         log: per-step facts for the result (e.g. chosen scales, errors).
         install: called by :meth:`release` to put a layer's quantized module in the model now
             (set by ``quantize`` while no later step needs float weights; None: wait).
+        blocks: hooks the block-by-block steps pass to ``run_sequential`` (e.g. load each block's
+            weights before it runs and drop them after, for models larger than memory).
     """
 
     model: nn.Module
@@ -50,6 +53,7 @@ class QuantContext:
     progress: bool = True
     log: dict[str, Any] = field(default_factory=dict)
     install: Callable[[str], None] | None = None
+    blocks: BlockHooks | None = None
 
     def release(self, name: str) -> None:
         """Say that the current step no longer needs ``name``'s float weight.
