@@ -2,10 +2,10 @@
 
 Usage:
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python bench/bench_offload.py \
-        [--layers 28 --hidden 2048 --intermediate 5632 --dtype bfloat16] \
+        [--layers 32 --hidden 2048 --intermediate 5632 --dtype bfloat16] \
         [--algorithms rtn,gptq] [--workdir /tmp/qb-offload] [--out bench/results/offload.json]
 
-A random Llama-shaped checkpoint (``tests/llama_ckpt.py``; the defaults give 28 blocks and
+A random Llama-shaped checkpoint (``tests/llama_ckpt.py``; the defaults give 32 blocks and
 3.1 GB of bfloat16 safetensors shards) is written once to ``--workdir``. Each algorithm then
 runs ``qb.quantize(folder, "w4-g128", calib, algorithm=..., offload="disk", save_to=...)`` in a
 fresh child process, which reports (MiB = 2^20 bytes):
@@ -153,7 +153,7 @@ def run_child(ckpt: Path, out: Path, algorithm: str, n_calib: int = 8, seq: int 
 def main() -> None:
     """Write the checkpoint once, run each algorithm in a child, save the rows."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--intermediate", type=int, default=5632)
     ap.add_argument("--vocab", type=int, default=8192)

@@ -46,7 +46,12 @@ def make_llama_checkpoint(
         max_position_embeddings=256,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in ``dtype`` directly: no float32 copy of a big model
+    try:
+        model = LlamaForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(old)
     with torch.no_grad():  # HF initialises with std 0.02: spread the weights a little more
         for p in model.parameters():
             if p.dim() == 2:

@@ -97,7 +97,8 @@ def test_bad_requests(ckpt: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_peak_memory_does_not_grow_with_blocks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["rtn", "gptq"])
+def test_peak_memory_does_not_grow_with_blocks(tmp_path: Path, algorithm: str) -> None:
     """Peak RSS (VmHWM, in a fresh process) of 12 vs 48 blocks: the extra 36 blocks cost ~0."""
     spec = importlib.util.spec_from_file_location("bench_offload", BENCH)
     assert spec and spec.loader
@@ -107,7 +108,7 @@ def test_peak_memory_does_not_grow_with_blocks(tmp_path: Path) -> None:
     for n in (12, 48):
         ck = make_llama_checkpoint(tmp_path / f"m{n}", layers=n, hidden=256, intermediate=512,
                                    shard="20MB")  # fmt: skip
-        rows[n] = bench.run_child(ck, tmp_path / f"q{n}", "gptq", n_calib=2, seq=32, threads=1)
+        rows[n] = bench.run_child(ck, tmp_path / f"q{n}", algorithm, n_calib=2, seq=32, threads=1)
     grown = (rows[48]["checkpoint_bytes"] - rows[12]["checkpoint_bytes"]) / 2**20  # ~81 MiB
     assert grown > 75
     # fully loaded, the peak would grow by `grown`; offloaded it stays within allocator noise

@@ -142,6 +142,28 @@ def parse_algorithm(spec: str) -> list[str]:
     return steps
 
 
+_SLOTS: dict[str, OptionsSlot[Any]] = {}
+
+
+def options_snapshot() -> dict[str, Any]:
+    """The options set in this context for every algorithm (to run elsewhere the same way).
+
+    Returns:
+        step name -> options object (only the ones set by an ``override`` block).
+    """
+    return {n: v for n, slot in _SLOTS.items() if (v := slot._var.get()) is not None}
+
+
+def apply_options(snapshot: dict[str, Any]) -> None:
+    """Set options captured by :func:`options_snapshot` in this context (e.g. a Ray worker).
+
+    Args:
+        snapshot: step name -> options object.
+    """
+    for name, value in snapshot.items():
+        _SLOTS[name]._var.set(value)
+
+
 class OptionsSlot(Generic[T]):
     """Context-local options of one algorithm step (no global state).
 
@@ -163,6 +185,7 @@ class OptionsSlot(Generic[T]):
         self.name = name or label.lower()
         self._var: ContextVar[T | None] = ContextVar(f"quantbalance_{label}", default=None)
         ALGORITHM_OPTIONS[self.name] = cls
+        _SLOTS[self.name] = self
 
     def for_spec(self, spec: LayerSpec) -> T:
         """The options for one layer: :meth:`current`, then the spec's ``algorithm_args``.

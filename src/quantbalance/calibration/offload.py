@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from quantbalance.calibration.memory import release_free_memory
 from quantbalance.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -241,5 +242,6 @@ def offload_hooks(
         if finalize is not None:
             finalize(name, block)
         drop(block)
+        release_free_memory()  # the block's freed pages back to the OS (glibc keeps them)
 
     return BlockHooks(enter, leave)

@@ -168,6 +168,7 @@ def run_search(
     measure: int | None = None,
     cache_dir: Path | None = None,
     out_console: Console | None = None,
+    ray: str | None = None,
 ) -> tuple[Any, Path]:
     """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
 
@@ -189,6 +190,8 @@ def run_search(
             the proxies (large models); None: all.
         cache_dir: cache folder (None: the default cache).
         out_console: where the loading status shows (default the module console).
+        ray: run the independent evaluations on Ray: ``local`` (a Ray on this machine),
+            ``auto`` (the running cluster) or ``HOST:PORT`` of a cluster head; None: serially.
 
     Returns:
         ``(SearchResult, path of report.html)``.
@@ -226,11 +229,20 @@ def run_search(
         cache_dir=cache_dir if cache_dir is not None else "default",
         measure=True if measure is None else measure,
         progress=sys.stderr.isatty(),
+        executor=_executor(ray),
     )
     with con.status("writing the report"):
         path = write_report(res, out, model=src.model, calib_data=src.calib_data)
         res.plan.save(out / "plan.json")
     return res, path
+
+
+def _executor(ray: str | None) -> Any:
+    if ray is None:
+        return None
+    from quantbalance.search.executor import RayExecutor
+
+    return RayExecutor(address=None if ray == "local" else ray)
 
 
 def show_result(res: Any, path: Path, out: Path, con: Console | None = None) -> None:
@@ -286,6 +298,10 @@ def search_command(
         ),
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir")] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="evaluate on Ray: local, auto or HEAD:PORT of a cluster"),
+    ] = None,
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
@@ -308,6 +324,7 @@ def search_command(
             n_sensitivity=n_sensitivity,
             measure=measure,
             cache_dir=cache_dir,
+            ray=ray,
         )
     except QuantBalanceError as e:
         console.print(f"[bold red]error:[/] {e}")
