@@ -118,3 +118,12 @@ def test_gptq_on_cuda_matches_cpu_and_returns_weights_home() -> None:
     x = data[0]["input_ids"]
     la, lb = ref(input_ids=x).logits, got(input_ids=x).logits
     assert torch.nn.functional.cosine_similarity(la.flatten(), lb.flatten(), dim=0) > 0.999
+
+
+def test_nf4_lookups_follow_the_values_device() -> None:
+    from quantbalance.formats.nonuniform import NF4_TABLE, nearest_code
+
+    got = nearest_code(torch.empty(3, 5, device="meta"), NF4_TABLE)
+    assert got.is_meta and tuple(got.shape) == (3, 5)
+    cpu = nearest_code(torch.tensor([[-1.0, 0.0, 1.0]]), NF4_TABLE)
+    assert cpu.tolist() == [[0, 7, 15]]

@@ -180,7 +180,7 @@ class RowSolver:
         s = self.St[j]
         if self.scheme.kind == "nf4":
             u = nearest_code((w / s).unsqueeze(1), NF4_TABLE)[:, 0]
-            return u.to(torch.uint8), NF4_TABLE[u] * s
+            return u.to(torch.uint8), NF4_TABLE.to(u.device)[u] * s
         z = None if self.Zt is None else self.Zt[j]
         q = quantize_affine(w, s, z, self.scheme)
         return (q - self.scheme.qmin).to(torch.uint8), dequantize_affine(q, s, z, self.scheme)

@@ -26,6 +26,7 @@ def nearest_code(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     Returns:
         int64 ``(N, L)`` indices into the table.
     """
+    table = table.to(values.device)
     if table.dim() == 1:
         table = table.unsqueeze(0).expand(values.shape[0], -1)
     mids = (table[:, 1:] + table[:, :-1]) / 2
