@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +27,7 @@ from torch import nn
 from quantbalance.algorithms import ALGORITHMS, NEEDS_DATA, QuantContext, parse_algorithm
 from quantbalance.algorithms.smoothquant import lower_smoothing
 from quantbalance.calibration import check_calib_data, run_batches
+from quantbalance.calibration.device import computing_on, move_batch, qtensor_to, resolve_device
 from quantbalance.errors import CalibrationError, ConfigError, FloatLayerError, UnsupportedError
 from quantbalance.formats import (
     PerChannel,
@@ -167,7 +171,11 @@ def quantize(
     progress: bool = True,
     inplace: bool = False,
     strict: bool = False,
-) -> nn.Module:
+    *,
+    offload: str | None = None,
+    save_to: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module | Path:
     """Return a quantized copy of ``model`` (``model`` itself is not modified unless ``inplace``).
 
     Args:
@@ -187,9 +195,19 @@ def quantize(
             outside ``layer_types``) are float by plan and never raise. Without ``strict``,
             such layers are announced by a WARNING and in ``qb_info.coverage``.
 
+        offload: with ``model`` a Hugging Face checkpoint folder: ``"disk"`` loads each
+            transformer block from the safetensors shards only while it is quantized (memory:
+            one block, not the model), ``"cpu"`` reads all weights into host memory once; the
+            result is written block by block to ``save_to`` (see ``frontends.offload``).
+        save_to: the output checkpoint folder for ``offload`` (read it with ``qb.load``).
+        device: where calibration, GPTQ and AWQ run (``"cuda"``, ``"cpu"``; default: where the
+            model is; with ``offload``: ``cuda`` when available). Blocks move to the device one
+            at a time and back to where they were afterwards.
+
     Returns:
         The quantized model (simulated), with ``qb_plan`` and ``qb_info`` attributes
-        (``qb_info.summary``: "quantized N of M weight layers (P % of weights)").
+        (``qb_info.summary``: "quantized N of M weight layers (P % of weights)"); with
+        ``offload``, the checkpoint folder written.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -197,6 +215,14 @@ def quantize(
         >>> sorted(q.qb_info.layers)
         ['0', '2']
     """
+    if isinstance(model, str | os.PathLike):
+        return _quantize_path(model, plan, calib_data, algorithm, offload, save_to, device,
+                              progress, bitwidths)  # fmt: skip
+    if offload is not None or save_to is not None:
+        raise ConfigError(
+            "offload= and save_to= apply to a Hugging Face checkpoint folder given as model "
+            f"(a path); got a {type(model).__name__}"
+        )
     if not isinstance(model, nn.Module):
         raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if bitwidths is not None:
@@ -205,13 +231,7 @@ def quantize(
         the_plan = plan_from_bitwidths(model, bitwidths)
     else:
         the_plan = as_plan(plan if plan is not None else "int8-weight")
-    if algorithm is not None:
-        parse_algorithm(algorithm)
-        layers = {
-            k: v and v.model_copy(update={"algorithm": algorithm})
-            for k, v in the_plan.layers.items()
-        }
-        the_plan = the_plan.model_copy(update={"layers": layers})
+    the_plan = _with_algorithm(the_plan, algorithm)
 
     qmodel = (model if inplace else copy.deepcopy(model)).eval()
     folded = fold_batchnorm(qmodel)
@@ -247,9 +267,12 @@ def quantize(
         installed.add(name)
 
     order = [*_ordered_steps(specs), "rtn"]
-    for i, step in enumerate(order):
-        ctx.install = install if EAGER_STEPS.issuperset(order[i:]) else None
-        ALGORITHMS[step](ctx)
+    with _computing_on(ctx, device):  # the calibrating steps; rounding runs where weights are
+        for i, step in enumerate(order[:-1]):
+            ctx.install = install if EAGER_STEPS.issuperset(order[i:]) else None
+            ALGORITHMS[step](ctx)
+    ctx.install = install
+    ALGORITHMS["rtn"](ctx)
     ctx.install = None
 
     info = QuantizationInfo(plan=the_plan, folded=folded, algorithm_log=ctx.log)
@@ -305,6 +328,61 @@ def _announce(cov: Coverage) -> Coverage:
 def _pct(cov: Coverage, part: dict[str, int]) -> float:
     total = sum(cov.quantized.values()) + sum(cov.by_plan.values()) + sum(cov.unsupported.values())
     return 100.0 * sum(part.values()) / max(total, 1)
+@contextmanager
+def _computing_on(ctx: QuantContext, device: str | torch.device | None) -> Iterator[None]:
+    """Run the steps inside on ``device``, one block there at a time (None: where it is)."""
+    if device is None:
+        yield
+        return
+    dev = resolve_device(device)
+    home = next((p.device for p in ctx.model.parameters()), torch.device("cpu"))
+    batches = ctx.calib_data
+    with computing_on(ctx.model, dev) as hooks:
+        ctx.blocks, ctx.calib_data = hooks, move_batch(batches, dev)
+        try:
+            yield
+        finally:
+            ctx.blocks, ctx.calib_data = None, batches
+    ctx.qweights.update({n: qtensor_to(q, home) for n, q in ctx.qweights.items()})
+
+
+def _with_algorithm(plan: Plan, algorithm: str | None) -> Plan:
+    if algorithm is None:
+        return plan
+    parse_algorithm(algorithm)
+    layers = {
+        k: v and v.model_copy(update={"algorithm": algorithm}) for k, v in plan.layers.items()
+    }
+    return plan.model_copy(update={"layers": layers})
+
+
+def _quantize_path(
+    path: str | os.PathLike[str],
+    plan: Plan | str | dict[str, Any] | None,
+    calib_data: Iterable[Any] | None,
+    algorithm: str | None,
+    offload: str | None,
+    save_to: str | Path | None,
+    device: str | torch.device | None,
+    progress: bool,
+    bitwidths: list[int] | None,
+) -> Path:
+    """``quantize`` of a Hugging Face checkpoint folder, block by block (``frontends.offload``)."""
+    from quantbalance.frontends.offload import quantize_offloaded  # the frontend above us
+
+    if offload is None and save_to is None:
+        raise UnsupportedError(
+            f"model must be a torch.nn.Module, got the path {str(path)!r}; to quantize a Hugging "
+            "Face checkpoint folder block by block pass offload='disk' (or 'cpu') and save_to="
+        )
+    if offload is None or save_to is None or bitwidths is not None:
+        raise ConfigError(
+            f"model={str(path)!r} is a path: quantizing a checkpoint folder needs "
+            "offload='disk' or 'cpu' and save_to=<output folder> (and a plan, not bitwidths)"
+        )
+    the_plan = _with_algorithm(as_plan(plan if plan is not None else "int8-weight"), algorithm)
+    return quantize_offloaded(path, the_plan, calib_data, save_to=save_to, offload=offload,
+                              device=device, progress=progress)  # fmt: skip
 
 
 def _install(model: nn.Module, name: str, spec: LayerSpec, qweight: QuantizedTensor) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from quantbalance.algorithms.base import OptionsSlot, QuantContext, register_algorithm
 from quantbalance.algorithms.mapping import FAMILIES, ScaleGroup, find_scale_groups, fold_scales
-from quantbalance.calibration.sequential import InputStatsCollector, run_sequential
+from quantbalance.calibration.sequential import BlockHooks, InputStatsCollector, run_sequential
 from quantbalance.errors import ConfigError, UnsupportedError
 from quantbalance.formats import (
     PerChannel,
@@ -263,6 +263,7 @@ def run_awq(
     opts: AWQOptions | None = None,
     progress: bool = False,
     layer_opts: dict[str, AWQOptions] | None = None,
+    hooks: BlockHooks | None = None,
 ) -> AWQResult:
     """Search and apply AWQ block by block (the model is modified as it goes).
 
@@ -275,6 +276,7 @@ def run_awq(
         progress: show a progress bar.
         layer_opts: per-layer options overriding ``opts`` (a scale group's ``n_grid`` is its
             first linear's; clipping options are each layer's own).
+        hooks: passed to ``run_sequential`` (see ``calibration.offload``).
 
     Returns:
         The :class:`AWQResult` (for :func:`apply_awq`).
@@ -285,7 +287,11 @@ def run_awq(
     def opts_of(name: str) -> AWQOptions:
         return per_layer.get(name, opts)
 
-    groups = [g for g in find_scale_groups(model, batches[0]) if set(g.linear_names) & set(owned)]
+    if hooks is not None:  # blocks load one at a time: no whole-model pass to verify folds
+        log.warning("awq: blocks are offloaded; fold patterns come from the family tables of "
+                    "algorithms.mapping without the numeric check of the whole model")  # fmt: skip
+    example = batches[0] if hooks is None else None
+    groups = [g for g in find_scale_groups(model, example) if set(g.linear_names) & set(owned)]
     paired = {n for g in groups for n in g.linear_names}
     unpaired = sorted(set(owned) - paired)
     if not groups:
@@ -337,7 +343,8 @@ def run_awq(
         return {}
 
     watched = {n: model.get_submodule(n) for n in sorted(paired | set(owned))}
-    run_sequential(model, batches, watched, stats, finish, desc="awq", progress=progress)
+    run_sequential(model, batches, watched, stats, finish, desc="awq", progress=progress,
+                   hooks=hooks)  # fmt: skip
     return result
 
 
@@ -360,7 +367,8 @@ def awq(ctx: QuantContext) -> None:
         return
     schemes = {n: s.weight for n, s in ctx.specs.items() if s.weight is not None}
     layer_opts = {n: _SLOT.for_spec(ctx.specs[n]) for n in owned}
-    res = run_awq(ctx.model, schemes, owned, batches, progress=ctx.progress, layer_opts=layer_opts)
+    res = run_awq(ctx.model, schemes, owned, batches, progress=ctx.progress,
+                  layer_opts=layer_opts, hooks=ctx.blocks)  # fmt: skip
     ctx.log["awq"] = {
         "groups": len(res.scales),
         "clipped_layers": len(res.clips),

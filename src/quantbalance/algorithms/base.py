@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from torch import nn
 
+from quantbalance.calibration.offload import BlockHooks
 from quantbalance.errors import CalibrationError, ConfigError
 from quantbalance.formats import QuantizedTensor
 from quantbalance.plan import ALGORITHM_OPTIONS, LayerSpec, algorithm_options
@@ -41,6 +42,8 @@ class QuantContext:
         log: per-step facts for the result (e.g. chosen scales, errors).
         install: called by :meth:`release` to put a layer's quantized module in the model now
             (set by ``quantize`` while no later step needs float weights; None: wait).
+        blocks: hooks the block-by-block steps pass to ``run_sequential`` (e.g. load each block's
+            weights before it runs and drop them after, for models larger than memory).
     """
 
     model: nn.Module
@@ -50,6 +53,7 @@ class QuantContext:
     progress: bool = True
     log: dict[str, Any] = field(default_factory=dict)
     install: Callable[[str], None] | None = None
+    blocks: BlockHooks | None = None
 
     def release(self, name: str) -> None:
         """Say that the current step no longer needs ``name``'s float weight.
@@ -139,16 +143,30 @@ def parse_algorithm(spec: str) -> list[str]:
 
 
 #: name -> OptionsSlot of every algorithm step with context-local options.
-OPTION_SLOTS: dict[str, OptionsSlot[Any]] = {}
-
-
-def options_in_force() -> dict[str, dict[str, Any]]:
+OPTIONdef options_in_force() -> dict[str, dict[str, Any]]:
     """The context-local options of every algorithm step, as plain data (cache keys, reports).
 
     Returns:
         step name -> its options' fields.
     """
     return {name: asdict(slot.current()) for name, slot in sorted(OPTION_SLOTS.items())}
+def options_snapshot() -> dict[str, Any]:
+    """The options set in this context for every algorithm (to run elsewhere the same way).
+
+    Returns:
+        step name -> options object (only the ones set by an ``override`` block).
+    """
+    return {n: v for n, slot in OPTION_SLOTS.items() if (v := slot._var.get()) is not None}
+
+
+def apply_options(snapshot: dict[str, Any]) -> None:
+    """Set options captured by :func:`options_snapshot` in this context (e.g. a Ray worker).
+
+    Args:
+        snapshot: step name -> options object.
+    """
+    for name, value in snapshot.items():
+        OPTION_SLOTS[name]._var.set(value)
 
 
 class OptionsSlot(Generic[T]):

@@ -242,5 +242,6 @@ def gptq(ctx: QuantContext) -> None:
 
     # The module map is handed over (no reference kept here): released float layers are freed.
     run_sequential(ctx.model, batches, {n: ctx.model.get_submodule(n) for n in owned}, stats,
-                   finish, desc="gptq", progress=ctx.progress, done=done)  # fmt: skip
+                   finish, desc="gptq", progress=ctx.progress, done=done,
+                   hooks=ctx.blocks)  # fmt: skip
     log.info("gptq: %d layers in %.1f s", len(owned), time.perf_counter() - t0)

@@ -80,7 +80,7 @@ def prepare_hessian(
     n = H.shape[0]
     if not torch.isfinite(H).all():
         log.warning("%s: Hessian has NaN/Inf entries; rounding to nearest instead", name)
-        return PreparedHessian(torch.eye(n), None, float("inf"), 0, True)
+        return PreparedHessian(torch.eye(n, device=H.device), None, float("inf"), 0, True)
     H = (H + H.T).div_(2)
     dead = torch.diag(H) <= 0  # the input channel was always 0: round it, spread nothing
     H[dead, :] = 0
@@ -103,7 +103,7 @@ def prepare_hessian(
                                 damp, rel)  # fmt: skip
                 return PreparedHessian(U.float(), perm, rel, int(dead.sum()), False)
     log.warning("%s: Hessian could not be factorised at any damping; rounding to nearest", name)
-    return PreparedHessian(torch.eye(n), None, float("inf"), int(dead.sum()), True)
+    return PreparedHessian(torch.eye(n, device=H.device), None, float("inf"), int(dead.sum()), True)
 
 
 class RowSolver:
@@ -144,12 +144,13 @@ class RowSolver:
         n_out, n_in = self.W.shape
         order = perm.tolist() if perm is not None else list(range(n_in))
         Wt = (self.W.T[perm] if perm is not None else self.W.T).contiguous()
-        codes = torch.empty(n_in, n_out, dtype=torch.uint8)
-        loss = torch.zeros((), dtype=torch.float64)
+        dev = self.W.device
+        codes = torch.empty(n_in, n_out, dtype=torch.uint8, device=dev)
+        loss = torch.zeros((), dtype=torch.float64, device=dev)
         for i1 in range(0, n_in, block_size):
             i2 = min(i1 + block_size, n_in)
             W1, U1 = Wt[i1:i2].clone(), U[i1:i2, i1:i2]
-            Err1 = torch.empty(i2 - i1, n_out)
+            Err1 = torch.empty(i2 - i1, n_out, device=dev)
             for i in range(i2 - i1):
                 j = order[i1 + i]
                 size = self.scheme.granularity.size if dynamic else 0  # type: ignore[union-attr]
@@ -179,7 +180,7 @@ class RowSolver:
         s = self.St[j]
         if self.scheme.kind == "nf4":
             u = nearest_code((w / s).unsqueeze(1), NF4_TABLE)[:, 0]
-            return u.to(torch.uint8), NF4_TABLE[u] * s
+            return u.to(torch.uint8), NF4_TABLE.to(u.device)[u] * s
         z = None if self.Zt is None else self.Zt[j]
         q = quantize_affine(w, s, z, self.scheme)
         return (q - self.scheme.qmin).to(torch.uint8), dequantize_affine(q, s, z, self.scheme)

@@ -67,12 +67,19 @@ def supports_rows(module: nn.Module) -> bool:
 
 
 class InputStats:
-    """Running sums of a layer's input rows: ``Σ x xᵀ`` (float64) and optionally ``Σ |x|``."""
+    """Running sums of a layer's input rows: ``Σ x xᵀ`` (float64) and optionally ``Σ |x|``.
 
-    def __init__(self, n_features: int, absmean: bool = False) -> None:
+    The sums live on ``device`` (the inputs' device: a GPU when calibrating there).
+    """
+
+    def __init__(
+        self, n_features: int, absmean: bool = False, device: torch.device | str = "cpu"
+    ) -> None:
         self.count = 0
-        self.gram = torch.zeros(n_features, n_features, dtype=torch.float64)
-        self.abs_sum = torch.zeros(n_features, dtype=torch.float64) if absmean else None
+        self.gram = torch.zeros(n_features, n_features, dtype=torch.float64, device=device)
+        self.abs_sum = (
+            torch.zeros(n_features, dtype=torch.float64, device=device) if absmean else None
+        )
 
     def hessian(self) -> torch.Tensor:
         """GPTQ's layer Hessian ``H = 2/n Σ x xᵀ`` (float32)."""
@@ -121,7 +128,7 @@ class InputStatsCollector:
             self._last = (x, key, n, gram, abs_sum)
         st = self.stats.get(name)
         if st is None:
-            st = self.stats[name] = InputStats(gram.shape[0], self.absmean)
+            st = self.stats[name] = InputStats(gram.shape[0], self.absmean, gram.device)
         st.count += n
         st.gram += gram
         if st.abs_sum is not None:

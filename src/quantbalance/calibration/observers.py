@@ -405,7 +405,7 @@ def _weighted_error(
         z = None if zp is None else zp.unsqueeze(1)
         deq = dequantize_affine(quantize_affine(values, s, z, scheme), s, z, scheme)
     elif scheme.kind == "nf4":
-        deq = NF4_TABLE[nearest_code(values / s, NF4_TABLE)] * s
+        deq = NF4_TABLE.to(values.device)[nearest_code(values / s, NF4_TABLE)] * s
     else:
         raise ConfigError(f"mse observer supports uniform and nf4 schemes, not {scheme.kind!r}")
     return ((values - deq) ** 2 * weights).sum(1)

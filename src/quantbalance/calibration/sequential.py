@@ -16,9 +16,10 @@ run here instead of through full-model passes:
    model in which every block replays the last block's outputs, so they too see the quantized
    chain without recomputing it.
 
-Peak memory is the model plus one block's activations for the calibration set (the blocks are
-not offloaded here; ``accelerate`` is the planned way to do that); free heap memory is handed
-back to the operating system after each block (:mod:`quantbalance.calibration.memory`).
+Peak memory is the model plus one block's activations for the calibration set; with ``hooks``
+(:mod:`quantbalance.calibration.offload`) each block's weights are loaded just before it runs and
+dropped once it is done, so the peak is one block instead of the model. Free heap memory is
+handed back to the operating system after each block (:mod:`quantbalance.calibration.memory`).
 
 Where things live: this module is the runner (:func:`run_sequential`, :func:`swapped_weights`);
 steps 1-2 and the chaining of block calls are in :mod:`quantbalance.calibration.blocks`, the
@@ -54,6 +55,7 @@ from quantbalance.calibration.input_stats import (
     supports_rows,
 )
 from quantbalance.calibration.memory import release_free_memory
+from quantbalance.calibration.offload import BlockHooks
 from quantbalance.calibration.pipeline import capture
 from quantbalance.nn.layout import from_matrix, layout_of
 
@@ -62,6 +64,7 @@ __all__ = [  # the runner, and the names re-exported from blocks and input_stats
     "HIDDEN_KWARGS",
     "RESET_KWARGS",
     "BlockCall",
+    "BlockHooks",
     "Done",
     "Finish",
     "InputStats",
@@ -161,6 +164,7 @@ def run_sequential(
     desc: str = "sequential",
     progress: bool = True,
     done: Done | None = None,
+    hooks: BlockHooks | None = None,
 ) -> list[Any]:
     """Observe and process ``modules`` block by block (see the module docstring).
 
@@ -177,6 +181,8 @@ def run_sequential(
         progress: show a progress bar.
         done: ``done(names)`` called once a block's outputs were computed (and after ``finish``
             for the modules outside every block).
+        hooks: called around each block (:class:`BlockHooks`: e.g. load its weights before it
+            runs and drop them once it is done, for models larger than memory).
 
     Returns:
         The last block's outputs, one per batch, computed from the processed blocks (for a model
@@ -201,6 +207,8 @@ def run_sequential(
     with torch.no_grad():
         steps = list(zip(names, blocks, strict=True))
         for bname, block in tqdm(steps, desc=desc, disable=not progress, leave=False):
+            if hooks is not None and hooks.enter is not None:
+                hooks.enter(bname, block)
             names = inside[bname]
             subs: Mapping[str, torch.Tensor] = {}
             if names:
@@ -210,6 +218,8 @@ def run_sequential(
                 outputs = _run_block(block, calls, {}, None)
             del subs
             _done(modules, names, done)
+            if hooks is not None and hooks.exit is not None:
+                hooks.exit(bname, block)
             release_free_memory()  # keep the resident memory at one block's work
             if found:
                 calls = [next_call(c, o) for c, o in zip(calls, outputs, strict=True)]

@@ -73,10 +73,34 @@ def quantize(
     preset: Annotated[list[str] | None, typer.Option("--preset", help="preset(s)")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="a Plan file (.json/.yaml)")] = None,
     algorithm: Annotated[str | None, typer.Option("--algorithm")] = None,
+    offload: Annotated[
+        str | None, typer.Option("--offload", help="disk|cpu: --hf checkpoint block by block")
+    ] = None,
+    save: Annotated[Path | None, typer.Option("--save", help="output folder (--offload)")] = None,
+    calib_text: Annotated[
+        Path | None, typer.Option("--calib-text", help="text file for calibration (--offload)")
+    ] = None,
+    calib_n: Annotated[int, typer.Option("--calib-n", help="calibration windows")] = 16,
+    calib_seq: Annotated[int, typer.Option("--calib-seq", help="tokens per window")] = 512,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda (--offload)")] = None,
 ) -> None:
-    """Quantize a model with one or more presets (or a Plan file) and compare with float."""
+    """Quantize a model with one or more presets (or a Plan file) and compare with float.
+
+    With ``--offload disk --hf PATH --save OUT``, a Hugging Face causal LM is quantized one
+    transformer block at a time (memory: one block) and written to OUT, without evaluation.
+    """
     from quantbalance.cli.run import quantize_and_compare
 
+    if offload is not None:
+        from quantbalance.cli.offload_cmd import quantize_offloaded_cli
+
+        try:
+            name = str(plan) if plan else (preset or ["w4-g128"])[0]
+            quantize_offloaded_cli(hf, name, algorithm, offload, save, calib_text, calib_n,
+                                   calib_seq, device, console)  # fmt: skip
+        except QuantBalanceError as e:
+            _fail(e)
+        return
     try:
         names = [str(plan)] if plan else (preset or ["w8a8"])
         result = quantize_and_compare(names, task, model, hf, algorithm, console)

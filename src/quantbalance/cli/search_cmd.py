@@ -169,6 +169,7 @@ def run_search(
     cache_dir: Path | None = None,
     out_console: Console | None = None,
     no_cache: bool = False,
+    ray: str | None = None,
 ) -> tuple[Any, Path]:
     """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
 
@@ -191,6 +192,8 @@ def run_search(
         cache_dir: cache folder (None: the default cache).
         out_console: where the loading status shows (default the module console).
         no_cache: measure everything in this run, reading and writing no cache.
+        ray: run the independent evaluations on Ray: ``local`` (a Ray on this machine),
+            ``auto`` (the running cluster) or ``HOST:PORT`` of a cluster head; None: serially.
 
     Returns:
         ``(SearchResult, path of report.html)``.
@@ -228,11 +231,20 @@ def run_search(
         cache_dir=None if no_cache else (cache_dir if cache_dir is not None else "default"),
         measure=True if measure is None else measure,
         progress=sys.stderr.isatty(),
+        executor=_executor(ray),
     )
     with con.status("writing the report"):
         path = write_report(res, out, model=src.model, calib_data=src.calib_data)
         res.plan.save(out / "plan.json")
     return res, path
+
+
+def _executor(ray: str | None) -> Any:
+    if ray is None:
+        return None
+    from quantbalance.search.executor import RayExecutor
+
+    return RayExecutor(address=None if ray == "local" else ray)
 
 
 def show_result(res: Any, path: Path, out: Path, con: Console | None = None) -> None:
@@ -300,6 +312,10 @@ def search_command(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="measure everything anew; read and write no cache")
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="evaluate on Ray: local, auto or HEAD:PORT of a cluster"),
+    ] = None,
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
@@ -323,6 +339,7 @@ def search_command(
             measure=measure,
             cache_dir=cache_dir,
             no_cache=no_cache,
+            ray=ray,
         )
     except QuantBalanceError as e:
         console.print(f"[bold red]error:[/] {e}")

@@ -91,7 +91,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a quantized model from a checkpoint written by :func:`save`.
 
     Args:
-        path: the checkpoint file (never modified).
+        path: the checkpoint file, or a sharded checkpoint folder (``deploy.sharded``; never
+            modified).
         model: the float skeleton (deep-copied, never modified). None: build it from the task
             named in the metadata (``qb.tasks.load(source).model``).
 
@@ -101,7 +102,9 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     Raises:
         CheckpointError: truncated/altered/foreign file, future format, or mismatched skeleton.
     """
-    meta, tensors = read(path)
+    from quantbalance.deploy.sharded import is_sharded, read_sharded
+
+    meta, tensors = read_sharded(path) if is_sharded(path) else read(path)
     if model is None:
         source = meta.get("source")
         if not source:

@@ -26,6 +26,7 @@ def nearest_code(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     Returns:
         int64 ``(N, L)`` indices into the table.
     """
+    table = table.to(values.device)
     if table.dim() == 1:
         table = table.unsqueeze(0).expand(values.shape[0], -1)
     mids = (table[:, 1:] + table[:, :-1]) / 2
@@ -57,12 +58,13 @@ def kmeans_codebook(
     n, length = x.shape
     w = torch.ones_like(x) if weights is None else weights.float()
     srt = x.sort(dim=1).values
-    pos = ((torch.arange(n_codes, dtype=torch.float32) + 0.5) / n_codes * length).long()
+    ranks = torch.arange(n_codes, dtype=torch.float32, device=x.device)
+    pos = ((ranks + 0.5) / n_codes * length).long()
     cent = srt[:, pos.clamp(max=length - 1)]
     for _ in range(iters):
         codes = nearest_code(x, cent)
-        sums = torch.zeros(n, n_codes).scatter_add_(1, codes, w * x)
-        cnt = torch.zeros(n, n_codes).scatter_add_(1, codes, w)
+        sums = torch.zeros(n, n_codes, device=x.device).scatter_add_(1, codes, w * x)
+        cnt = torch.zeros(n, n_codes, device=x.device).scatter_add_(1, codes, w)
         new = torch.where(cnt > 0, sums / cnt.clamp(min=1e-30), cent).sort(dim=1).values
         if torch.equal(new, cent):
             break

@@ -129,7 +129,7 @@ class QuantizedTensor:
         assert self.scale is not None
         scale = expand_params(part(self.scale).float(), shape, gran)
         if s.kind == "nf4":
-            return NF4_TABLE[u.long()] * scale
+            return NF4_TABLE.to(u.device)[u.long()] * scale
         if s.kind in FP8_DTYPES:
             return u.view(FP8_DTYPES[s.kind]).float() * scale
         q = u.to(torch.int32) + s.qmin

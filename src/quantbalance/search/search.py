@@ -51,6 +51,13 @@ from quantbalance.search.costs import (
     with_algorithm,
 )
 from quantbalance.search.evaluator import PlanEvaluator, as_holdout, as_source
+from quantbalance.search.executor import (
+    Executor,
+    MemoryCache,
+    SerialExecutor,
+    make_executor,
+    prefetch,
+)
 from quantbalance.search.latency import TorchLatencyModel
 from quantbalance.search.pareto import PlanPoint, mark_fronts, preset_dominance, spread
 from quantbalance.search.sensitivity import (
@@ -232,6 +239,7 @@ def search(
     measure: bool | int = True,
     sensitivity_source: Any = None,
     progress: bool = True,
+    executor: str | Executor | None = None,
 ) -> SearchResult:
     """Find the per-layer precision that meets ``budget`` at the least cost.
 
@@ -259,6 +267,10 @@ def search(
         sensitivity_source: a cheaper ``Task``/tuple for the single-layer measurements
             (e.g. fewer evaluation samples); default the search split.
         progress: progress bars.
+        executor: where independent evaluations run (single-layer sensitivities, front
+            points, presets): ``"serial"`` (default), ``"ray"`` (``$QB_RAY_ADDRESS`` or a local
+            Ray) or an ``Executor`` (``search.executor``, e.g. ``RayExecutor(address=...)``).
+            Results go through the same cache; the verification rounds stay serial.
 
     Returns:
         The :class:`SearchResult`.
@@ -274,7 +286,10 @@ def search(
     src = as_source(task_or, metric or budget.metric, higher_is_better, eval_id)
     budget = budget.model_copy(update={"metric": src.metric})
     hold = as_holdout(holdout, src)
-    cache = Cache(default_cache_dir() if cache_dir == "default" else cache_dir)
+    run = make_executor(executor)
+    cache = (Cache if isinstance(run, SerialExecutor) else MemoryCache)(
+        default_cache_dir() if cache_dir == "default" else cache_dir
+    )
     mkey = model_hash(model)
     base = copy.deepcopy(model).eval()
     fold_batchnorm(base)
@@ -302,7 +317,8 @@ def search(
     )
     s_ev = ev if s_src is src else PlanEvaluator(model, s_src, None, cache, keys)
     s_ref = s_ev.reference()
-    sens = _run_sensitivity(model, base, s_src, options, cache, mkey, s_ref, measure, progress)
+    sens = _run_sensitivity(model, base, s_src, options, cache, mkey, s_ref, measure, progress,
+                            run)  # fmt: skip
     times["sensitivity"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -341,7 +357,12 @@ def search(
         if not p.measured and p.kind == "front" and set((p.choice or {}).values()) != {"float"}
     ]
     todo.sort(key=lambda p: p.nbytes)
-    for p in tqdm(spread(todo, front_evals), desc="front", disable=not progress):
+    todo = spread(todo, front_evals)
+    both = {"search": "preset"} | ({"holdout": "holdout"} if hold is not None else {})
+    jobs = [(p.plan, {"search": "front"}) for p in todo]
+    jobs += [(plan, both) for plan in preset_plans.values()]
+    prefetch(ev, jobs, run)  # parallel executors: fill the cache; the loops below read it
+    for p in tqdm(todo, desc="front", disable=not progress):
         ver.measure_point(p, "front")
     pre_points = []
     for name, plan in tqdm(preset_plans.items(), desc="presets", disable=not progress):

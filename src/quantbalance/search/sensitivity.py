@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from quantbalance.algorithms import parse_algorithm
 from quantbalance.algorithms.base import options_in_force
 from quantbalance.formats import PerChannel, Scheme
-from quantbalance.plan import LayerSpec, Plan, preset
+from quantbalance.plan import LayerSpec, preset
 from quantbalance.search.cache import Cache, data_hash, default_cache_dir, model_hash
 from quantbalance.search.evaluator import (
     PlanEvaluator,
@@ -35,8 +34,10 @@ from quantbalance.search.evaluator import (
     drop_of,
     reference_key,
 )
-from quantbalance.search.proxies import build_qmodule, calibrate, proxies
-from quantbalance.transform import fold_batchnorm, quantizable_layers, replace_module
+from quantbalance.search.executor import Executor, SerialExecutor, make_executor
+from quantbalance.search.measure import Measure, measure_layer
+from quantbalance.search.proxies import calibrate
+from quantbalance.transform import fold_batchnorm, quantizable_layers
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ def sensitivity(
     algorithm: str | None = None,
     eval_id: str | None = None,
     progress: bool = True,
+    executor: str | Executor | None = None,
 ) -> SensitivityTable:
     """Metric change of quantizing each layer alone under each candidate, plus proxies.
 
@@ -272,6 +274,8 @@ def sensitivity(
         algorithm: overrides every candidate's algorithm (default round to nearest).
         eval_id: extra identity of the eval function for the cache.
         progress: show progress bars.
+        executor: ``"serial"`` (default), ``"ray"`` or an ``Executor``
+            (``search.executor``): where the single-layer measurements run.
 
     Returns:
         The :class:`SensitivityTable`.
@@ -294,7 +298,8 @@ def sensitivity(
     mkey = model_hash(model)
     ev = PlanEvaluator(model, src, None, cache, {"model": mkey, "data": data_hash(src.calib_data)})
     reference = ev.reference()  # measured in every run, before any cache lookup
-    return run_sensitivity(model, base, src, options, cache, mkey, reference, measure, progress)
+    return run_sensitivity(model, base, src, options, cache, mkey, reference, measure, progress,
+                           make_executor(executor))  # fmt: skip
 
 
 def run_sensitivity(
@@ -307,6 +312,7 @@ def run_sensitivity(
     reference: dict[str, float],
     measure: bool | int = True,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> SensitivityTable:
     """The work of :func:`sensitivity` on prepared inputs (used by ``search``).
 
@@ -320,6 +326,7 @@ def run_sensitivity(
         reference: float metrics.
         measure: see :func:`sensitivity`.
         progress: show progress bars.
+        executor: where the measurements run (default: this process, one after another).
 
     Returns:
         The table.
@@ -337,49 +344,39 @@ def run_sensitivity(
     proxy = {(n, k): cache.get("proxy", key(n, s, False)) for n, k, s in pairs}
     got = {(n, k): cache.get("sens", key(n, s, True)) for n, k, s in pairs} if measure else {}
     state: dict[str, Any] = {}
-
-    def prepare() -> None:
-        if not state:
-            batches = src.calib_data or [src.example_inputs]
-            state["stats"], state["q"] = calibrate(base, options, batches, progress)
-
     fast = {
         n: {k: s is None or parse_algorithm(s.algorithm) == ["rtn"] for k, s in o.items()}
         for n, o in options.items()
     }
 
-    def single(n: str, k: str, s: LayerSpec, evaluate: bool) -> None:
-        prepare()
-        t0 = time.perf_counter()
-        if fast[n][k]:
-            mod = base.get_submodule(n)
-            qmod = build_qmodule(base, n, s, state["q"])
-            target = base
-            replace_module(base, n, qmod)
-        else:
-            from quantbalance.quantize import quantize
+    def job() -> Measure:
+        if not state:
+            batches = src.calib_data or [src.example_inputs]
+            stats, q = calibrate(base, options, batches, progress)
+            state["job"] = Measure(model, base, src, stats, q, fast)
+        return state["job"]  # type: ignore[no-any-return]
 
-            plan = Plan(layers={n: s}, name=f"{n}:{k}")
-            target = quantize(model, plan, src.calib_data, progress=False)
-            mod, qmod = base.get_submodule(n), target.get_submodule(n)
-        try:
-            if proxy[(n, k)] is None:
-                proxy[(n, k)] = cache.put(
-                    "proxy", key(n, s, False), proxies(mod, qmod, state["stats"][n])
-                )
-            if evaluate:
-                metrics = src.evaluate(target, f"eval function (layer {n!r} as {k})")
-                value = {"metrics": metrics, "seconds": time.perf_counter() - t0}
-                got[(n, k)] = cache.put("sens", key(n, s, True), value)
-        finally:
-            if fast[n][k]:
-                replace_module(base, n, mod)
+    def record(n: str, k: str, s: LayerSpec, p: dict | None, value: dict | None) -> None:
+        if p is not None:
+            proxy[(n, k)] = cache.put("proxy", key(n, s, False), p)
+        if value is not None:
+            got[(n, k)] = cache.put("sens", key(n, s, True), value)
+
+    def single(n: str, k: str, s: LayerSpec, evaluate: bool) -> None:
+        record(n, k, s, *measure_layer(job(), (n, k, s, proxy[(n, k)] is None, evaluate)))
 
     for n, k, s in pairs:  # proxies not computed along with a measurement below
         if proxy[(n, k)] is None and not (measure is True and got.get((n, k)) is None):
             single(n, k, s, False)
-    chosen = _to_measure(pairs, proxy, measure)
+    chosen = _tomeasure_layer(pairs, proxy, measure)
     todo = [(n, k, s) for n, k, s in pairs if (n, k) in chosen and got.get((n, k)) is None]
+    run = executor or SerialExecutor()
+    if todo and not isinstance(run, SerialExecutor):  # fanned out; results cached here
+        items = [(n, k, s, proxy[(n, k)] is None, True) for n, k, s in todo]
+        log.info("sensitivity: %d measurements on %d workers", len(items), run.workers)
+        for (n, k, s, _, _), res in zip(items, run.map(measure_layer, items, job()), strict=True):
+            record(n, k, s, *res)
+        todo = []
     for n, k, s in tqdm(todo, desc="sensitivity (layer x spec)", disable=not progress):
         single(n, k, s, True)
     return _table(src, base, options, reference, proxy, got, chosen)
@@ -391,7 +388,7 @@ def noise_of(p: dict[str, Any] | None) -> float:
     return 0.0 if db is None else 10 ** (-db / 10)
 
 
-def _to_measure(pairs: list[tuple], proxy: dict, measure: bool | int) -> set[tuple[str, str]]:
+def _tomeasure_layer(pairs: list[tuple], proxy: dict, measure: bool | int) -> set[tuple[str, str]]:
     if measure is True:
         return {(n, k) for n, k, _ in pairs}
     if measure is False or measure <= 0:

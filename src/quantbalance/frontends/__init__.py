@@ -1,0 +1,1 @@
+"""Models in: Hugging Face checkpoints (and, with offloading, ones larger than memory)."""
