@@ -143,13 +143,18 @@ def parse_algorithm(spec: str) -> list[str]:
 
 
 #: name -> OptionsSlot of every algorithm step with context-local options.
-OPTIONdef options_in_force() -> dict[str, dict[str, Any]]:
+OPTION_SLOTS: dict[str, OptionsSlot[Any]] = {}
+
+
+def options_in_force() -> dict[str, dict[str, Any]]:
     """The context-local options of every algorithm step, as plain data (cache keys, reports).
 
     Returns:
         step name -> its options' fields.
     """
     return {name: asdict(slot.current()) for name, slot in sorted(OPTION_SLOTS.items())}
+
+
 def options_snapshot() -> dict[str, Any]:
     """The options set in this context for every algorithm (to run elsewhere the same way).
 
