@@ -10,7 +10,6 @@ from transformers.pytorch_utils import Conv1D
 
 import quantbalance as qb
 from quantbalance.deploy import load, save
-from quantbalance.errors import UnsupportedError
 from quantbalance.evaluate.sqnr import sqnr
 from quantbalance.nn import KeepsForward, QLinear, QuantModule, quantized_layers
 
@@ -109,15 +108,35 @@ def test_to_float64_and_state_dict(case: str) -> None:
     assert packed == [torch.uint8] * len(packed)
 
 
-def test_torch_engine_simulates_own_forward_layers_and_onnx_refuses_them(tmp_path) -> None:
+def test_torch_engine_simulates_own_forward_layers(tmp_path) -> None:
     from quantbalance.deploy.torch_engine import to_torch_engine
 
     _, q, x = quantized("same-cnn")
     eng = to_torch_engine(q, compile=False)
     assert eng.qb_engine_kernels == {"simulated-fp32": 4}
     assert torch.equal(eng(x), q(x))
-    with pytest.raises(UnsupportedError, match=r"'stem' \(QuantizedConv2dSame\).*own forward"):
-        qb.deploy.export_onnx(q, x, tmp_path / "q.onnx")
+
+
+@pytest.mark.parametrize("case", ["same-cnn", "conv3d"])
+def test_own_forward_layers_export_to_onnx_qdq(tmp_path, case: str) -> None:
+    from collections import Counter
+
+    import onnx
+
+    from quantbalance.deploy import export_onnx, session
+
+    _, q, x = quantized(case)
+    path = export_onnx(q, x, tmp_path / "q.onnx")
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    n = len(list(quantized_layers(q)))
+    # every layer: its weight as integer codes + DequantizeLinear, its input as a Q/DQ pair
+    assert ops["DequantizeLinear"] >= 2 * n and ops["QuantizeLinear"] >= n
+    # the same-padding subclasses' own F.pad folds into the Conv nodes' pads
+    assert ops["Conv"] == (2 if case == "same-cnn" else 1)
+    got = session(path, intra_op_threads=1)(x)
+    torch.testing.assert_close(got, q(x), rtol=1e-3, atol=1e-3)
+    assert isinstance(q.stem if case == "same-cnn" else q.conv, KeepsForward)
+    assert "weight_form" not in q._modules  # the user's model is untouched
 
 
 def test_unsupported_look_alikes_are_named() -> None:

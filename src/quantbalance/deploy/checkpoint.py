@@ -261,12 +261,8 @@ def _identical_qweights(qmodel: nn.Module) -> dict[str, str]:
             seen[sig] = name
             continue
         for part in qt.parts():
-            aliases[_key(name, f"qweight_{part}")] = _key(seen[sig], f"qweight_{part}")
+            aliases[f"{name}.qweight_{part}"] = f"{seen[sig]}.qweight_{part}"
     return aliases
-
-
-def _key(layer: str, leaf: str) -> str:
-    return f"{layer}.{leaf}" if layer else leaf
 
 
 def _check_rebuildable(qmodel: nn.Module) -> None:
@@ -346,7 +342,7 @@ def _install_layer(
     """Put the quantized layer ``name`` into the skeleton, built from the checkpoint's tensors."""
     from quantbalance.transform import replace_module
 
-    parts = {p: state[k] for p in PARTS if (k := _key(name, f"qweight_{p}")) in state}
+    parts = {p: state[k] for p in PARTS if (k := f"{name}.qweight_{p}") in state}
     try:
         qt = QuantizedTensor.from_parts(parts, spec["qweight"])
     except CheckpointError as e:
@@ -360,7 +356,7 @@ def _install_layer(
     assert qtype is not None
     new = qtype.from_float(mod, qt, act)
     if spec.get("input_smooth"):
-        key = _key(name, "input_smooth")
+        key = f"{name}.input_smooth"
         if key not in state:
             raise CheckpointError(f"{where}: layer {name!r} has no tensor {key}")
         new.set_input_smooth(torch.ones_like(state[key]))

@@ -18,7 +18,16 @@ from torch import nn
 from quantbalance.deploy.qdq_ops import dequantize_linear, dynamic_quantize_linear, quantize_linear
 from quantbalance.errors import UnsupportedError
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, QuantizedTensor
-from quantbalance.nn import ActQuantizer, QConv1d, QConv2d, QEmbedding, QLinear, QuantModule
+from quantbalance.nn import (
+    ActQuantizer,
+    KeepsForward,
+    QConv1d,
+    QConv2d,
+    QEmbedding,
+    QLinear,
+    QuantModule,
+    from_matrix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +240,25 @@ class QDQEmbedding(nn.Module):
         return dequantize_linear(q, scale, zp, -1, self.block)
 
 
+class _LaidOut(nn.Module):
+    """A dequantized weight matrix put back in the float layer's layout (a transpose)."""
+
+    def __init__(self, w: WeightDQ, layout: str, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.w, self.layout, self.shape = w, layout, shape
+
+    def forward(self) -> torch.Tensor:
+        """The weight in the float layer's shape."""
+        return from_matrix(self.layout, self.w(), self.shape)
+
+
+def _weight_form(m: KeepsForward) -> nn.Module:
+    shape = m.weight_shape()
+    if m.weight_layout in ("rows", "conv"):
+        return WeightDQ(m.qweight, shape=shape)  # DQ in the weight's own shape
+    return _LaidOut(WeightDQ(m.qweight), m.weight_layout, shape)
+
+
 def export_module(qmodel: nn.Module) -> nn.Module:
     """A float32 copy of ``qmodel`` whose quantized modules emit real Q/DQ ops.
 
@@ -250,13 +278,8 @@ def export_module(qmodel: nn.Module) -> nn.Module:
             replace_module(model, name, QDQEmbedding(m))
         elif isinstance(m, QConv1d | QConv2d):
             replace_module(model, name, QDQConv(m, name))
-        elif isinstance(m, QuantModule):
-            raise UnsupportedError(
-                f"layer {name!r} ({type(m).__name__}) is quantized in place and runs its own "
-                "forward, which has no ONNX QDQ form here; QDQ export supports exact Linear, "
-                "Conv1d, Conv2d, Embedding and transformers' Conv1D. Keep the layer float "
-                "(Plan skip) to export, or deploy with the torch engine"
-            )
+        elif isinstance(m, KeepsForward):  # its own forward, traced on Q/DQ forms
+            m.use_forms(_weight_form(m), _act(m, name))
     emulated: dict[str, list[str]] = {}
     for name, m in model.named_modules():
         if getattr(m, "emulated", ""):

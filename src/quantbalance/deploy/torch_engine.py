@@ -194,6 +194,7 @@ class _Simulated(nn.Module):
     def __init__(self, q: KeepsForward) -> None:
         super().__init__()
         self.q = q
+        q.weight  # noqa: B018 (fill the dequantized cache now, not inside a compiled graph)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """The simulated layer on a float32 input; the output in the input's dtype."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 from quantbalance.formats import QuantizedTensor
@@ -31,8 +32,33 @@ class KeepsForward(QuantModule):
     """Mixin of the in-place quantized classes (see the module docstring).
 
     Deploy engines cannot run such a layer's own forward on integer kernels: the torch engine
-    runs it with its dequantized weight, and ONNX QDQ export refuses it by name.
+    runs it simulated, in float; ONNX QDQ export gives it export forms (:meth:`use_forms`) and
+    traces its own forward through them.
     """
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight (or the export form's output, see :meth:`use_forms`)."""
+        form = self._modules.get("weight_form")
+        return form() if form is not None else QuantModule.weight.fget(self)  # type: ignore[attr-defined]
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input quantizer (or the export form, see :meth:`use_forms`)."""
+        form = self._modules.get("input_form")
+        return form(x) if form is not None else super().quantize_input(x)
+
+    def use_forms(self, weight: nn.Module, inputs: nn.Module) -> None:
+        """Compute ``weight`` as ``weight()`` and quantize inputs as ``inputs(x)`` from now on.
+
+        Exporters use this to run the layer's own forward on their forms of the same
+        quantization (e.g. ONNX ``DequantizeLinear`` of the integer codes).
+
+        Args:
+            weight: a module whose ``forward()`` returns the weight in the float layer's shape.
+            inputs: a module quantizing the input (``nn.Identity()`` for none).
+        """
+        self.weight_form = weight
+        self.input_form = inputs
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Quantize the first input, then run the layer class's own ``forward``."""
