@@ -98,7 +98,7 @@ def _load(
     metric: str | None,
 ) -> tuple[Any, Any, Any]:
     from quantbalance.cli.loading import load_source
-    from quantbalance.search.holdout import split_task
+    from quantbalance.tasks.splits import split_task
 
     if holdout and task in ("minilm", "fashion", "smollm") and not (model or hf):
         sp = split_task(task, n_sensitivity=n_sens)
