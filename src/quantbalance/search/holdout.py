@@ -38,8 +38,9 @@ def split_eval(
     """Search = the task's evaluation samples ``0..n``; held out = ``hold_start..hold_start+n``.
 
     Args:
-        task: a task whose ``evaluate_fn`` scores samples ``0..n`` and whose ``eval_slicer``
-            builds the same metric on any slice.
+        task: a task whose ``eval_slicer`` builds its metric on any slice of its evaluation
+            samples (its ``evaluate_fn`` is taken to score ``0..n`` when ``n_eval_samples`` is
+            None or ``n``).
         n: samples in each of the search and held-out splits.
         hold_start: first held-out sample (``>= n``, so the splits never overlap).
         n_sensitivity: size of the sensitivity prefix of the search split, or None.
@@ -83,6 +84,10 @@ def split_eval(
             _reference=None,
         )
 
-    search = replace(task, info=task.info | {"split": "search", unit: [0, n]})
+    # evaluate_fn scores 0..n already unless the task says it holds more samples than that.
+    same = task.n_eval_samples in (None, n)
+    fn = task.evaluate_fn if same else slicer(slice(0, n))
+    info = task.info | {"split": "search", unit: [0, n]}
+    search = replace(task, evaluate_fn=fn, info=info, _reference=task._reference if same else None)
     sens = sub(0, n_sensitivity, "sensitivity") if n_sensitivity else None
     return Split(search, sub(hold_start, hold_start + n, "holdout"), sens)

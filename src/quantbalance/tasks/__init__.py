@@ -21,7 +21,15 @@ BENCH_TASKS: dict[str, dict[str, Any]] = {
     "fashion": {"n_test": 1024, "eval_batch": 64},
 }
 
-__all__ = ["BENCH_TASKS", "TASKS", "Task", "build_evaluate", "load", "load_for_bench"]
+__all__ = [
+    "BENCH_TASKS",
+    "TASKS",
+    "Task",
+    "build_evaluate",
+    "from_model",
+    "load",
+    "load_for_bench",
+]
 
 
 def load(name: str, **kwargs: Any) -> Task:
@@ -50,6 +58,34 @@ def load(name: str, **kwargs: Any) -> Task:
     task = loader(**kwargs)
     task.eval_slicer = functools.partial(build_evaluate, task)
     return task
+
+
+def from_model(model: Any, data: Any, metric: str | None = None, **kwargs: Any) -> Task:
+    """A Task from your own model and data, like the bundled ones (``quantize``, ``compare``,
+    ``search``, ``bench`` and the report take it).
+
+    Args:
+        model: a float ``nn.Module`` or ``qb.from_pretrained(...)``'s result.
+        data: a file/folder path (text, JSONL/CSV, image folder, .npy, .safetensors, datasets),
+            a list of texts, or an iterable of batches (``DataLoader``).
+        metric: the protected metric (default by model type: ``perplexity`` for causal LMs,
+            ``top1_agreement`` for classifiers, ``accuracy`` with labels, ``cosine`` for
+            embeddings).
+        **kwargs: see ``quantbalance.frontends.task.build_task`` (``labels``, ``column``,
+            ``num_samples``, ``seq_len``, ``batch_size``, ``seed``, ``input_fn``,
+            ``transform_fn``, ...).
+
+    Returns:
+        The Task, with disjoint calibration and evaluation samples.
+
+    Example:
+        >>> import quantbalance as qb  # doctest: +SKIP
+        >>> llama = qb.from_pretrained("my-llama")  # doctest: +SKIP
+        >>> task = qb.tasks.from_model(llama, "texts.txt")  # doctest: +SKIP
+    """
+    from quantbalance.frontends.task import build_task
+
+    return build_task(model, data, metric=metric, **kwargs)
 
 
 def load_for_bench(name: str) -> Task:

@@ -1,0 +1,64 @@
+"""``qb.tasks.from_model``: the same Task the bundled tasks are, from a model and data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import quantbalance as qb
+from quantbalance.search.holdout import split_eval
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+def test_torch_model_with_npy_data_is_a_fidelity_task(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32))
+    model = _mlp()
+    task = qb.tasks.from_model(model, tmp_path / "x.npy", batch_size=5, n_calib=10)
+    assert task.info["family"] == "logits" and task.primary_metric == "top1_agreement"
+    assert task.n_eval_samples == 30 and len(task.calib_data) == 2
+    assert task.reference["top1_agreement"] == 100.0 and task.reference["kl"] == 0.0
+    q = qb.quantize(model, "w4a8", task.calib_data, progress=False)
+    cmp = qb.compare(model, q, task)
+    assert 0 < cmp.quant_metrics["kl"] < 0.05 and cmp.quant_bytes < cmp.float_bytes
+    sp = split_eval(task, 15, 15)
+    assert sp.search.info["samples"] == [0, 15] and sp.holdout.info["samples"] == [15, 30]
+    assert sp.search.evaluate(q) != sp.holdout.evaluate(q)  # different samples
+
+
+def test_dataloader_with_labels_protects_accuracy() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    model = _mlp()
+    with torch.no_grad():  # make the model right on most samples: a readable accuracy
+        model[0].weight.zero_()
+        model[0].bias.zero_()
+        model[2].bias.zero_()
+        model[0].weight[0, 0], model[0].weight[1, 1] = 5.0, 5.0
+        model[2].weight.copy_(torch.zeros(4, 32))
+        model[2].weight[:, 0] = torch.tensor([-1.0, 1.0, -1.0, 1.0])
+        model[2].weight[:, 1] = torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    task = qb.tasks.from_model(model, loader, labels=True, n_calib=2)
+    assert task.primary_metric == "accuracy" and task.n_eval_samples == 6  # batches
+    assert task.reference["accuracy"] == 100.0 and task.reference["f1"] == 100.0
+    # A model that always answers class k is right on exactly the class-k share of samples.
+    shares = []
+    for k in range(4):
+        const = nn.Linear(6, 4)
+        with torch.no_grad():
+            const.weight.zero_()
+            const.bias.copy_(torch.eye(4)[k])
+        shares.append(task.evaluate(const)["accuracy"])
+    assert sum(shares) == pytest.approx(100.0) and max(shares) < 100.0
+    with pytest.raises(qb.ConfigError, match="not computed for logits outputs"):
+        qb.tasks.from_model(model, loader, metric="perplexity")
