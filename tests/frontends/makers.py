@@ -89,3 +89,33 @@ def image_folder(folder: Path, n_per_class: int = 8, size: int = 16, seed: int =
             arr[..., c] += 150
             Image.fromarray(arr.astype(np.uint8)).save(folder / name / f"{i}.png")
     return folder
+
+
+def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]  # (N, 8, 8, 1), Keras's NHWC
+    return train_test_split(x, d.target, test_size=0.25, random_state=0, stratify=d.target)
+
+
+def keras_cnn(x: np.ndarray, y: np.ndarray):  # type: ignore[no-untyped-def]
+    from quantbalance.frontends.keras_in import import_keras
+
+    keras = import_keras()
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        layers.Conv2D(16, 3, padding="same", activation="relu"),
+        layers.Conv2D(16, 3, activation="relu"),
+        layers.Conv2D(16, 3, activation="relu"),
+        layers.Flatten(),
+        layers.Dense(32, activation="relu"),
+        layers.Dense(10),
+    ])  # fmt: skip
+    model.compile(optimizer=keras.optimizers.Adam(5e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0)
+    return model

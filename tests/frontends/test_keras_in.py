@@ -9,43 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from makers import digits, keras_cnn
 
 import quantbalance as qb
 from quantbalance.errors import AssetMissingError
-from quantbalance.frontends.keras_in import from_keras, import_keras
+from quantbalance.frontends.keras_in import from_keras
 
 needs_keras = pytest.mark.skipif(
     importlib.util.find_spec("keras") is None or importlib.util.find_spec("onnx2torch") is None,
     reason="needs the keras extra (pip install 'quantbalance[keras]') and onnx2torch",
 )
-
-
-def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[..., None]  # (N, 8, 8, 1), Keras's NHWC
-    return train_test_split(x, d.target, test_size=0.25, random_state=0, stratify=d.target)
-
-
-def keras_cnn(x: np.ndarray, y: np.ndarray):  # type: ignore[no-untyped-def]
-    keras = import_keras()
-    keras.utils.set_random_seed(0)
-    layers = keras.layers
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        layers.Conv2D(16, 3, padding="same", activation="relu"),
-        layers.Conv2D(16, 3, activation="relu"),
-        layers.Conv2D(16, 3, activation="relu"),
-        layers.Flatten(),
-        layers.Dense(32, activation="relu"),
-        layers.Dense(10),
-    ])  # fmt: skip
-    model.compile(optimizer=keras.optimizers.Adam(5e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
-    model.fit(x, y, epochs=4, batch_size=64, verbose=0)
-    return model
 
 
 def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
