@@ -82,3 +82,13 @@ def test_image_classifier_comes_with_its_image_processor(tmp_path: Path) -> None
     assert hf.kind == "image-classification"
     assert "ImageProcessor" in type(hf.processor).__name__
     assert hf.model.config.num_labels == 3
+
+
+def test_qb_load_rebuilds_a_checkpoint_on_an_hf_folder(llama: Path, tmp_path: Path) -> None:
+    hf = from_pretrained(llama)
+    q = qb.quantize(hf.model, "int8-weight", progress=False)
+    path = qb.save(q, tmp_path / "q.safetensors", source=str(llama))
+    again = qb.load(path, llama)  # the skeleton by architecture, from the folder
+    ids = hf.processor(sentences(2), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(again(**ids).logits, q(**ids).logits)
