@@ -62,3 +62,37 @@ def test_dataloader_with_labels_protects_accuracy() -> None:
     assert sum(shares) == pytest.approx(100.0) and max(shares) < 100.0
     with pytest.raises(qb.ConfigError, match="not computed for logits outputs"):
         qb.tasks.from_model(model, loader, metric="perplexity")
+
+
+def test_text_classifier_with_named_labels_from_csv(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from makers import sentences, word_tokenizer
+
+    from quantbalance.frontends.batching import split_samples
+    from quantbalance.frontends.data import read_samples
+
+    texts = sentences(30)
+    tok = word_tokenizer(texts)
+    cfg = transformers.BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=32, num_labels=2,
+        id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path / "clf"
+    transformers.BertForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    rows = [f'"{t}",{"pos" if "cat" in t else "neg"}' for t in texts]
+    (tmp_path / "d.csv").write_text("body,label\n" + "\n".join(rows) + "\n")
+
+    hf = qb.from_pretrained(folder)
+    assert hf.kind == "sequence-classification"
+    task = qb.tasks.from_model(hf, tmp_path / "d.csv", column="body", labels="label", seq_len=16)
+    assert task.primary_metric == "accuracy"
+    # The same split by hand: the label names map through the model's label2id.
+    split = split_samples(read_samples(tmp_path / "d.csv", "body", "label"))
+    enc = tok(split.eval.items, padding=True, truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        pred = hf.model(**enc).logits.argmax(-1)
+    want = torch.tensor([cfg.label2id[v] for v in split.eval.labels])
+    assert task.reference["accuracy"] == pytest.approx(100 * float((pred == want).float().mean()))
