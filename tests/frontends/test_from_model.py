@@ -96,3 +96,29 @@ def test_text_classifier_with_named_labels_from_csv(tmp_path: Path) -> None:
         pred = hf.model(**enc).logits.argmax(-1)
     want = torch.tensor([cfg.label2id[v] for v in split.eval.labels])
     assert task.reference["accuracy"] == pytest.approx(100 * float((pred == want).float().mean()))
+
+
+def test_speech_seq2seq_with_feature_tensors(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    cfg = transformers.WhisperConfig(
+        vocab_size=60, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=8,
+        max_source_positions=8, max_target_positions=16, decoder_start_token_id=1,
+        pad_token_id=0, eos_token_id=2, bos_token_id=1, suppress_tokens=[],
+        begin_suppress_tokens=[],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.WhisperForConditionalGeneration(cfg).save_pretrained(tmp_path / "whisper")
+    hf = qb.from_pretrained(tmp_path / "whisper")
+    assert hf.kind == "speech-seq2seq" and hf.processor is None  # no feature extractor saved
+    g = torch.Generator().manual_seed(0)
+    save_file({"input_features": torch.randn(24, 8, 16, generator=g),
+               "decoder_input_ids": torch.randint(3, 60, (24, 6), generator=g)},
+              str(tmp_path / "audio.safetensors"))  # fmt: skip
+    task = qb.tasks.from_model(hf, tmp_path / "audio.safetensors", batch_size=4)
+    assert task.info["family"] == "logits" and task.reference["top1_agreement"] == 100.0
+    q = qb.quantize(task.model, "w8a8-dynamic", task.calib_data, progress=False)
+    got = task.evaluate(q)
+    assert 0.0 < got["kl"] < 1e-3 and got["top1_agreement"] >= 90.0
