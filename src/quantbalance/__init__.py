@@ -9,7 +9,7 @@
 from quantbalance import deploy, tasks
 from quantbalance.algorithms import qat
 from quantbalance.analysis import Analysis, analyze
-from quantbalance.deploy.checkpoint import load, save
+from quantbalance.deploy.checkpoint import save
 from quantbalance.errors import (
     AssetMissingError,
     CalibrationError,
@@ -32,6 +32,7 @@ from quantbalance.formats import (
     fake_quantize,
     quantize_tensor,
 )
+from quantbalance.frontends.checkpoint import load
 from quantbalance.plan import PRESETS, LayerSpec, Plan, preset
 from quantbalance.quantize import QuantizationInfo, quantize, quantize_dynamic
 from quantbalance.search import Budget, SearchResult, search, sensitivity
@@ -40,11 +41,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # export_onnx imports onnx/onnxruntime: only when asked for.
+    # export_onnx imports onnx/onnxruntime, the frontends transformers/onnx2torch/keras: only
+    # when asked for.
     if name == "export_onnx":
         from quantbalance.deploy.onnx_export import export_onnx
 
         return export_onnx
+    if name in ("from_pretrained", "from_onnx", "from_keras"):
+        from quantbalance import frontends
+
+        return getattr(frontends, name)
     raise AttributeError(f"module 'quantbalance' has no attribute {name!r}")
 
 
@@ -78,6 +84,9 @@ __all__ = [
     "deploy",
     "export_onnx",
     "fake_quantize",
+    "from_keras",
+    "from_onnx",
+    "from_pretrained",
     "load",
     "model_nbytes",
     "preset",

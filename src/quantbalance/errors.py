@@ -40,3 +40,20 @@ class CheckpointError(QuantBalanceError, ValueError):
 
 class AssetMissingError(QuantBalanceError, FileNotFoundError):
     """A task's model or data is not installed; the message says which package installs it."""
+
+
+class ModelLoadError(QuantBalanceError, ValueError):
+    """A model file cannot become the float model it claims to be (weights missing or newly
+    initialised, an unknown architecture, an operator no converter handles)."""
+
+
+class UnsupportedOpError(ModelLoadError):
+    """A graph (ONNX, Keras) uses an operator the converter cannot turn into torch.
+
+    Attributes:
+        ops: the operator names that could not be converted.
+    """
+
+    def __init__(self, message: str, ops: list[str]) -> None:
+        super().__init__(message)
+        self.ops = ops

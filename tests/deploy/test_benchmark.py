@@ -19,8 +19,9 @@ from quantbalance.deploy import bench_engines, bench_result, benchmark
 from quantbalance.deploy.bench_engines import Engine, Runner
 from quantbalance.deploy.bench_onnx import bench_onnx, onnx_inputs
 from quantbalance.deploy.bench_result import BenchRow, add_ratios, time_interleaved
-from quantbalance.deploy.benchmark import load_task, take
+from quantbalance.deploy.benchmark import take
 from quantbalance.errors import CheckpointError, ConfigError
+from quantbalance.tasks import load_for_bench
 from quantbalance.tasks.base import Task
 
 
@@ -199,7 +200,7 @@ def test_bad_options_raise_config_errors(kwargs: dict[str, Any], match: str) -> 
 
 def test_load_task_rejects_tasks_without_bench_sizes() -> None:
     with pytest.raises(ConfigError, match="unknown task 'smollm'; accepted: minilm, fashion"):
-        load_task("smollm")
+        load_for_bench("smollm")
 
 
 @pytest.fixture(scope="module")

@@ -222,17 +222,18 @@ def test_failed_save_keeps_previous_file(tmp_path, w8a8_cnn, monkeypatch) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["q.safetensors"]
 
 
-def test_load_builds_the_skeleton_from_the_source_task(tmp_path, w8a8_cnn, monkeypatch) -> None:
+def test_load_takes_a_skeleton_module_or_callable(tmp_path, w8a8_cnn) -> None:
     m, q = w8a8_cnn
-
-    class FakeTask:
-        model = m
-
-    monkeypatch.setattr(qb.tasks, "load", lambda name: FakeTask if name == "tinycnn" else None)
-    r = load(save(q, tmp_path / "q.safetensors", source="tinycnn"))
-    assert torch.equal(r(images(1)[0]), q(images(1)[0]))
-    with pytest.raises(CheckpointError, match="names no source task"):
-        load(save(q, tmp_path / "nosource.safetensors"))
+    p = save(q, tmp_path / "q.safetensors", source="tinycnn")
+    x = images(1)[0]
+    assert torch.equal(load(p, lambda: m)(x), q(x))
+    assert torch.equal(load(p, m)(x), q(x))
+    with pytest.raises(
+        CheckpointError, match=r"no float skeleton given \(it was saved from 'tinycnn'"
+    ):
+        load(p)
+    with pytest.raises(CheckpointError, match=r"returned int, not an nn\.Module"):
+        load(p, lambda: 3)
 
 
 def test_uncalibrated_static_quantizer_is_refused(tmp_path, w8a8_cnn) -> None:

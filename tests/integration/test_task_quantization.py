@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import quantbalance as qb
-from quantbalance.cli.loading import load_source
+from quantbalance.cli.loading import DataOptions, load_source
 
 
 def test_minilm_int8_and_dynamic_w8a8_keep_fidelity() -> None:
@@ -26,9 +26,10 @@ def test_hf_folder_loads_as_an_encoder_task(tmp_path: Path) -> None:
 
     folder = tmp_path / "my-encoder"
     shutil.copytree(minilm_model_path(), folder)
-    task = load_source(hf=str(folder))
-    assert task.name == "hf:my-encoder"
-    assert task.primary_metric == "cosine_mean"
+    (tmp_path / "t.txt").write_text("\n".join(f"Sentence number {i} is here." for i in range(12)))
+    task = load_source(hf=str(folder), data=DataOptions(str(tmp_path / "t.txt"), seq_len=16))
+    assert task.name == "hf:my-encoder" and task.info["kind"] == "sentence-embedding"
+    assert task.primary_metric == "cosine" and task.n_eval_samples == 9
 
 
 def test_fashion_w8a8_accuracy_drop_small() -> None:

@@ -169,7 +169,9 @@ def bench_command(
             bm.check_names(names, bm.ENGINES, "engine")
             bm.check_names(_names(presets), bm.PRESETS, "preset")
             with console.status("loading model and data"):
-                src = bm.load_task(task) if task else _from_factory(model)
+                from quantbalance.tasks import load_for_bench
+
+                src = load_for_bench(task) if task else _from_factory(model)
             with console.status(f"building and timing {len(names)} engines"):
                 result = bm.benchmark(
                     src,

@@ -1,9 +1,11 @@
-"""Where the CLI's model comes from: a task name, ``module:factory``, or a local HF folder."""
+"""Where the CLI's model comes from: a task name, ``module:factory``, a Hugging Face folder or
+cached id (by architecture), or an ONNX file; with ``--data``, a Task built from the user's data."""
 
 from __future__ import annotations
 
 import importlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,37 +16,108 @@ from quantbalance.tasks import Task
 from quantbalance.tasks import load as load_task
 
 
-def load_source(task: str | None = None, model: str | None = None, hf: str | None = None) -> Task:
-    """Build a Task from exactly one of ``task``, ``model`` (``module:factory``) or ``hf``.
+@dataclass
+class DataOptions:
+    """The CLI's data options (``--data`` and friends), passed to ``tasks.from_model``.
+
+    Attributes:
+        data: a text/JSONL/CSV/parquet/.npy/.safetensors file, an image folder or a saved
+            ``datasets`` folder.
+        column: the text column of JSONL/CSV/``datasets`` data.
+        labels: the label column (``--labels``); ``"folders"`` for an image folder's classes.
+        metric: the protected metric (None: by model type).
+        num_samples: use at most this many samples.
+        n_calib: calibration samples.
+        seq_len: tokens per text.
+        batch_size: samples per batch.
+        seed: shuffle seed.
+        hf_task: force the Hugging Face model kind.
+    """
+
+    data: str | None = None
+    column: str | None = None
+    labels: str | None = None
+    metric: str | None = None
+    num_samples: int | None = None
+    n_calib: int | None = None
+    seq_len: int = 128
+    batch_size: int = 8
+    seed: int = 0
+    hf_task: str | None = None
+
+    def build(self, model: Any, name: str | None = None) -> Task:
+        """``tasks.from_model(model, self.data, ...)``.
+
+        Args:
+            model: an ``nn.Module`` or ``HFModel``.
+            name: the task's name.
+
+        Returns:
+            The Task.
+        """
+        from quantbalance.tasks import from_model
+
+        if not self.data:
+            raise ConfigError(
+                "--hf/--onnx need --data FILE (a .txt with one sample a line, .jsonl/.csv with "
+                "--column, an image folder, .npy or .safetensors) to calibrate and evaluate on"
+            )
+        labels: str | bool | None = self.labels
+        if labels in ("folders", "true", "yes"):
+            labels = True
+        return from_model(
+            model, self.data, metric=self.metric, labels=labels, column=self.column,
+            num_samples=self.num_samples, n_calib=self.n_calib, seq_len=self.seq_len,
+            batch_size=self.batch_size, seed=self.seed, name=name,
+        )  # fmt: skip
+
+
+def load_source(
+    task: str | None = None,
+    model: str | None = None,
+    hf: str | None = None,
+    onnx: str | None = None,
+    data: DataOptions | None = None,
+) -> Task:
+    """Build a Task from one of ``task``, ``model`` (``module:factory``), ``hf`` or ``onnx``.
 
     A factory may return a ``Task``, a ``(model, calib_data)`` or ``(model, calib_data,
-    eval_fn)`` tuple, or a bare ``nn.Module`` (then only weight statistics can be measured).
+    eval_fn)`` tuple, or a bare ``nn.Module`` (with ``--data``: a Task on that data; without,
+    only weight statistics can be measured).
 
     Args:
         task: a benchmark task name.
         model: ``package.module:function`` returning one of the forms above.
-        hf: path of a local Hugging Face model folder (a BERT-style encoder).
+        hf: a local Hugging Face model folder or a hub id in the local cache.
+        onnx: an ONNX file (converted to torch).
+        data: the data options (required with ``hf`` and ``onnx``).
 
     Returns:
         A Task.
     """
-    given = [x for x in (task, model, hf) if x]
+    given = [x for x in (task, model, hf, onnx) if x]
     if len(given) != 1:
-        raise ConfigError("give exactly one of --task, --model module:factory or --hf PATH")
+        raise ConfigError(
+            "give exactly one of --task, --model module:factory, --hf PATH_OR_ID or --onnx PATH"
+        )
+    data = data or DataOptions()
     if task:
+        if data.data:
+            raise ConfigError("--data goes with --hf, --onnx or --model, not a bundled --task")
         return load_task(task)
     if hf:
-        from quantbalance.tasks.minilm import load_minilm
+        from quantbalance.frontends.hf import from_pretrained
 
-        path = Path(hf)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"--hf {hf}: no config.json there; give a local model folder")
-        return load_minilm(model_path=path)
+        return data.build(from_pretrained(hf, task=data.hf_task))
+    if onnx:
+        from quantbalance.frontends.onnx_in import from_onnx
+
+        return data.build(from_onnx(onnx), name=f"onnx:{Path(onnx).name}")
     assert model is not None
-    return _from_factory(model)
+    return _from_factory(model, data)
 
 
-def _from_factory(spec: str) -> Task:
+def _from_factory(spec: str, data: DataOptions | None = None) -> Task:
     mod_name, _, fn_name = spec.partition(":")
     if not mod_name or not fn_name:
         raise ConfigError(f"--model {spec!r}: expected 'module:factory'")
@@ -58,6 +131,8 @@ def _from_factory(spec: str) -> Task:
     if isinstance(made, Task):
         return made
     if isinstance(made, nn.Module):
+        if data is not None and data.data:
+            return data.build(made.eval(), name=spec)
         return Task(spec, made.eval(), [], None, _no_eval, primary_metric="none")
     if isinstance(made, tuple) and len(made) in (2, 3) and isinstance(made[0], nn.Module):
         eval_fn = made[2] if len(made) == 3 else _no_eval

@@ -13,6 +13,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbalance.cli.options import (
+    BatchSizeOpt,
+    ColumnOpt,
+    DataOpt,
+    HfOpt,
+    HfTaskOpt,
+    LabelsOpt,
+    NCalibOpt,
+    NumSamplesOpt,
+    OnnxOpt,
+    SeedOpt,
+    SeqLenOpt,
+    data_options,
+)
 from quantbalance.errors import QuantBalanceError
 from quantbalance.io import atomic_write_text
 from quantbalance.plan import PRESETS
@@ -24,7 +38,6 @@ TaskOpt = Annotated[
     str | None, typer.Option("--task", help="benchmark task: minilm, fashion, smollm")
 ]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="module:factory returning a model")]
-HfOpt = Annotated[str | None, typer.Option("--hf", help="local Hugging Face encoder folder")]
 OutOpt = Annotated[Path, typer.Option("--out", help="output folder")]
 
 
@@ -83,6 +96,19 @@ def quantize(
     calib_n: Annotated[int, typer.Option("--calib-n", help="calibration windows")] = 16,
     calib_seq: Annotated[int, typer.Option("--calib-seq", help="tokens per window")] = 512,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda (--offload)")] = None,
+    onnx: OnnxOpt = None,
+    data: DataOpt = None,
+    column: ColumnOpt = None,
+    labels: LabelsOpt = None,
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="metric (default by model)")
+    ] = None,
+    num_samples: NumSamplesOpt = None,
+    n_calib: NCalibOpt = None,
+    seq_len: SeqLenOpt = 128,
+    batch_size: BatchSizeOpt = 8,
+    seed: SeedOpt = 0,
+    hf_task: HfTaskOpt = None,
 ) -> None:
     """Quantize a model with one or more presets (or a Plan file) and compare with float.
 
@@ -101,9 +127,11 @@ def quantize(
         except QuantBalanceError as e:
             _fail(e)
         return
+    opts = data_options(data, column, labels, metric, num_samples, n_calib, seq_len, batch_size,
+                        seed, hf_task)  # fmt: skip
     try:
         names = [str(plan)] if plan else (preset or ["w8a8"])
-        result = quantize_and_compare(names, task, model, hf, algorithm, console)
+        result = quantize_and_compare(names, task, model, hf, algorithm, console, onnx, opts)
     except QuantBalanceError as e:
         _fail(e)
         return
@@ -118,6 +146,13 @@ def analyze(
     model: ModelOpt = None,
     hf: HfOpt = None,
     top: Annotated[int, typer.Option(help="rows to show")] = 15,
+    onnx: OnnxOpt = None,
+    data: DataOpt = None,
+    column: ColumnOpt = None,
+    num_samples: NumSamplesOpt = None,
+    seq_len: SeqLenOpt = 128,
+    batch_size: BatchSizeOpt = 8,
+    hf_task: HfTaskOpt = None,
 ) -> None:
     """Per-layer weight/activation statistics and the SQNR of candidate schemes."""
     from quantbalance.analysis import analyze as run_analyze
@@ -125,7 +160,9 @@ def analyze(
 
     try:
         t0 = time.perf_counter()
-        src = load_source(task, model, hf)
+        opts = data_options(data, column, None, None, num_samples, None, seq_len, batch_size, 0,
+                            hf_task)  # fmt: skip
+        src = load_source(task, model, hf, onnx, opts)
         a = run_analyze(src.model, src.calib_data or None)
     except QuantBalanceError as e:
         _fail(e)

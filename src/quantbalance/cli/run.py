@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from quantbalance.cli.loading import load_source
+from quantbalance.cli.loading import DataOptions, load_source
 from quantbalance.evaluate import compare, model_nbytes
 from quantbalance.quantize import as_plan, quantize
 
@@ -20,6 +20,8 @@ def quantize_and_compare(
     hf: str | None,
     algorithm: str | None,
     console: Console,
+    onnx: str | None = None,
+    data: DataOptions | None = None,
 ) -> dict[str, Any]:
     """Quantize the source model with each plan, evaluate, print one table, return the data.
 
@@ -27,21 +29,24 @@ def quantize_and_compare(
         plans: preset names or plan file paths.
         task: benchmark task name (or None).
         model: ``module:factory`` (or None).
-        hf: local HF folder (or None).
+        hf: HF folder or cached hub id (or None).
         algorithm: algorithm override (or None).
         console: where to print.
+        onnx: an ONNX file (or None).
+        data: the data options (``--data`` etc.) for ``hf``/``onnx``/a bare ``model``.
 
     Returns:
         JSON-ready dict: the float reference and one entry per plan.
     """
     with console.status("loading model and data"):
-        src = load_source(task, model, hf)
+        src = load_source(task, model, hf, onnx, data)
     t0 = time.perf_counter()
     with console.status("evaluating the float model"):
         ref = src.reference
     result: dict[str, Any] = {
         "task": src.name,
         "primary_metric": src.primary_metric,
+        "data": src.info.get("data"),
         "float": {
             "metrics": ref,
             "bytes": model_nbytes(src.model),

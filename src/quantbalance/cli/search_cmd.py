@@ -16,6 +16,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbalance.cli.options import (
+    BatchSizeOpt,
+    ColumnOpt,
+    DataOpt,
+    HfOpt,
+    HfTaskOpt,
+    LabelsOpt,
+    NCalibOpt,
+    NumSamplesOpt,
+    OnnxOpt,
+    SeedOpt,
+    SeqLenOpt,
+    data_options,
+)
 from quantbalance.errors import ConfigError, QuantBalanceError
 
 
@@ -96,23 +110,38 @@ def _load(
     holdout: bool,
     n_sens: int | None,
     metric: str | None,
+    onnx: str | None = None,
+    data: Any = None,
 ) -> tuple[Any, Any, Any]:
     from quantbalance.cli.loading import load_source
-    from quantbalance.search.holdout import split_task
+    from quantbalance.search.holdout import split_eval
+    from quantbalance.tasks.splits import split_task
 
-    if holdout and task in ("minilm", "fashion", "smollm") and not (model or hf):
+    if holdout and task in ("minilm", "fashion", "smollm") and not (model or hf or onnx):
         sp = split_task(task, n_sensitivity=n_sens)
         return sp.search, sp.holdout, sp.sensitivity
-    if holdout and hf and not (task or model):  # a local BERT-style encoder: minilm's splits
-        sp = split_task("minilm", n_sensitivity=n_sens, model_path=hf)
-        return sp.search, sp.holdout, sp.sensitivity
-    src = load_source(task, model, hf)
+    src = load_source(task, model, hf, onnx, data)
     if src.primary_metric == "none" and metric is None:
         raise ConfigError(
-            f"{src.name}: no eval function, so no metric to protect; make the factory return a "
-            "Task, or (model, calib_data, eval_fn) and pass --metric"
+            f"{src.name}: no eval function, so no metric to protect; pass --data FILE, make the "
+            "factory return a Task, or (model, calib_data, eval_fn) and pass --metric"
         )
+    if holdout and src.eval_slicer is not None and src.n_eval_samples:
+        # The search sees the first half of the evaluation samples, the budget is judged on
+        # the second half.
+        half = src.n_eval_samples // 2
+        sp = split_eval(src, half, src.n_eval_samples - half, n_sens, "samples")
+        return sp.search, sp.holdout, sp.sensitivity
     return src, None, None
+
+
+def _split_sizes(src: Any, held: Any, sens: Any) -> dict[str, Any]:
+    out = {"search": src.info.get("samples")}
+    if held is not None:
+        out["holdout"] = held.info.get("samples")
+    if sens is not None:
+        out["sensitivity"] = sens.info.get("samples")
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def results_table(res: Any) -> Table:
@@ -170,6 +199,8 @@ def run_search(
     out_console: Console | None = None,
     no_cache: bool = False,
     ray: str | None = None,
+    onnx: str | None = None,
+    data: Any = None,
 ) -> tuple[Any, Path]:
     """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
 
@@ -177,7 +208,7 @@ def run_search(
         out: output folder (``report.html``, ``report.json``, ``plan.json``).
         task: a benchmark task (``minilm``, ``fashion``, ``smollm``).
         model: ``module:factory`` of a user model.
-        hf: a local Hugging Face encoder folder.
+        hf: a Hugging Face model folder or cached hub id.
         max_drop: drop budget text (``1%`` relative, ``0.5`` absolute).
         max_bytes: size budget text (``20MB``).
         max_latency_ms: latency budget.
@@ -194,6 +225,8 @@ def run_search(
         no_cache: measure everything in this run, reading and writing no cache.
         ray: run the independent evaluations on Ray: ``local`` (a Ray on this machine),
             ``auto`` (the running cluster) or ``HOST:PORT`` of a cluster head; None: serially.
+        onnx: an ONNX model file.
+        data: ``cli.loading.DataOptions`` (``--data`` etc.) for ``hf``/``onnx``/a bare model.
 
     Returns:
         ``(SearchResult, path of report.html)``.
@@ -218,7 +251,7 @@ def run_search(
     if measure is not None and measure < 1:
         raise ConfigError(f"--measure {measure}: give a number of pairs >= 1 (or leave it out)")
     with con.status("loading model and data"):
-        src, held, sens = _load(task, model, hf, holdout, n_sensitivity, metric)
+        src, held, sens = _load(task, model, hf, holdout, n_sensitivity, metric, onnx, data)
     res = search(
         src.model,
         src,
@@ -233,6 +266,8 @@ def run_search(
         progress=sys.stderr.isatty(),
         executor=_executor(ray),
     )
+    if "data" in src.info:  # a user's data: how it was split, in the report
+        res.info["data"] = src.info["data"] | _split_sizes(src, held, sens)
     with con.status("writing the report"):
         path = write_report(res, out, model=src.model, calib_data=src.calib_data)
         res.plan.save(out / "plan.json")
@@ -258,6 +293,14 @@ def show_result(res: Any, path: Path, out: Path, con: Console | None = None) -> 
     """
     con = con or console
     con.print(results_table(res))
+    data = res.info.get("data")
+    if data:
+        con.print(
+            f"data: {data['source']}: {data['n_calib']} calibration, {data['n_eval']} evaluation "
+            f"samples (seed {data['seed']}; {data['eval_dropped_as_duplicates']} evaluation "
+            f"samples equal to calibration ones dropped); search on {data.get('search')}, held "
+            f"out {data.get('holdout')}"
+        )
     counts: dict[str, int] = {}
     for k in (res.chosen.choice or {}).values():
         counts[k] = counts.get(k, 0) + 1
@@ -280,7 +323,7 @@ def search_command(
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("out/search"),
     task: Annotated[str | None, typer.Option("--task", help="minilm, fashion, smollm")] = None,
     model: Annotated[str | None, typer.Option("--model", help="module:factory")] = None,
-    hf: Annotated[str | None, typer.Option("--hf", help="local HF encoder folder")] = None,
+    hf: HfOpt = None,
     max_drop: Annotated[
         str | None,
         typer.Option("--max-drop", help="'1%' = relative, '0.5' = absolute (metric units)"),
@@ -316,11 +359,23 @@ def search_command(
         str | None,
         typer.Option("--ray", help="evaluate on Ray: local, auto or HEAD:PORT of a cluster"),
     ] = None,
+    onnx: OnnxOpt = None,
+    data: DataOpt = None,
+    column: ColumnOpt = None,
+    labels: LabelsOpt = None,
+    num_samples: NumSamplesOpt = None,
+    n_calib: NCalibOpt = None,
+    seq_len: SeqLenOpt = 128,
+    batch_size: BatchSizeOpt = 8,
+    seed: SeedOpt = 0,
+    hf_task: HfTaskOpt = None,
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
     Exit status: 0 if the budget is met, 1 if not (closest Plan still written), 2: bad input.
     """
+    opts = data_options(data, column, labels, metric, num_samples, n_calib, seq_len, batch_size,
+                        seed, hf_task)  # fmt: skip
     try:
         res, path = run_search(
             out,
@@ -340,6 +395,8 @@ def search_command(
             cache_dir=cache_dir,
             no_cache=no_cache,
             ray=ray,
+            onnx=onnx,
+            data=opts,
         )
     except QuantBalanceError as e:
         console.print(f"[bold red]error:[/] {e}")

@@ -44,7 +44,7 @@ from quantbalance.calibration.batch import call_model
 from quantbalance.deploy.bench_result import BF16_ROW
 from quantbalance.deploy.torch_engine import compile_isolated
 from quantbalance.errors import UnsupportedError
-from quantbalance.tasks.base import Task
+from quantbalance.evaluate.task import Task
 
 
 @dataclass

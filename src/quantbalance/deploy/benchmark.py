@@ -36,18 +36,13 @@ from quantbalance.deploy.bench_result import (
     time_interleaved,
 )
 from quantbalance.errors import ConfigError
+from quantbalance.evaluate.task import Task
 from quantbalance.plan import PRESETS
-from quantbalance.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENGINES = tuple(ENGINES)
 DEFAULT_PRESETS = ("w8a8", "int8-weight", "w4-g128")
-# Sizes of the real tasks for a benchmark: metrics on a slice, batches of the timed sizes.
-BENCH_TASKS: dict[str, dict[str, Any]] = {
-    "minilm": {"n_eval": 64, "n_calib": 100},
-    "fashion": {"n_test": 1024, "eval_batch": 64},
-}
 
 
 # --------------------------------------------------------------------------- the run
@@ -156,21 +151,6 @@ def _build_all(
             row.nbytes, row.note = runner.nbytes, runner.note
             runs[row.engine] = runner.run
     return rows, runs
-
-
-def load_task(name: str) -> Task:
-    """Load a real task at the sizes a benchmark uses (``BENCH_TASKS``).
-
-    Args:
-        name: ``minilm`` or ``fashion``.
-
-    Returns:
-        The task.
-    """
-    from quantbalance.tasks import load
-
-    check_names([name], BENCH_TASKS, "task")
-    return load(name, **BENCH_TASKS[name])
 
 
 class RunnerModule(nn.Module):

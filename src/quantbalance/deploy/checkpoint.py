@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> P
     Args:
         qmodel: a model returned by ``qb.quantize`` (static activation quantizers frozen).
         path: the target file (``.safetensors`` by convention); replaced only on success.
-        source: optional task name (``"minilm"``) so that ``load(path)`` can build the skeleton.
+        source: optional label of where the float model came from (a task name, an HF path),
+            named when ``load`` is called without a skeleton.
 
     Returns:
         The path written.
@@ -87,14 +89,14 @@ def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> P
     return out
 
 
-def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+def load(path: str | Path, model: nn.Module | Callable[[], nn.Module] | None = None) -> nn.Module:
     """Rebuild a quantized model from a checkpoint written by :func:`save`.
 
     Args:
         path: the checkpoint file, or a sharded checkpoint folder (``deploy.sharded``; never
             modified).
-        model: the float skeleton (deep-copied, never modified). None: build it from the task
-            named in the metadata (``qb.tasks.load(source).model``).
+        model: the float skeleton: a module (deep-copied, never modified) or a callable that
+            builds one. (``qb.load`` also accepts a Hugging Face folder or id.)
 
     Returns:
         The quantized model in eval mode, with ``qb_plan`` and ``qb_info`` restored.
@@ -105,16 +107,43 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     from quantbalance.deploy.sharded import is_sharded, read_sharded
 
     meta, tensors = read_sharded(path) if is_sharded(path) else read(path)
-    if model is None:
-        source = meta.get("source")
-        if not source:
-            raise CheckpointError(
-                f"{path}: the checkpoint names no source task; pass model=<float skeleton>"
-            )
-        from quantbalance import tasks
+    return _rebuild(skeleton(model, meta, str(path)), meta, tensors, str(path))
 
-        model = tasks.load(source).model
-    return _rebuild(model, meta, tensors, str(path))
+
+def skeleton(
+    model: nn.Module | Callable[[], nn.Module] | None, meta: dict[str, str], where: str
+) -> nn.Module:
+    """The float skeleton a checkpoint is rebuilt on: a module as is, or what a callable builds.
+
+    Args:
+        model: a module, a zero-argument callable returning one, or None.
+        meta: the checkpoint metadata (its ``source``, if any, is named in the error).
+        where: the file, for errors.
+
+    Returns:
+        The float module (the caller deep-copies it).
+
+    Raises:
+        CheckpointError: no skeleton given, or the callable built something else.
+    """
+    if isinstance(model, nn.Module):
+        return model
+    if model is None:
+        hint = f" (it was saved from {meta['source']!r})" if meta.get("source") else ""
+        raise CheckpointError(
+            f"{where}: no float skeleton given{hint}; pass model=<module>, a callable that "
+            "builds it, or (qb.load) a Hugging Face folder"
+        )
+    if not callable(model):
+        raise CheckpointError(
+            f"{where}: model={type(model).__name__}; give an nn.Module or a callable building one"
+        )
+    built = model()
+    if not isinstance(built, nn.Module):
+        raise CheckpointError(
+            f"{where}: the skeleton callable returned {type(built).__name__}, not an nn.Module"
+        )
+    return built
 
 
 def read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

@@ -1,31 +1,20 @@
-"""Disjoint search / held-out splits of the benchmark tasks' evaluation data.
+"""Disjoint search / held-out splits of a task's evaluation data.
 
 The search measures on one part of a task's evaluation data and the budget is judged on the
-other part, which the search never saw. ``split_task`` builds both as ``Task`` objects sharing
-one float model and one calibration set (plus, optionally, a smaller prefix of the search split
-for the many single-layer measurements):
-
-* ``minilm``: the 500 fidelity sentences; search = the first 250, held out = the last 250;
-* ``fashion``: the 10,000 test images; search = the first 5,000, held out = the last 5,000;
-* ``smollm``: windows of 512 tokens of the corpus; search = the first 4, then the calibration
-  windows, held out = the 4 windows after those.
-
-(``n_eval`` sets the size of each split, keeping them apart so they never overlap.)
-
-Every split's metric is built by the task module itself (``tasks.build_evaluate``), so the
-search, held-out and sensitivity splits measure exactly the same thing on different samples.
+other part, which the search never saw. :func:`split_eval` builds both as ``Task`` objects
+sharing one float model and one calibration set (plus, optionally, a smaller prefix of the search
+split for the many single-layer measurements). Each split's metric comes from the task's own
+``eval_slicer`` (the same metric on other samples), so nothing here knows which task it is: the
+bundled tasks and ``tasks.from_model`` tasks alike carry their slicer. A caller with a separate
+held-out evaluate function can pass it to ``search(holdout=...)`` directly instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from quantbalance.errors import ConfigError
-from quantbalance.tasks import Task, build_evaluate
-from quantbalance.tasks import load as load_task
-
-SPLITS = ("minilm", "fashion", "smollm")
+from quantbalance.evaluate.task import Task
 
 
 @dataclass
@@ -43,74 +32,62 @@ class Split:
     sensitivity: Task | None = None
 
 
-def split_task(
-    name: str, n_sensitivity: int | None = None, n_eval: int | None = None, **kwargs: Any
+def split_eval(
+    task: Task, n: int, hold_start: int, n_sensitivity: int | None = None, unit: str = "samples"
 ) -> Split:
-    """Load a task with disjoint search and held-out evaluation splits.
+    """Search = the task's evaluation samples ``0..n``; held out = ``hold_start..hold_start+n``.
 
     Args:
-        name: ``minilm``, ``fashion`` or ``smollm``.
-        n_sensitivity: size of the sensitivity prefix (sentences / images / windows), or None.
-        n_eval: size of each of the search and held-out splits (default: 250 sentences, 5,000
-            images, 4 windows).
-        **kwargs: passed to the task loader (e.g. ``n_calib``).
+        task: a task whose ``eval_slicer`` builds its metric on any slice of its evaluation
+            samples (its ``evaluate_fn`` is taken to score ``0..n`` when ``n_eval_samples`` is
+            None or ``n``).
+        n: samples in each of the search and held-out splits.
+        hold_start: first held-out sample (``>= n``, so the splits never overlap).
+        n_sensitivity: size of the sensitivity prefix of the search split, or None.
+        unit: what a sample is, for the report (``sentences``, ``images``, ``windows``).
 
     Returns:
         The :class:`Split`.
 
     Raises:
-        ConfigError: the task has no split defined here, or a size is out of range.
+        ConfigError: the task has no ``eval_slicer``, the splits would overlap, or a size is out
+            of range.
     """
-    if name == "minilm":
-        from quantbalance.tasks.minilm import N_EVAL_MAX
-
-        half = n_eval or 250
-        if not 1 <= half <= N_EVAL_MAX // 2:
-            raise ConfigError(f"minilm: n_eval={half}; accepted 1..{N_EVAL_MAX // 2}")
-        task = load_task("minilm", n_eval=half, **kwargs)
-        return _split(task, half, n_sensitivity, N_EVAL_MAX - half, "sentences")
-    if name == "fashion":
-        half = n_eval or 5000
-        if not 1 <= half <= 5000:
-            raise ConfigError(f"fashion: n_eval={half}; accepted 1..5000")
-        task = load_task("fashion", n_test=half, **kwargs)
-        return _split(task, half, n_sensitivity, 10000 - half, "images")
-    if name == "smollm":
-        n = n_eval or 4
-        if n < 2:
-            raise ConfigError(f"smollm: n_eval={n}; accepted at least 2 windows")
-        task = load_task("smollm", n_windows=n, **kwargs)
-        window = int(task.info["window"])
-        first = -(-int(task.info["calib_tokens"][1]) // window)  # first window after calibration
-        if (first + n) * window > int(task.info["corpus_tokens"]):
-            raise ConfigError(
-                f"smollm: n_eval={n} windows: the corpus has {task.info['corpus_tokens']} tokens, "
-                "too few for a held-out split of that size after the calibration windows"
-            )
-        return _split(task, n, n_sensitivity, first, "windows")
-    raise ConfigError(
-        f"no held-out split is defined for task {name!r}; accepted: {', '.join(SPLITS)}"
-    )
-
-
-def _split(task: Task, n: int, n_sens: int | None, hold_start: int, unit: str) -> Split:
-    """Search = the task (its first ``n`` samples), held out = ``n`` from ``hold_start``."""
-    if n_sens is not None and not 1 <= n_sens <= n:
+    if task.eval_slicer is None:
         raise ConfigError(
-            f"{task.name}: n_sensitivity={n_sens}; accepted 1..{n} (the search split)"
+            f"{task.name}: no eval_slicer, so no held-out split; give the task one (tasks "
+            "from quantbalance.tasks.from_model have it) or pass search(holdout=eval_fn)"
+        )
+    if n_sensitivity is not None and not 1 <= n_sensitivity <= n:
+        raise ConfigError(
+            f"{task.name}: n_sensitivity={n_sensitivity}; accepted 1..{n} (the search split)"
         )
     if hold_start < n:
         raise ConfigError(
             f"{task.name}: held-out {unit} from {hold_start} overlap the search split"
         )
+    total = task.n_eval_samples
+    if total is not None and hold_start + n > total:
+        raise ConfigError(
+            f"{task.name}: held-out {unit} {hold_start}..{hold_start + n} exceed the "
+            f"{total} evaluation {unit} available"
+        )
+    slicer = task.eval_slicer
 
     def sub(lo: int, hi: int, split: str) -> Task:
-        fn = build_evaluate(task, slice(lo, hi))
         info = task.info | {"split": split, unit: [lo, hi]}
         return replace(
-            task, name=f"{task.name}[{split}]", evaluate_fn=fn, info=info, _reference=None
+            task,
+            name=f"{task.name}[{split}]",
+            evaluate_fn=slicer(slice(lo, hi)),
+            info=info,
+            _reference=None,
         )
 
-    search = replace(task, info=task.info | {"split": "search", unit: [0, n]})
-    sens = sub(0, n_sens, "sensitivity") if n_sens else None
+    # evaluate_fn scores 0..n already unless the task says it holds more samples than that.
+    same = task.n_eval_samples in (None, n)
+    fn = task.evaluate_fn if same else slicer(slice(0, n))
+    info = task.info | {"split": "search", unit: [0, n]}
+    search = replace(task, evaluate_fn=fn, info=info, _reference=task._reference if same else None)
+    sens = sub(0, n_sensitivity, "sensitivity") if n_sensitivity else None
     return Split(search, sub(hold_start, hold_start + n, "holdout"), sens)

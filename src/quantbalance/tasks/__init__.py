@@ -5,6 +5,7 @@ Loaders import their heavy dependencies (transformers, gensim, ...) only when ca
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +15,21 @@ from quantbalance.errors import ConfigError
 from quantbalance.tasks.base import Task
 
 TASKS = ("minilm", "fashion", "smollm")
+#: Sizes of the real tasks for a benchmark: metrics on a slice, batches of the timed sizes.
+BENCH_TASKS: dict[str, dict[str, Any]] = {
+    "minilm": {"n_eval": 64, "n_calib": 100},
+    "fashion": {"n_test": 1024, "eval_batch": 64},
+}
 
-__all__ = ["TASKS", "Task", "build_evaluate", "load"]
+__all__ = [
+    "BENCH_TASKS",
+    "TASKS",
+    "Task",
+    "build_evaluate",
+    "from_model",
+    "load",
+    "load_for_bench",
+]
 
 
 def load(name: str, **kwargs: Any) -> Task:
@@ -34,18 +48,61 @@ def load(name: str, **kwargs: Any) -> Task:
     """
     key = name.strip().lower() if isinstance(name, str) else name
     if key == "minilm":
-        from quantbalance.tasks.minilm import load_minilm
+        from quantbalance.tasks.minilm import load_minilm as loader
+    elif key == "smollm":
+        from quantbalance.tasks.smollm import load_smollm as loader
+    elif key == "fashion":
+        from quantbalance.tasks.fashion import load_fashion as loader
+    else:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    task = loader(**kwargs)
+    task.eval_slicer = functools.partial(build_evaluate, task)
+    return task
 
-        return load_minilm(**kwargs)
-    if key == "smollm":
-        from quantbalance.tasks.smollm import load_smollm
 
-        return load_smollm(**kwargs)
-    if key == "fashion":
-        from quantbalance.tasks.fashion import load_fashion
+def from_model(model: Any, data: Any, metric: str | None = None, **kwargs: Any) -> Task:
+    """A Task from your own model and data, like the bundled ones (``quantize``, ``compare``,
+    ``search``, ``bench`` and the report take it).
 
-        return load_fashion(**kwargs)
-    raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    Args:
+        model: a float ``nn.Module`` or ``qb.from_pretrained(...)``'s result.
+        data: a file/folder path (text, JSONL/CSV, image folder, .npy, .safetensors, datasets),
+            a list of texts, or an iterable of batches (``DataLoader``).
+        metric: the protected metric (default by model type: ``perplexity`` for causal LMs,
+            ``top1_agreement`` for classifiers, ``accuracy`` with labels, ``cosine`` for
+            embeddings).
+        **kwargs: see ``quantbalance.frontends.task.build_task`` (``labels``, ``column``,
+            ``num_samples``, ``seq_len``, ``batch_size``, ``seed``, ``input_fn``,
+            ``transform_fn``, ...).
+
+    Returns:
+        The Task, with disjoint calibration and evaluation samples.
+
+    Example:
+        >>> import quantbalance as qb  # doctest: +SKIP
+        >>> llama = qb.from_pretrained("my-llama")  # doctest: +SKIP
+        >>> task = qb.tasks.from_model(llama, "texts.txt")  # doctest: +SKIP
+    """
+    from quantbalance.frontends.task import build_task
+
+    return build_task(model, data, metric=metric, **kwargs)
+
+
+def load_for_bench(name: str) -> Task:
+    """Load a real task at the sizes a benchmark uses (``BENCH_TASKS``).
+
+    Args:
+        name: ``minilm`` or ``fashion``.
+
+    Returns:
+        The task.
+
+    Raises:
+        ConfigError: ``name`` has no benchmark sizes.
+    """
+    if name not in BENCH_TASKS:
+        raise ConfigError(f"unknown task {name!r}; accepted: {', '.join(BENCH_TASKS)}")
+    return load(name, **BENCH_TASKS[name])
 
 
 def build_evaluate(task: Task, eval_slice: slice) -> Callable[[nn.Module], dict[str, float]]:

@@ -1,53 +1,6 @@
-"""The Task contract: a float model, its calibration data and its evaluation function."""
+"""The Task contract, defined in ``quantbalance.evaluate.task`` (the library's layer) and
+re-exported here for the bundled tasks and existing imports."""
 
-from __future__ import annotations
+from quantbalance.evaluate.task import EvalFn, Task
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
-
-
-@dataclass
-class Task:
-    """A real benchmark task (see shared/BENCH_TASKS.md).
-
-    Attributes:
-        name: registry name (``minilm``, ``fashion``, ``smollm``).
-        model: the float model, in eval mode. Batches follow ``calibration.batch.call_model``.
-        calib_data: list of batches used for calibration (never for evaluation).
-        example_inputs: one batch, for tracing/export/latency.
-        evaluate_fn: ``evaluate_fn(model) -> dict[str, float]`` of the task's metrics.
-        primary_metric: the metric the balance search protects.
-        higher_is_better: direction of ``primary_metric``.
-        info: free-form facts (sizes, sources) shown in reports.
-    """
-
-    name: str
-    model: nn.Module
-    calib_data: list[Any]
-    example_inputs: Any
-    evaluate_fn: Callable[[nn.Module], dict[str, float]]
-    primary_metric: str
-    higher_is_better: bool = True
-    info: dict[str, Any] = field(default_factory=dict)
-    _reference: dict[str, float] | None = None
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Evaluate ``model`` on this task.
-
-        Args:
-            model: the float model or a quantized copy of it.
-
-        Returns:
-            Metric name -> value.
-        """
-        return self.evaluate_fn(model)
-
-    @property
-    def reference(self) -> dict[str, float]:
-        """The float model's metrics (computed once, then cached)."""
-        if self._reference is None:
-            self._reference = self.evaluate_fn(self.model)
-        return self._reference
+__all__ = ["EvalFn", "Task"]

@@ -1,0 +1,68 @@
+"""Typer options shared by ``quantize``, ``analyze`` and ``search``: model sources and data."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from quantbalance.cli.loading import DataOptions
+
+HfOpt = Annotated[
+    str | None,
+    typer.Option("--hf", help="Hugging Face model folder or cached hub id (by architecture)"),
+]
+HfTaskOpt = Annotated[
+    str | None,
+    typer.Option("--hf-task", help="force the HF model kind (causal-lm, sentence-embedding, ...)"),
+]
+OnnxOpt = Annotated[str | None, typer.Option("--onnx", help="an ONNX model file")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option("--data", help=".txt (one sample a line), .jsonl/.csv, image folder, .npy, ..."),
+]
+ColumnOpt = Annotated[str | None, typer.Option("--column", help="text column of JSONL/CSV")]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option("--labels", help="label column (accuracy/F1); 'folders' for image classes"),
+]
+NumSamplesOpt = Annotated[
+    int | None, typer.Option("--num-samples", help="use at most this many samples")
+]
+NCalibOpt = Annotated[int | None, typer.Option("--n-calib", help="calibration samples")]
+SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="tokens per text")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="samples per batch")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="shuffle seed of the data split")]
+
+
+def data_options(
+    data: str | None,
+    column: str | None,
+    labels: str | None,
+    metric: str | None,
+    num_samples: int | None,
+    n_calib: int | None,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    hf_task: str | None,
+) -> DataOptions:
+    """Collect the data options of a command.
+
+    Args:
+        data: ``--data``.
+        column: ``--column``.
+        labels: ``--labels``.
+        metric: ``--metric``.
+        num_samples: ``--num-samples``.
+        n_calib: ``--n-calib``.
+        seq_len: ``--seq-len``.
+        batch_size: ``--batch-size``.
+        seed: ``--seed``.
+        hf_task: ``--hf-task``.
+
+    Returns:
+        The :class:`~quantbalance.cli.loading.DataOptions`.
+    """
+    return DataOptions(data, column, labels, metric, num_samples, n_calib, seq_len, batch_size,
+                       seed, hf_task)  # fmt: skip
