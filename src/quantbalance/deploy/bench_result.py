@@ -197,6 +197,8 @@ def env_info(threads: int) -> dict[str, Any]:
     """
     import onnxruntime
 
+    from quantbalance.hardware import detect
+
     env = {
         "threads": threads,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
@@ -204,6 +206,7 @@ def env_info(threads: int) -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "date": dt.date.today().isoformat(),
         "load_avg": os.getloadavg()[0],
+        "hardware": detect().to_dict(),
     }
     torchao = sys.modules.get("torchao")  # imported only when a torchao row was built
     if torchao is not None:
