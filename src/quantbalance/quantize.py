@@ -34,7 +34,7 @@ from quantbalance.formats import (
     check_finite,
 )
 from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule
-from quantbalance.plan import LayerSpec, Plan, preset
+from quantbalance.plan import LayerSpec, Plan, for_hardware, preset
 from quantbalance.transform import (
     fold_batchnorm,
     quantizable_layers,
@@ -124,6 +124,7 @@ def quantize(
     bitwidths: list[int] | None = None,
     progress: bool = True,
     inplace: bool = False,
+    hardware: str | None = "auto",
 ) -> nn.Module:
     """Return a quantized copy of ``model`` (``model`` itself is not modified unless ``inplace``).
 
@@ -162,11 +163,13 @@ def quantize(
             for k, v in the_plan.layers.items()
         }
         the_plan = the_plan.model_copy(update={"layers": layers})
+    the_plan = for_hardware(the_plan, hardware)
 
     qmodel = (model if inplace else copy.deepcopy(model)).eval()
     folded = fold_batchnorm(qmodel)
     candidates = quantizable_layers(qmodel)
     specs = the_plan.resolve(candidates)
+    _say_lowered(the_plan, specs, candidates)
     for name in specs:
         mod = qmodel.get_submodule(name)
         check_finite(mod.weight.detach(), f"layer {name!r} weight")
@@ -221,6 +224,25 @@ def quantize(
     qmodel.qb_plan = the_plan
     qmodel.qb_info = info
     return qmodel
+
+
+_LOWERED_SAID: set[bool] = set()  # warn once per process, then log at INFO
+
+
+def _say_lowered(plan: Plan, specs: dict[str, LayerSpec], types: dict[str, str]) -> None:
+    """Warn when ``hardware='avx2'`` narrowed some layers' weights (a different model)."""
+    raw = plan.model_copy(update={"hardware": None})
+    n = sum(1 for name, spec in specs.items() if raw.spec_for(name, types[name])[0] != spec)
+    if n:
+        level = logging.INFO if _LOWERED_SAID else logging.WARNING
+        _LOWERED_SAID.add(True)
+        log.log(
+            level,
+            "plan %r for hardware=%r: %d layer(s) with int8 activations get 7-bit weights (codes "
+            "within ±64), which int8 kernels without VNNI compute exactly; pass "
+            "hardware='vnni' to keep full-range int8 for a VNNI/AMX target",
+            plan.name, plan.hardware, n,
+        )  # fmt: skip
 
 
 def _install(model: nn.Module, name: str, spec: LayerSpec, qweight: QuantizedTensor) -> None:
