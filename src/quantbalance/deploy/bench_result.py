@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from quantbalance.errors import ConfigError
+from quantbalance.progress import steps
 
 BF16_ROW = "torch bf16"  # the reference row of the ``vs_bf16`` ratios
 #: Rows that run the float model: the fastest of them (per batch size) is the reference of the
@@ -176,7 +177,7 @@ def time_interleaved(
     """
     times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in runs}
     with torch.inference_mode():
-        for _ in range(rounds):
+        for _ in steps(range(rounds), "bench: timed rounds"):
             for name, run in runs.items():
                 for b, batch in batches.items():
                     t0 = clock()

@@ -85,7 +85,7 @@ def to_torch_engine(
         replace_module(model, name, kernel.build(mod, dt))
         kinds[kernel.name] = kinds.get(kernel.name, 0) + 1
     for mod in model.modules():
-        if isinstance(mod, nn.LayerNorm | nn.Embedding | nn.BatchNorm2d | nn.Linear | nn.Conv2d):
+        if isinstance(mod, nn.LayerNorm | nn.Embedding | nn.BatchNorm2d | nn.Linear):
             mod.to(dt)
     if fallbacks:
         first = next(iter(fallbacks.items()))

@@ -34,6 +34,7 @@ from quantbalance.formats.uniform import qparams_from_range
 from quantbalance.hardware import Hardware, detect
 from quantbalance.nn import REGISTRY, ActQuantizer, weight_matrix
 from quantbalance.plan import LayerSpec, lower_spec
+from quantbalance.progress import steps
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,23 @@ class TorchLatencyModel:
         """Median milliseconds of the layer's kernel (see :class:`LatencyModel`)."""
         return self.latency_many([(layer_name, module, spec, example_input_shape)])[0]
 
+    def model_latency_ms(self, model: nn.Module, example_inputs: Any) -> float:
+        """The float model as the torch engine runs its float parts (engine dtype, SDPA), eager.
+
+        Args:
+            model: the float model.
+            example_inputs: one batch.
+
+        Returns:
+            Median milliseconds of one forward pass.
+        """
+        from quantbalance.deploy.torch_engine import to_torch_engine
+        from quantbalance.search.costs import time_model
+
+        engine = to_torch_engine(model, compile=False)
+        with torch.inference_mode():
+            return time_model(engine, example_inputs)
+
     def latency_many(
         self, items: Sequence[tuple[str, nn.Module, LayerSpec | None, tuple[int, ...]]]
     ) -> list[float]:
@@ -201,7 +219,7 @@ class TorchLatencyModel:
     @torch.inference_mode()
     def _measure(self, todo: dict[str, tuple[nn.Module, Any, Any]]) -> dict[str, float]:
         fns, loops = {}, {}
-        for sig, (m, s, sh) in todo.items():
+        for sig, (m, s, sh) in steps(list(todo.items()), "latency: build layer kernels"):
             fn = build_kernel(m, s, tuple(sh))
             for _ in range(self.warmup):
                 fn()
@@ -210,7 +228,7 @@ class TorchLatencyModel:
             one = max(time.perf_counter() - t0, 1e-7)
             fns[sig], loops[sig] = fn, max(1, math.ceil(self.min_sample_s / one))
         samples: dict[str, list[float]] = {sig: [] for sig in fns}
-        for _ in range(self.repeats):
+        for _ in steps(range(self.repeats), f"latency: time {len(fns)} kernels"):
             for sig, fn in fns.items():
                 t0 = time.perf_counter()
                 for _ in range(loops[sig]):
