@@ -20,7 +20,13 @@ from quantbalance.progress import steps
 BF16_ROW = "torch bf16"  # the reference row of the ``vs_bf16`` ratios
 #: Rows that run the float model: the fastest of them (per batch size) is the reference of the
 #: ``vs_float`` ratios, the same meaning on every machine (bf16 is emulated on some CPUs).
-FLOAT_ROWS = ("float torch", "torch bf16", "torch bf16 + compile", "ORT float")
+FLOAT_ROWS = (
+    "float torch",
+    "torch bf16",
+    "torch bf16 + compile",
+    "ORT float",
+    "float torch engine",
+)
 Clock = Callable[[], float]
 
 

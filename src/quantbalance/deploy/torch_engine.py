@@ -14,6 +14,7 @@ even, clamp), so outputs match the simulation up to the rounding of the engine's
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import types
 from typing import Any, Literal
@@ -85,8 +86,11 @@ def to_torch_engine(
         replace_module(model, name, kernel.build(mod, dt))
         kinds[kernel.name] = kinds.get(kernel.name, 0) + 1
     for mod in model.modules():
-        if isinstance(mod, nn.LayerNorm | nn.Embedding | nn.BatchNorm2d | nn.Linear):
+        if isinstance(mod, nn.Embedding):
             mod.to(dt)
+        elif isinstance(mod, nn.LayerNorm | nn.BatchNorm2d | nn.Linear | nn.Conv2d):
+            mod.to(dt)  # float layers left in the model: their inputs follow (model inputs too)
+            mod.register_forward_pre_hook(functools.partial(_cast_inputs, dtype=dt))
     if fallbacks:
         first = next(iter(fallbacks.items()))
         log.warning(
@@ -135,6 +139,12 @@ def compile_isolated(model: nn.Module) -> nn.Module:
         The compiled module (attribute access falls through to ``model``).
     """
     return torch.compile(_Isolated(model), dynamic=False)
+
+
+def _cast_inputs(module: nn.Module, args: tuple[Any, ...], dtype: torch.dtype) -> tuple[Any, ...]:
+    return tuple(
+        a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+    )
 
 
 def _use_sdpa(model: nn.Module) -> None:

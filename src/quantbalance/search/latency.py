@@ -83,6 +83,17 @@ def kernel_kind(module: nn.Module, spec: LayerSpec | None) -> str:
     return k.name
 
 
+def _cast(batch: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors of a batch (tensor, tuple/list or dict) in ``dtype``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dtype) if batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {k: _cast(v, dtype) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(_cast(v, dtype) for v in batch)
+    return batch
+
+
 def _input(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     if isinstance(module, nn.Embedding):
         return torch.randint(0, module.num_embeddings, shape)
@@ -192,9 +203,10 @@ class TorchLatencyModel:
         from quantbalance.deploy.torch_engine import to_torch_engine
         from quantbalance.search.costs import time_model
 
-        engine = to_torch_engine(model, compile=False)
+        dtype = engine_dtype(detect())
+        engine = to_torch_engine(model, compile=False).to(dtype)
         with torch.inference_mode():
-            return time_model(engine, example_inputs)
+            return time_model(engine, _cast(example_inputs, dtype))
 
     def latency_many(
         self, items: Sequence[tuple[str, nn.Module, LayerSpec | None, tuple[int, ...]]]
