@@ -7,8 +7,9 @@ Usage: OMP_WAIT_POLICY=PASSIVE python bench/bench_predicted.py [--task minilm|fa
 For each preset (and the chosen Plan of a search, ``--plan``) on the task's example batch:
 
 * predicted: the search's cost model, ``search.costs.measure_costs`` with the default
-  ``TorchLatencyModel`` (each layer's torch-engine module timed alone, plus the rest of the
-  model), exactly as ``quantbalance search`` predicts it;
+  ``TorchLatencyModel`` (each layer's torch-engine module timed alone, eager, plus the rest of
+  the model), exactly as ``quantbalance search`` predicts it; and the same with each module
+  compiled (``TorchLatencyModel(compile=True)``), as the engine runs it;
 * measured: the deployed torch engine (``to_torch_engine``, compiled) timed in the same process,
   interleaved with the float engines (``quantbalance.deploy.benchmark``);
 * ratios: predicted / measured (target 0.8–1.2), and measured / the fastest float engine on the
@@ -45,12 +46,13 @@ from quantbalance.transform import fold_batchnorm, quantizable_layers
 FLOAT_ENGINES = ("float", "bf16", "bf16-compile", "ort-float", "engine-float")
 
 
-def predictions(task: Task, plans: dict[str, Plan]) -> dict[str, float]:
+def predictions(task: Task, plans: dict[str, Plan], compile: bool = False) -> dict[str, float]:
     """The search's predicted latency (ms) of each Plan and of the float model.
 
     Args:
         task: the task (model and example batch).
         plans: name -> Plan.
+        compile: time the layer modules compiled (``TorchLatencyModel(compile=True)``).
 
     Returns:
         name -> predicted milliseconds (``float`` included).
@@ -61,7 +63,7 @@ def predictions(task: Task, plans: dict[str, Plan]) -> dict[str, float]:
     options: dict[str, dict[str, Any]] = {n: {"float": None} for n in names}
     cost_options, choices = preset_options(base, names, options, plans)
     costs = measure_costs(
-        base, cost_options, task.example_inputs, TorchLatencyModel(), Cache(None),
+        base, cost_options, task.example_inputs, TorchLatencyModel(compile=compile), Cache(None),
         model_hash(task.model),
     )  # fmt: skip
     out = {"float": costs.plan_latency(dict.fromkeys(names, "float"))}
@@ -115,6 +117,7 @@ def run(
         registry["chosen"] = _plan_engine(chosen)
         engines.append("chosen")
     predicted = predictions(task, plans)
+    compiled = predictions(task, plans, compile=True)
     b = bm._batch_len(task.example_inputs)
     res = bm.benchmark(
         task, engines=engines, presets=presets, batch_sizes=[b], rounds=rounds,
@@ -130,6 +133,8 @@ def run(
         rows.append({
             "plan": name, "engine": engine, "predicted_ms": predicted[name], "measured_ms": ms,
             "predicted_over_measured": predicted[name] / ms if ms else None,
+            "predicted_compiled_ms": compiled[name],
+            "compiled_over_measured": compiled[name] / ms if ms else None,
             "vs_fastest_float": ms / ref_ms if ms and ref_ms else None,
             "metrics": r.metrics, "note": r.skipped or r.note,
         })  # fmt: skip
@@ -157,14 +162,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['task']}, batch {result['batch']}, {result['threads']} threads; fastest float "
         f"engine: {result['fastest_float']} ({f(result['fastest_float_ms'], '.1f')} ms)",
         "",
-        "| plan | predicted ms | measured ms | predicted / measured | × fastest float | note |",
+        "| plan | predicted ms (eager / compiled kernels) | measured ms | predicted / measured "
+        "(eager / compiled) | × fastest float | note |",
         "|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['plan']} | {f(r['predicted_ms'], '.1f')} | {f(r['measured_ms'], '.1f')} | "
-            f"{f(r['predicted_over_measured'], '.2f')} | {f(r['vs_fastest_float'], '.2f')} | "
-            f"{r['note']} |"
+            f"| {r['plan']} | {f(r['predicted_ms'], '.1f')} / "
+            f"{f(r['predicted_compiled_ms'], '.1f')} | {f(r['measured_ms'], '.1f')} | "
+            f"{f(r['predicted_over_measured'], '.2f')} / {f(r['compiled_over_measured'], '.2f')} | "
+            f"{f(r['vs_fastest_float'], '.2f')} | {r['note']} |"
         )
     return "\n".join(lines)
 

@@ -119,6 +119,7 @@ def build_kernel(
     spec: LayerSpec | None,
     shape: tuple[int, ...],
     hw: Hardware | None = None,
+    compile: bool = False,
 ) -> Callable[[], Any]:
     """A zero-argument callable running the engine's module for this layer once.
 
@@ -127,6 +128,8 @@ def build_kernel(
         spec: the spec or None.
         shape: the layer's input shape.
         hw: the machine (default: this one).
+        compile: run the module under ``torch.compile`` as the engine does (fuses the
+            activation quantization; costs a compilation per kernel).
 
     Returns:
         The callable.
@@ -141,6 +144,10 @@ def build_kernel(
         q = _quant_module(module, spec, x)
         mod = choose(LayerDesc.of_module(q), hw)[0].build(q, dtype)
     x = x.to(dtype) if x.is_floating_point() else x
+    if compile:
+        from quantbalance.deploy.torch_engine import compile_isolated
+
+        mod = compile_isolated(mod)
     return lambda: mod(x)
 
 
@@ -165,12 +172,18 @@ class TorchLatencyModel:
         repeats: timed rounds (median kept).
         warmup: untimed calls per kernel before timing.
         min_sample_s: each sample loops a kernel until it lasts at least this long.
+        compile: time each module under ``torch.compile``, as the engine runs it (closer to the
+            deployed latency; one compilation per distinct kernel).
     """
 
-    def __init__(self, repeats: int = 7, warmup: int = 2, min_sample_s: float = 0.002) -> None:
+    def __init__(
+        self, repeats: int = 7, warmup: int = 2, min_sample_s: float = 0.002, compile: bool = False
+    ) -> None:
         hw = detect()
         # Timings depend on the kernels chosen here: caches keyed on the name stay apart.
-        self.name = f"torch-cpu/{hw.int8_target}/{str(engine_dtype(hw)).removeprefix('torch.')}"
+        dt = str(engine_dtype(hw)).removeprefix("torch.")
+        self.name = f"torch-cpu/{hw.int8_target}/{dt}" + ("/compiled" if compile else "")
+        self.compile = compile
         self.repeats = repeats
         self.warmup = warmup
         self.min_sample_s = min_sample_s
@@ -232,7 +245,7 @@ class TorchLatencyModel:
     def _measure(self, todo: dict[str, tuple[nn.Module, Any, Any]]) -> dict[str, float]:
         fns, loops = {}, {}
         for sig, (m, s, sh) in steps(list(todo.items()), "latency: build layer kernels"):
-            fn = build_kernel(m, s, tuple(sh))
+            fn = build_kernel(m, s, tuple(sh), compile=self.compile)
             for _ in range(self.warmup):
                 fn()
             t0 = time.perf_counter()
