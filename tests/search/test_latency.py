@@ -50,3 +50,18 @@ def test_float_layers_and_equal_layers_share_timings() -> None:
     t = m.latency_many([("a", a, spec, (8, 32)), ("b", b, spec, (8, 32)), ("c", a, None, (8, 32))])
     assert t[0] == t[1] > 0 and t[2] > 0 and len(m._memo) == 2
     assert kernel_kind(a, None) == "float" and m.name.startswith("torch-cpu/")
+
+
+def test_bytes_follow_the_lowering_quantize_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantbalance.hardware import from_sources
+    from quantbalance.search import costs
+
+    lin, spec = nn.Linear(64, 32), qb.preset("w8a8").layers["re:.*"]
+    for flags, code_bytes in (("avx2", 64 * 32 * 7 // 8), ("avx2 avx512f avx512_vnni", 64 * 32)):
+        hw = from_sources("x86_64", f"flags : {flags}\n", {}, "AVX2")
+        monkeypatch.setattr(costs, "detect", lambda hw=hw: hw)
+        assert costs.layer_nbytes(lin, spec) == code_bytes + 32 * 4 + costs.ACT_QUANTIZER_BYTES
+    monkeypatch.undo()
+    with torch.no_grad():
+        q = qb.quantize(nn.Sequential(lin), "w8a8", calib_data=[torch.randn(4, 64)], progress=False)
+    assert qb.model_nbytes(q) == costs.layer_nbytes(lin, spec) + 32 * 4  # + the float bias
