@@ -24,7 +24,8 @@ from pydantic import Field, field_validator, model_validator
 from quantbalance.errors import ConfigError, PlanError
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Scheme
 from quantbalance.formats.config import FrozenConfig
-from quantbalance.hardware import SATURATING_WEIGHT_ABSMAX, Int8Target, detect
+from quantbalance.hardware import Int8Target
+from quantbalance.lowering import lower_spec
 
 ALGORITHMS_HINT = "rtn (more in quantbalance.algorithms)"
 
@@ -156,7 +157,7 @@ class Plan(FrozenConfig):
         hardware: the int8 kernels the model must be exact on. ``avx2`` (x86 without VNNI:
             int16-saturating u8 × s8 pairs): every layer with 8-bit activations and signed
             symmetric weights of more than 7 bits gets 7-bit weights (codes within ±64), which
-            every x86 int8 kernel computes exactly (see :func:`lower_spec`). ``vnni`` (VNNI,
+            every x86 int8 kernel computes exactly (see ``quantbalance.lowering``). ``vnni`` (VNNI,
             AMX, Arm): specs as written. None: not decided (``qb.quantize`` fills it in).
     """
 
@@ -282,63 +283,6 @@ class Plan(FrozenConfig):
             return [(n, s.label) for n, s in resolved.items()]
         rows = [(k, v.label if v else "float (kept)") for k, v in self.layers.items()]
         return rows + [(p, "skip") for p in self.skip]
-
-
-def lower_spec(
-    spec: LayerSpec | None, type_name: str, hardware: Int8Target | None
-) -> LayerSpec | None:
-    """The spec that the int8 kernels of ``hardware`` compute exactly.
-
-    On ``avx2`` (x86 without VNNI) int8 GEMMs add pairs of uint8 × int8 products into a
-    saturating int16, exact only for weight codes within ±64: a layer with 8-bit activations and
-    signed symmetric weights wider than 7 bits gets 7-bit weights (codes in ``[-64, 63]``, still
-    stored as int8 by the engines). Weight-only layers, embeddings (their inputs are indices) and
-    unsigned or asymmetric weights (exact ``u8 × u8`` kernels) are left alone.
-
-    Args:
-        spec: the spec (or None).
-        type_name: the layer's class name.
-        hardware: the Plan's target.
-
-    Returns:
-        The spec, lowered where needed.
-    """
-    if hardware != "avx2" or spec is None or spec.activation is None or spec.weight is None:
-        return spec
-    w = spec.weight
-    wide = 2 ** (w.bits - 1) > SATURATING_WEIGHT_ABSMAX
-    if (
-        type_name == "Embedding" or spec.activation.bits != 8 or w.kind != "uniform"
-        or not (w.signed and w.symmetric) or not wide
-    ):  # fmt: skip
-        return spec
-    return spec.model_copy(update={"weight": w.model_copy(update={"bits": 7})})
-
-
-HARDWARE_CHOICES = ("auto", "vnni", "avx2")
-
-
-def for_hardware(plan: Plan, hardware: str | None) -> Plan:
-    """``plan`` with its int8 target decided (see ``Plan.hardware``).
-
-    Args:
-        plan: the Plan.
-        hardware: ``auto`` (keep the Plan's target, else this machine's:
-            :attr:`quantbalance.hardware.Hardware.int8_target`), ``vnni`` or ``avx2`` (a target
-            machine), or None (leave the Plan as it is).
-
-    Returns:
-        The Plan with ``hardware`` set (unchanged when ``hardware`` is None).
-    """
-    if hardware is None:
-        return plan
-    if hardware not in HARDWARE_CHOICES:
-        raise ConfigError(f"hardware={hardware!r}; accepted: {', '.join(HARDWARE_CHOICES)}, None")
-    if hardware == "auto":
-        if plan.hardware is not None:
-            return plan
-        hardware = detect().int8_target
-    return plan.model_copy(update={"hardware": hardware})
 
 
 def _match(pattern: str, name: str) -> bool:

@@ -33,8 +33,9 @@ from quantbalance.formats import (
     Scheme,
     check_finite,
 )
+from quantbalance.lowering import for_hardware
 from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule
-from quantbalance.plan import LayerSpec, Plan, for_hardware, preset
+from quantbalance.plan import LayerSpec, Plan, preset
 from quantbalance.transform import (
     fold_batchnorm,
     quantizable_layers,

@@ -21,8 +21,9 @@ from torch import nn
 
 from quantbalance.formats import quantize_tensor
 from quantbalance.hardware import detect
+from quantbalance.lowering import lower_spec
 from quantbalance.nn import weight_matrix
-from quantbalance.plan import LayerSpec, Plan, lower_spec
+from quantbalance.plan import LayerSpec, Plan
 from quantbalance.transform import quantizable_layers
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,9 @@ from quantbalance.deploy.kernels import Kernel, LayerDesc, choose, engine_dtype
 from quantbalance.formats import quantize_tensor
 from quantbalance.formats.uniform import qparams_from_range
 from quantbalance.hardware import Hardware, detect
+from quantbalance.lowering import lower_spec
 from quantbalance.nn import REGISTRY, ActQuantizer, weight_matrix
-from quantbalance.plan import LayerSpec, lower_spec
+from quantbalance.plan import LayerSpec
 from quantbalance.progress import steps
 
 log = logging.getLogger(__name__)
