@@ -30,6 +30,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
+	# The int8 engines again as a CPU without VNNI computes (saturating int16 pair sums).
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE \
+		$(BIN)/python -m pytest -q -m isa tests/deploy tests/search
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

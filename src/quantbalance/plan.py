@@ -24,6 +24,8 @@ from pydantic import Field, field_validator, model_validator
 from quantbalance.errors import ConfigError, PlanError
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Scheme
 from quantbalance.formats.config import FrozenConfig
+from quantbalance.hardware import Int8Target
+from quantbalance.lowering import lower_spec
 
 ALGORITHMS_HINT = "rtn (more in quantbalance.algorithms)"
 #: What ``re:`` keys match by default: the torch class a layer behaves as (subclasses included,
@@ -157,12 +159,18 @@ class Plan(FrozenConfig):
         skip: names or ``re:`` patterns never quantized.
         layer_types: module types that ``re:`` keys may match.
         name: optional label (preset name or search result).
+        hardware: the int8 kernels the model must be exact on. ``avx2`` (x86 without VNNI:
+            int16-saturating u8 × s8 pairs): every layer with 8-bit activations and signed
+            symmetric weights of more than 7 bits gets 7-bit weights (codes within ±64), which
+            every x86 int8 kernel computes exactly (see ``quantbalance.lowering``). ``vnni`` (VNNI,
+            AMX, Arm): specs as written. None: not decided (``qb.quantize`` fills it in).
     """
 
     layers: dict[str, LayerSpec | None] = Field(default_factory=dict)
     skip: list[str] = Field(default_factory=list)
     layer_types: list[str] = Field(default_factory=lambda: list(WEIGHT_LAYER_TYPES))
     name: str = "custom"
+    hardware: Int8Target | None = None
 
     @field_validator("layers", "skip")
     @classmethod
@@ -184,16 +192,16 @@ class Plan(FrozenConfig):
             type_name: module class name (e.g. ``Linear``).
 
         Returns:
-            ``(spec or None, matching key or None)``.
+            ``(spec or None, matching key or None)``; the spec is lowered for ``hardware``.
         """
         if any(_match(p, name) for p in self.skip):
             return None, "skip"
         if name in self.layers:
-            return self.layers[name], name
+            return lower_spec(self.layers[name], type_name, self.hardware), name
         if type_name in self.layer_types:
             for key, spec in self.layers.items():
                 if key.startswith("re:") and _match(key, name):
-                    return spec, key
+                    return lower_spec(spec, type_name, self.hardware), key
         return None, None
 
     def resolve(self, candidates: dict[str, str]) -> dict[str, LayerSpec]:

@@ -37,6 +37,7 @@ from quantbalance.formats import (
     Scheme,
     check_finite,
 )
+from quantbalance.lowering import for_hardware
 from quantbalance.nn import REGISTRY, ActQuantizer, QuantModule, quantized_type
 from quantbalance.plan import LayerSpec, Plan, preset
 from quantbalance.transform import (
@@ -171,6 +172,7 @@ def quantize(
     progress: bool = True,
     inplace: bool = False,
     strict: bool = False,
+    hardware: str | None = "auto",
     *,
     offload: str | None = None,
     save_to: str | Path | None = None,
@@ -232,12 +234,14 @@ def quantize(
     else:
         the_plan = as_plan(plan if plan is not None else "int8-weight")
     the_plan = _with_algorithm(the_plan, algorithm)
+    the_plan = for_hardware(the_plan, hardware)
 
     qmodel = (model if inplace else copy.deepcopy(model)).eval()
     folded = fold_batchnorm(qmodel)
     candidates = quantizable_layers(qmodel)
     specs = the_plan.resolve(candidates)
     _check_coverage(coverage(qmodel, specs), strict)
+    _say_lowered(the_plan, specs, candidates)
     for name in specs:
         mod = qmodel.get_submodule(name)
         check_finite(mod.weight.detach(), f"layer {name!r} weight")
@@ -328,6 +332,8 @@ def _announce(cov: Coverage) -> Coverage:
 def _pct(cov: Coverage, part: dict[str, int]) -> float:
     total = sum(cov.quantized.values()) + sum(cov.by_plan.values()) + sum(cov.unsupported.values())
     return 100.0 * sum(part.values()) / max(total, 1)
+
+
 @contextmanager
 def _computing_on(ctx: QuantContext, device: str | torch.device | None) -> Iterator[None]:
     """Run the steps inside on ``device``, one block there at a time (None: where it is)."""
@@ -383,6 +389,25 @@ def _quantize_path(
     the_plan = _with_algorithm(as_plan(plan if plan is not None else "int8-weight"), algorithm)
     return quantize_offloaded(path, the_plan, calib_data, save_to=save_to, offload=offload,
                               device=device, progress=progress)  # fmt: skip
+
+
+_LOWERED_SAID: set[bool] = set()  # warn once per process, then log at INFO
+
+
+def _say_lowered(plan: Plan, specs: dict[str, LayerSpec], types: dict[str, str]) -> None:
+    """Warn when ``hardware='avx2'`` narrowed some layers' weights (a different model)."""
+    raw = plan.model_copy(update={"hardware": None})
+    n = sum(1 for name, spec in specs.items() if raw.spec_for(name, types[name])[0] != spec)
+    if n:
+        level = logging.INFO if _LOWERED_SAID else logging.WARNING
+        _LOWERED_SAID.add(True)
+        log.log(
+            level,
+            "plan %r for hardware=%r: %d layer(s) with int8 activations get 7-bit weights (codes "
+            "within ±64), which int8 kernels without VNNI compute exactly; pass "
+            "hardware='vnni' to keep full-range int8 for a VNNI/AMX target",
+            plan.name, plan.hardware, n,
+        )  # fmt: skip
 
 
 def _install(model: nn.Module, name: str, spec: LayerSpec, qweight: QuantizedTensor) -> None:

@@ -22,13 +22,16 @@ def test_bench_a_factory_model_prints_the_table_and_writes_json(tmp_path: Path) 
             "--presets", "w8a8", "--batch", "1,4", "--rounds", "2", "--out", str(out)]  # fmt: skip
     r = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
-    for text in ("engine", "b1 ms", "b4 ms", "b4 ×bf16", "cosine", "float torch", "torch bf16",
+    for text in ("engine", "b1 ms", "b4 ms", "b4 ×float", "cosine", "float torch", "torch bf16",
                  "qb w8a8 ORT", "factories:with_eval: median of 2 interleaved rounds"):  # fmt: skip
         assert text in r.output, text
     data = json.loads(out.read_text())
     assert [row["engine"] for row in data["rows"]] == ["float torch", "torch bf16", "qb w8a8 ORT"]
     assert data["batch_sizes"] == [1, 4] and data["rounds"] == 2
     assert data["rows"][1]["vs_bf16"] == {"1": 1.0, "4": 1.0}
+    fastest = data["float_reference"]["4"]
+    assert fastest in ("float torch", "torch bf16") and "fastest float engine" in r.output
+    assert next(row for row in data["rows"] if row["engine"] == fastest)["vs_float"]["4"] == 1.0
     assert data["rows"][2]["metrics"]["cosine"] > 0.99
     assert data["rows"][2]["nbytes"] > 0
 

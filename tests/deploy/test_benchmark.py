@@ -18,7 +18,7 @@ import quantbalance as qb
 from quantbalance.deploy import bench_engines, bench_result, benchmark
 from quantbalance.deploy.bench_engines import Engine, Runner
 from quantbalance.deploy.bench_onnx import bench_onnx, onnx_inputs
-from quantbalance.deploy.bench_result import BenchRow, add_ratios, time_interleaved
+from quantbalance.deploy.bench_result import BenchResult, BenchRow, add_ratios, time_interleaved
 from quantbalance.deploy.benchmark import take
 from quantbalance.errors import CheckpointError, ConfigError
 from quantbalance.tasks import load_for_bench
@@ -134,8 +134,12 @@ def test_benchmark_rows_ratios_metrics_and_skips(tmp_path: Path) -> None:
     assert data["rows"][0]["ms"] == {"1": pytest.approx(2.0), "8": pytest.approx(16.0)}
     assert data["env"]["threads"] >= 1
     md = res.to_markdown().splitlines()
-    assert md[0] == "| engine | b1 ms | b8 ms | b1 vs bf16 | b8 vs bf16 | file MB | cosine | note |"
-    assert md[3].startswith("| slow one | 6.0 | 48.0 | 3.00x | 3.00x | 0.00 | -1 |")
+    assert md[0] == (
+        "| engine | b1 ms | b8 ms | b1 vs bf16 | b8 vs bf16 | b1 vs fastest float "
+        "| b8 vs fastest float | file MB | cosine | note |"
+    )
+    assert md[3].startswith("| slow one | 6.0 | 48.0 | 3.00x | 3.00x | 3.00x | 3.00x | 0.00 | -1 |")
+    assert md[-1] == "fastest float engine (b1: torch bf16, b8: torch bf16)"
     assert "skipped: RuntimeError: no such kernel" in md[4]
     with pytest.raises(ConfigError, match="no row 'nope'"):
         res.row("nope")
@@ -313,3 +317,16 @@ def test_preset_plus_algorithm_quantizes_with_those_steps(tmp_path: Path) -> Non
     assert q.qb_plan.layers["re:.*"].algorithm == "gptq"
     assert "gptq" in q.qb_info.algorithm_log
     assert ctx.quantized("int8-weight+gptq") is q  # built once
+
+
+def test_ratios_against_the_fastest_float_row_named_per_batch() -> None:
+    rows = [
+        BenchRow("torch bf16", ms={1: 4.0, 8: 10.0}),
+        BenchRow("float torch", ms={1: 2.0, 8: 20.0}),
+        BenchRow("qb w8a8 torch", ms={1: 1.0, 8: 5.0}),
+    ]
+    res = BenchResult("t", [1, 8], 3, add_ratios(rows))
+    assert res.float_reference == {1: "float torch", 8: "torch bf16"}
+    assert rows[2].vs_float == {1: 0.5, 8: 0.5} and rows[1].vs_float == {1: 1.0, 8: 2.0}
+    assert "fastest float engine (b1: float torch, b8: torch bf16)" in res.to_markdown()
+    assert res.to_dict()["float_reference"] == {"1": "float torch", "8": "torch bf16"}

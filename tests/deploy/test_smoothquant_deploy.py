@@ -92,6 +92,7 @@ def test_unlowerable_group_refuses_to_save(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN int8 kernels")
+@pytest.mark.isa
 def test_torch_engine_matches_simulation() -> None:
     q = sq_model()
     e = to_torch_engine(q, compile=False, dtype=torch.float32)

@@ -56,11 +56,14 @@ class FakeEngine:
     name = "fake"
     factor: ClassVar[dict[str, float]] = {
         "float": 1.0,
-        "dequant-float": 1.0,
-        "int8-weight": 0.7,
-        "int4-weight": 0.6,
-        "int8-act": 0.3,
-        "int8-act-token": 0.35,
+        "dequant": 1.0,
+        "embedding": 1.0,
+        "int8-weight-pack": 0.7,
+        "int4-pack": 0.6,
+        "int8-onednn": 0.3,
+        "int8-onednn-conv": 0.3,
+        "int8-onednn-dynamic": 0.35,
+        "int8-onednn-token": 0.35,
     }
 
     def latency_ms(
@@ -231,7 +234,7 @@ def test_presets_are_judged_on_both_splits_with_one_quantization(
 class TokenEngine(FakeEngine):
     """FakeEngine where the per-token dynamic int8 kernel is the fastest."""
 
-    factor: ClassVar[dict[str, float]] = {**FakeEngine.factor, "int8-act-token": 0.2}
+    factor: ClassVar[dict[str, float]] = {**FakeEngine.factor, "int8-onednn-token": 0.2}
 
 
 def test_latency_objective_adds_per_token_dynamic_candidates(tmp_path: Path) -> None:

@@ -80,13 +80,14 @@ def result_table(result: Any) -> Table:
         result: a ``BenchResult``.
 
     Returns:
-        The table: medians per batch size, ratio to torch bf16, file size, metrics, notes.
+        The table: medians per batch size, ratio to the fastest float engine, file size,
+        metrics, notes.
     """
     from quantbalance.deploy.bench_result import fmt_num
 
     sizes = result.batch_sizes
     metrics = sorted({k for r in result.rows for k in r.metrics})
-    with_ratio = any(r.vs_bf16 for r in result.rows)
+    with_ratio = any(r.vs_float for r in result.rows)
     env = result.env
     t = Table(
         title=f"{result.name}: median of {result.rounds} interleaved rounds, "
@@ -96,17 +97,20 @@ def result_table(result: Any) -> Table:
     for b in sizes:
         t.add_column(f"b{b} ms", justify="right")
     for b in sizes if with_ratio else []:
-        t.add_column(f"b{b} ×bf16", justify="right")
+        t.add_column(f"b{b} ×float", justify="right")
     t.add_column("file", justify="right")
     for m in metrics:
         t.add_column(m, justify="right")
     t.add_column("note", overflow="fold")
+    if result.float_reference:
+        ref = ", ".join(f"b{b} {n}" for b, n in result.float_reference.items())
+        t.caption = f"×float: time over the fastest float engine on this machine ({ref})"
     for r in result.rows:
         note = f"[red]skipped: {r.skipped}[/]" if r.skipped else r.note
         t.add_row(
             r.engine,
             *[fmt_num(r.ms.get(b), ".2f") for b in sizes],
-            *[fmt_num(r.vs_bf16.get(b), ".2f", "x") for b in (sizes if with_ratio else [])],
+            *[fmt_num(r.vs_float.get(b), ".2f", "x") for b in (sizes if with_ratio else [])],
             _size(r.nbytes),
             *[fmt_num(r.metrics.get(m), ".5g") for m in metrics],
             note,

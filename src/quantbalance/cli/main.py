@@ -78,6 +78,30 @@ def presets() -> None:
 
 
 @app.command()
+def env(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """What this CPU can run: ISA level, VNNI, AMX, native bf16, cores (and what that means)."""
+    from quantbalance.hardware import detect
+
+    hw = detect()
+    if as_json:
+        console.print_json(json.dumps(hw.to_dict()))
+        return
+    t = Table("property", "value", title="this machine")
+    for k, v in hw.to_dict().items():
+        t.add_row(k, ", ".join(v) if isinstance(v, list) else str(v))
+    console.print(t)
+    if hw.int8_target == "avx2":
+        console.print(
+            "int8: this CPU's int8 kernels saturate int16 pair sums (no VNNI): plans quantized "
+            "here keep int8 weights within ±64 where activations are int8 (hardware='avx2')."
+        )
+    if not hw.native_bf16:
+        console.print("bf16: emulated here (slower than float32); engines default to float32.")
+
+
+@app.command()
 def quantize(
     out: OutOpt = Path("out/quantize"),
     task: TaskOpt = None,

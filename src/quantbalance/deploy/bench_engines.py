@@ -16,7 +16,10 @@ engine             what runs
 ``qb-ort``         each preset exported as QDQ (``export_onnx``) in :class:`OrtSession`
 =================  ===============================================================================
 
-Both ORT quantizers get the float graph after ORT's ``quant_pre_process``, as ORT advises.
+Both ORT quantizers get the float graph after ORT's ``quant_pre_process``, as ORT advises, and
+``reduce_range=True`` (7-bit weights) on CPUs whose int8 kernels saturate (x86 without VNNI,
+``Hardware.ort_int8_saturates``), the setting ORT documents for them: otherwise their rows would
+time a model that computes something else.
 ``ort-static`` is limited to weight-bearing ops (what quantbalance's ``w8a8`` quantizes) because
 ORT's default op set also quantizes the attention-mask ``Add`` of BERT-style models, whose
 ``finfo.min`` entries wipe out the other values in that tensor (minilm cosine 0.35 against 0.94).
@@ -176,9 +179,17 @@ def _ort_dynamic(ctx: BenchContext, _: str | None) -> Runner:
 
     out = ctx.workdir / "ort_dynamic.onnx"
     quantize_dynamic(
-        ctx.float_onnx(preprocessed=True), out, per_channel=True, weight_type=QuantType.QInt8
-    )
+        ctx.float_onnx(preprocessed=True), out, per_channel=True, weight_type=QuantType.QInt8,
+        reduce_range=_reduce_range(),
+    )  # fmt: skip
     return _ort_runner(ctx, out)
+
+
+def _reduce_range() -> bool:
+    """7-bit weights for ORT's quantizers where its int8 kernels saturate (no VNNI)."""
+    from quantbalance.hardware import detect
+
+    return detect().ort_int8_saturates
 
 
 def _ort_static(ctx: BenchContext, _: str | None) -> Runner:
@@ -212,6 +223,7 @@ def _ort_static(ctx: BenchContext, _: str | None) -> Runner:
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        reduce_range=_reduce_range(),
     )
     return _ort_runner(ctx, out)
 
@@ -224,8 +236,11 @@ def _qb_torch(ctx: BenchContext, preset: str | None) -> Runner:
     q = ctx.quantized(preset)
     path = save(q, ctx.workdir / f"{preset}.safetensors")
     engine = to_torch_engine(q)
-    kinds = getattr(getattr(engine, "_orig_mod", engine), "qb_engine_kernels", {})
+    inner = getattr(engine, "_orig_mod", engine)
+    kinds = getattr(inner, "qb_engine_kernels", {})
     note = ", ".join(f"{k}×{v}" for k, v in kinds.items())
+    if fallbacks := getattr(inner, "qb_engine_fallbacks", {}):
+        note += f"; {len(fallbacks)} layer(s) dequantized: int8 would saturate here"
     return Runner(_torch_runner(engine), path.stat().st_size, note)
 
 
@@ -333,7 +348,12 @@ def _ort_runner(ctx: BenchContext, path: Path, qb_session: bool = False) -> Runn
 
     options = {} if qb_session else {"disabled_optimizers": ()}
     sess = OrtSession(path, intra_op_threads=ctx.threads, spin=False, **options)
-    return Runner(sess, path.stat().st_size, _quantized_ops(onnx.load(str(path))))
+    note = _quantized_ops(onnx.load(str(path)))
+    if sess.saturating:
+        note = f"Q/DQ run as float ops: {len(sess.saturating)} int8 layer(s) would saturate here"
+    elif _reduce_range() and not qb_session and "quantized ops" in note:
+        note += " (reduce_range: 7-bit weights, no VNNI here)"
+    return Runner(sess, path.stat().st_size, note)
 
 
 def _quantized_ops(proto: Any) -> str:

@@ -15,8 +15,18 @@ from typing import Any
 import torch
 
 from quantbalance.errors import ConfigError
+from quantbalance.progress import steps
 
 BF16_ROW = "torch bf16"  # the reference row of the ``vs_bf16`` ratios
+#: Rows that run the float model: the fastest of them (per batch size) is the reference of the
+#: ``vs_float`` ratios, the same meaning on every machine (bf16 is emulated on some CPUs).
+FLOAT_ROWS = (
+    "float torch",
+    "torch bf16",
+    "torch bf16 + compile",
+    "ORT float",
+    "float torch engine",
+)
 Clock = Callable[[], float]
 
 
@@ -30,6 +40,7 @@ class BenchRow:
         nbytes: bytes of the deployed file (None for a skipped row).
         metrics: the task's metrics of this engine's outputs.
         vs_bf16: batch size -> ``ms / ms of torch bf16`` (empty without a bf16 row).
+        vs_float: batch size -> ``ms / ms of the fastest float row`` (see ``FLOAT_ROWS``).
         note: what the engine really did.
         skipped: why the row has no numbers ("" when it has).
     """
@@ -39,6 +50,7 @@ class BenchRow:
     nbytes: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     vs_bf16: dict[int, float] = field(default_factory=dict)
+    vs_float: dict[int, float] = field(default_factory=dict)
     note: str = ""
     skipped: str = ""
 
@@ -53,6 +65,7 @@ class BenchResult:
         rounds: timed rounds (the medians are over these).
         rows: one per engine, in build order.
         env: threads, machine, versions, date, load average at the end.
+        float_reference: batch size -> the fastest float row (the ``vs_float`` reference).
     """
 
     name: str
@@ -60,6 +73,10 @@ class BenchResult:
     rounds: int
     rows: list[BenchRow]
     env: dict[str, Any] = field(default_factory=dict)
+    float_reference: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.float_reference = self.float_reference or fastest_float(self.rows)
 
     def row(self, engine: str) -> BenchRow:
         """The row named ``engine``.
@@ -86,12 +103,14 @@ class BenchResult:
             d = asdict(r)
             d["ms"] = {str(k): v for k, v in r.ms.items()}
             d["vs_bf16"] = {str(k): v for k, v in r.vs_bf16.items()}
+            d["vs_float"] = {str(k): v for k, v in r.vs_float.items()}
             rows.append(d)
         return {
             "name": self.name,
             "batch_sizes": self.batch_sizes,
             "rounds": self.rounds,
             "env": self.env,
+            "float_reference": {str(k): v for k, v in self.float_reference.items()},
             "rows": rows,
         }
 
@@ -106,6 +125,7 @@ class BenchResult:
             "engine",
             *[f"b{b} ms" for b in self.batch_sizes],
             *[f"b{b} vs bf16" for b in self.batch_sizes],
+            *[f"b{b} vs fastest float" for b in self.batch_sizes],
             "file MB",
             *names,
             "note",
@@ -116,12 +136,14 @@ class BenchResult:
                 r.engine,
                 *[fmt_num(r.ms.get(b), ".1f") for b in self.batch_sizes],
                 *[fmt_num(r.vs_bf16.get(b), ".2f", "x") for b in self.batch_sizes],
+                *[fmt_num(r.vs_float.get(b), ".2f", "x") for b in self.batch_sizes],
                 fmt_num(None if r.nbytes is None else r.nbytes / 1e6, ".2f"),
                 *[fmt_num(r.metrics.get(k), ".5g") for k in names],
                 (r.skipped and f"skipped: {r.skipped}") or r.note,
             ]
             lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        ref = ", ".join(f"b{b}: {n}" for b, n in self.float_reference.items())
+        return "\n".join(lines) + (f"\n\nfastest float engine ({ref})" if ref else "")
 
 
 def fmt_num(x: float | None, spec: str, suffix: str = "") -> str:
@@ -161,7 +183,7 @@ def time_interleaved(
     """
     times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in runs}
     with torch.inference_mode():
-        for _ in range(rounds):
+        for _ in steps(range(rounds), "bench: timed rounds"):
             for name, run in runs.items():
                 for b, batch in batches.items():
                     t0 = clock()
@@ -171,7 +193,8 @@ def time_interleaved(
 
 
 def add_ratios(rows: list[BenchRow], reference: str = BF16_ROW) -> list[BenchRow]:
-    """Fill ``vs_bf16`` of every row with its time over the reference row's, per batch size.
+    """Fill ``vs_bf16`` (time over the reference row's) and ``vs_float`` (over the fastest
+    float row's) of every row, per batch size.
 
     Args:
         rows: rows with ``ms`` filled.
@@ -181,9 +204,32 @@ def add_ratios(rows: list[BenchRow], reference: str = BF16_ROW) -> list[BenchRow
         The same rows.
     """
     ref = next((r.ms for r in rows if r.engine == reference and r.ms), None)
+    fast = fastest_float(rows)
+    best = {b: next(r.ms[b] for r in rows if r.engine == n) for b, n in fast.items()}
     for r in rows:
         r.vs_bf16 = {b: ms / ref[b] for b, ms in r.ms.items() if ref and ref.get(b)}
+        r.vs_float = {b: ms / best[b] for b, ms in r.ms.items() if best.get(b)}
     return rows
+
+
+def fastest_float(rows: list[BenchRow]) -> dict[int, str]:
+    """The fastest float row per batch size (``FLOAT_ROWS``), by median time.
+
+    Args:
+        rows: rows with ``ms`` filled.
+
+    Returns:
+        Batch size -> row name (empty when no float row was timed).
+    """
+    out: dict[int, str] = {}
+    for r in rows:
+        if r.engine not in FLOAT_ROWS:
+            continue
+        for b, ms in r.ms.items():
+            cur = out.get(b)
+            if cur is None or ms < next(x.ms[b] for x in rows if x.engine == cur):
+                out[b] = r.engine
+    return out
 
 
 def env_info(threads: int) -> dict[str, Any]:
@@ -197,6 +243,8 @@ def env_info(threads: int) -> dict[str, Any]:
     """
     import onnxruntime
 
+    from quantbalance.hardware import detect
+
     env = {
         "threads": threads,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
@@ -204,6 +252,7 @@ def env_info(threads: int) -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "date": dt.date.today().isoformat(),
         "load_avg": os.getloadavg()[0],
+        "hardware": detect().to_dict(),
     }
     torchao = sys.modules.get("torchao")  # imported only when a torchao row was built
     if torchao is not None:

@@ -38,6 +38,7 @@ from quantbalance.deploy.bench_result import (
 from quantbalance.errors import ConfigError
 from quantbalance.evaluate.task import Task
 from quantbalance.plan import PRESETS
+from quantbalance.progress import steps
 
 log = logging.getLogger(__name__)
 
@@ -129,27 +130,26 @@ def _build_all(
 ) -> tuple[list[BenchRow], dict[str, Callable[[Any], Any]]]:
     rows: list[BenchRow] = []
     runs: dict[str, Callable[[Any], Any]] = {}
-    for key in engines:
-        eng = registry[key]
-        for preset in presets if eng.per_preset else [None]:
-            row = BenchRow(eng.label.format(preset=preset))
-            rows.append(row)
-            log.info("building %s", row.engine)
-            try:  # one broken engine must not lose the whole run: its row says why
-                runner = eng.build(ctx, preset)
-                with torch.inference_mode():
-                    for batch in batches.values():  # warm-up (and compilation) per shape
-                        runner.run(batch)
-                        runner.run(batch)
-                    row.metrics = dict(ctx.task.evaluate(RunnerModule(runner.run)))
-            except Exception as exc:
-                log.warning(
-                    "%s skipped: %s", row.engine, exc, exc_info=log.isEnabledFor(logging.DEBUG)
-                )
-                row.skipped = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                continue
-            row.nbytes, row.note = runner.nbytes, runner.note
-            runs[row.engine] = runner.run
+    todo = [
+        (registry[k], p) for k in engines for p in (presets if registry[k].per_preset else [None])
+    ]
+    for eng, preset in steps(todo, "bench: build and score engines"):
+        row = BenchRow(eng.label.format(preset=preset))
+        rows.append(row)
+        log.info("building %s", row.engine)
+        try:  # one broken engine must not lose the whole run: its row says why
+            runner = eng.build(ctx, preset)
+            with torch.inference_mode():
+                for batch in batches.values():  # warm-up (and compilation) per shape
+                    runner.run(batch)
+                    runner.run(batch)
+                row.metrics = dict(ctx.task.evaluate(RunnerModule(runner.run)))
+        except Exception as exc:
+            log.warning("%s skipped: %s", row.engine, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            row.skipped = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            continue
+        row.nbytes, row.note = runner.nbytes, runner.note
+        runs[row.engine] = runner.run
     return rows, runs
 
 

@@ -22,14 +22,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
 
-from quantbalance.errors import ConfigError
+from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.hardware import Hardware, detect
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ class OrtSession:
         spin: let idle ONNX Runtime threads spin-wait for the next call (its default, lowest
             latency alone). False when other engines share the cores, as in interleaved
             benchmarks: spinning threads would steal the next engine's time.
+        inexact: what to do when this CPU's integer kernels would compute some layers
+            inexactly (int8 weights beyond ±64 on x86 without VNNI, see
+            ``quantbalance.deploy.ort_check``): ``fallback`` runs Q/DQ as float ops (exact,
+            float speed; ``qdq`` becomes False) with a warning, ``error`` raises.
+        hardware: the machine to check for (default: this one).
+
+    Attributes:
+        saturating: layers that the integer kernels would compute inexactly here (-> largest
+            weight code); non-empty only when they were avoided by the fallback.
     """
 
     backend = "ort"
@@ -77,7 +87,22 @@ class OrtSession:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         qdq: bool = True,
         spin: bool = True,
+        inexact: Literal["fallback", "error"] = "fallback",
+        hardware: Hardware | None = None,
     ) -> None:
+        self.saturating = _saturating(model, hardware or detect()) if qdq else {}
+        if self.saturating:
+            first, absmax = next(iter(self.saturating.items()))
+            why = (
+                f"{len(self.saturating)} integer layer(s) (first: {first!r}, weight codes up to "
+                f"±{absmax}) would saturate in ONNX Runtime's int8 kernels on this CPU (no "
+                "VNNI); export a model quantized with hardware='avx2' (7-bit weights)"
+            )
+            if inexact == "error":
+                raise UnsupportedError(why)
+            log.warning("%s; running Q/DQ as float ops instead (exact, float speed)", why)
+            qdq = False
+        self.qdq = qdq
         so = ort.SessionOptions()
         if not spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -149,6 +174,7 @@ def session(
     path_or_qmodel: str | Path | nn.Module,
     backend: str = "ort",
     example_inputs: Any = None,
+    min_cosine: float = 0.999,
     **options: Any,
 ) -> Any:
     """A callable running a deployed model.
@@ -158,9 +184,12 @@ def session(
             needs ``example_inputs``).
         backend: ``ort`` (ONNX Runtime QDQ), ``torch`` (``to_torch_engine``: oneDNN int8 /
             int4-pack kernels under torch.compile; needs a model) or ``auto``: for a model, both
-            are built and timed on ``example_inputs`` and the faster is returned (its
-            ``backend`` attribute and ``timings_ms`` say which and why).
+            are built, checked against the simulation and timed on ``example_inputs``, and the
+            faster of those that compute the simulated model is returned (its ``backend``,
+            ``timings_ms`` and ``rejected`` attributes say which and why).
         example_inputs: one batch, for exporting a model.
+        min_cosine: ``auto`` never picks an engine whose output on ``example_inputs`` is below
+            this cosine similarity to the simulated model's.
         **options: passed to :class:`OrtSession` (``intra_op_threads``,
             ``matmulnbits_accuracy``, ``disabled_optimizers``, ``providers``, ``qdq``).
 
@@ -185,8 +214,11 @@ def session(
             "torch": lambda: TorchSession(qmodel),
             "ort": lambda: session(qmodel, "ort", example_inputs, **options),
         }
-        _, best, timings = fastest(builders, example_inputs)
-        best.timings_ms = timings
+        with torch.inference_mode():
+            want = _call(qmodel, example_inputs)
+        _, best, timings, rejected = fastest(builders, example_inputs, reference=want,
+                                             min_cosine=min_cosine)  # fmt: skip
+        best.timings_ms, best.rejected = timings, rejected
         return best
     if backend == "torch":
         raise ConfigError("backend='torch' needs the quantized model, not an ONNX file")
@@ -201,6 +233,24 @@ def session(
     if not path.is_file():
         raise ConfigError(f"{path}: no such ONNX file")
     return OrtSession(path, **options)
+
+
+def _saturating(model: str | Path | bytes, hw: Hardware) -> dict[str, int]:
+    """Layers that ONNX Runtime's int8 kernels would compute inexactly on ``hw``."""
+    if not hw.ort_int8_saturates:
+        return {}
+    import onnx
+
+    from quantbalance.deploy.ort_check import saturating_layers
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    return saturating_layers(proto)
+
+
+def _call(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    return model(*batch) if isinstance(batch, tuple | list) else model(batch)
 
 
 def _values(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:

@@ -83,7 +83,8 @@ def dq_parts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, bool] | None:
     """DequantizeLinear inputs for a uniform QuantizedTensor, in its own shape.
 
-    Signed symmetric 8/4-bit codes stay signed with zero point 0 (TensorRT's form); everything
+    Signed symmetric 4..8-bit codes stay signed (int4 / int8) with zero point 0 (TensorRT's
+    form; 7-bit weights of ``hardware="avx2"`` Plans are int8 within ±64); everything
     else becomes unsigned codes ``q - qmin`` with zero point ``zp - qmin`` (the same values).
 
     Args:
@@ -98,7 +99,7 @@ def dq_parts(
         return None
     u = qt.codes().to(torch.int32)
     scale = qt.scale.float()
-    if s.signed and s.symmetric and s.bits in (4, 8):
+    if s.signed and s.symmetric and s.bits >= 4:  # 5..7-bit (e.g. hardware="avx2"): int8
         codes, zp = (u + s.qmin).to(torch.int8), torch.zeros(scale.shape, dtype=torch.int8)
     else:
         zp_q = (s.qmin + s.qmax + 1) // 2 if qt.zero_point is None else qt.zero_point.int()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantbalance.hardware import detect
 from quantbalance.io import atomic_write_text
 from quantbalance.report import plots
 
@@ -135,6 +136,7 @@ def write_report(
         The path of ``report.html``.
     """
     r = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    r.setdefault("machine", detect().to_dict())  # a loaded report keeps its own machine
     out = Path(out_dir)
     if model is not None and "histograms" not in r:
         ranked = result.sensitivity.ranking() if hasattr(result, "sensitivity") else _rank(r)

@@ -1,24 +1,23 @@
-"""The default latency model: time each layer's deployed-form kernel in torch on this machine.
+"""The default latency model: time, on this machine, the module the torch engine would build.
 
-=========================================  ================================================
-spec                                       timed kernel (input captured from example_inputs)
-=========================================  ================================================
-float (None)                               ``F.linear`` / ``F.conv*d`` / ``F.embedding`` fp32
-Linear, int weights + int8 activations     quantize input to uint8 + ``onednn.qlinear_pointwise``
-  (dynamic per-tensor: + a min/max pass)   (per token: int8 input + ``torch._int_mm`` + rescale)
-Conv2d, int weights + int8 activations     quantize input to uint8 + ``onednn.qconv2d_pointwise``
-Linear, int8 weight-only                   ``aten._weight_int8pack_mm`` (bf16 in, fp32 out)
-Linear, int4 groups 32..256 weight-only    ``aten._weight_int4pack_mm_for_cpu`` (bf16)
-any other weight-only layer                the float op (weights dequantized at load)
-=========================================  ================================================
+For each layer and spec the model quantizes the layer as ``qb.quantize`` would on this machine
+(the spec lowered for ``hardware.detect().int8_target``; round-to-nearest weights; a static
+input range from the timing input), asks the one kernel table (``deploy.kernels.choose``) which
+kernel the torch engine runs it on, builds that very module (``Kernel.build``) in the engine's
+default dtype, and times it on an input of the layer's shape. A float layer is timed as the float
+op in that dtype. So the search times what ``to_torch_engine`` runs, and a layer that the engine
+would not run on an integer kernel here (e.g. full-range int8 on a CPU without VNNI) is timed as
+the fallback it gets.
 
-Layers with the same shape and kernel are timed once; all kernels are
-timed in interleaved rounds and the median is kept, which keeps ratios honest on a shared
-machine.
+Layers with the same shape and kernel are timed once; all kernels are timed in interleaved
+rounds and the median is kept, which keeps ratios honest on a shared machine. Eager modules are
+timed (the engine compiles them, fusing the activation quantization into its producer): the
+prediction is slightly pessimistic for int8 layers.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import statistics
@@ -27,200 +26,131 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from quantbalance.formats import PerGroup, PerToken
-from quantbalance.nn import engine_layer
+from quantbalance.deploy.kernels import Kernel, LayerDesc, choose, engine_dtype
+from quantbalance.formats import quantize_tensor
+from quantbalance.formats.uniform import qparams_from_range
+from quantbalance.hardware import Hardware, detect
+from quantbalance.lowering import lower_spec
+from quantbalance.nn import REGISTRY, ActQuantizer, engine_layer, weight_matrix
 from quantbalance.plan import LayerSpec
+from quantbalance.progress import steps
 
 log = logging.getLogger(__name__)
 
 
+def _lowered(module: nn.Module, spec: LayerSpec | None, hw: Hardware) -> LayerSpec | None:
+    return lower_spec(spec, type(module).__name__, hw.int8_target)
+
+
+def kernel_for(
+    module: nn.Module, spec: LayerSpec | None, hw: Hardware | None = None
+) -> Kernel | None:
+    """The kernel-table entry the torch engine would run this layer on here (None: float).
+
+    Args:
+        module: the float layer.
+        spec: the spec or None.
+        hw: the machine (default: this one).
+
+    Returns:
+        The kernel, or None for a float layer.
+    """
+    hw = hw or detect()
+    spec = _lowered(module, spec, hw)
+    if spec is None or spec.weight is None:
+        return None
+    return choose(LayerDesc.of_spec(module, spec), hw)[0]
+
+
 def kernel_kind(module: nn.Module, spec: LayerSpec | None) -> str:
-    """Which kernel family ``TorchLatencyModel`` times for this layer and spec.
+    """Which kernel times this layer: ``float`` or a kernel-table name (``int8-onednn`` gets
+    ``-dynamic`` / ``-token`` for dynamic per-tensor / per-token input ranges).
 
     Args:
         module: the float layer.
         spec: the spec or None.
 
     Returns:
-        One of ``float``, ``int8-act`` (static input ranges), ``int8-act-dynamic`` (per-tensor
-        range computed per call), ``int8-act-token``, ``int8-weight``, ``int4-weight``,
-        ``dequant-float``.
+        The kernel's name.
     """
-    plain = engine_layer(module)
-    if spec is None or spec.weight is None or plain is None:
-        return "float"  # (None: a layer with its own forward runs simulated, in float)
-    module, w = plain, spec.weight
-    if isinstance(module, nn.Embedding | nn.Conv1d):
-        return "dequant-float"
-    if spec.activation is not None and w.kind == "uniform":
+    k = kernel_for(module, spec)
+    if k is None:
+        return "float"
+    if k.name == "int8-onednn" and spec is not None and spec.act_mode == "dynamic":
+        token = spec.activation is not None and type(spec.activation.granularity).__name__
+        return "int8-onednn-token" if token == "PerToken" else "int8-onednn-dynamic"
+    return k.name
+
+
+def _cast(batch: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors of a batch (tensor, tuple/list or dict) in ``dtype``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dtype) if batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {k: _cast(v, dtype) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(_cast(v, dtype) for v in batch)
+    return batch
+
+
+def _input(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    if isinstance(module, nn.Embedding):
+        return torch.randint(0, module.num_embeddings, shape)
+    return torch.randn(*shape)
+
+
+def _quant_module(module: nn.Module, spec: LayerSpec, x: torch.Tensor) -> nn.Module:
+    """``module`` quantized with ``spec`` (RTN weights, static range taken from ``x``)."""
+    assert spec.weight is not None
+    qweight = quantize_tensor(weight_matrix(module).float(), spec.weight)
+    act = None
+    if spec.activation is not None and not isinstance(module, nn.Embedding):
+        scale = zp = None
         if spec.act_mode == "static":
-            return "int8-act"
-        if isinstance(spec.activation.granularity, PerToken) and isinstance(module, nn.Linear):
-            return "int8-act-token"
-        return "int8-act-dynamic"
-    if isinstance(module, nn.Conv2d):
-        return "dequant-float"
-    if w.kind == "uniform" and w.bits == 8 and module.in_features % 16 == 0:
-        return "int8-weight"  # (_weight_int8pack_mm crashes when K is not a multiple of 16)
-    g = w.granularity
-    if (
-        w.kind == "uniform"
-        and w.bits == 4
-        and isinstance(g, PerGroup)
-        and g.size in (32, 64, 128, 256)
-        and module.in_features % g.size == 0
-        and module.out_features % 16 == 0
-    ):
-        return "int4-weight"
-    return "dequant-float"
+            lo, hi = torch.aminmax(x.float())
+            scale, zp = qparams_from_range(lo, hi, spec.activation)
+        act = ActQuantizer.frozen(spec.activation, spec.act_mode, scale=scale, zero_point=zp)
+    return REGISTRY[type(module)].from_float(module, qweight, act).eval()
 
 
-def _linear_kernel(
-    mod: nn.Linear, kind: str, shape: tuple[int, ...], spec: LayerSpec | None
+def build_kernel(
+    module: nn.Module,
+    spec: LayerSpec | None,
+    shape: tuple[int, ...],
+    hw: Hardware | None = None,
+    compile: bool = False,
 ) -> Callable[[], Any]:
-    K, N = mod.in_features, mod.out_features
-    M = max(1, math.prod(shape[:-1]))
-    x = torch.randn(M, K)
-    w = mod.weight.detach().float()
-    b = None if mod.bias is None else mod.bias.detach().float()
-    if kind in ("float", "dequant-float"):
-        return lambda: F.linear(x, w, b)
-    scale = (w.abs().amax(1) / 127).clamp(min=1e-8)
-    wq = (w / scale[:, None]).round().clamp(-128, 127).to(torch.int8)
-    if kind == "int8-weight":
-        sb = scale.bfloat16()
-        return lambda: _add(torch.ops.aten._weight_int8pack_mm(x.bfloat16(), wq, sb).float(), b)
-    if kind == "int4-weight":
-        assert spec is not None and spec.weight is not None
-        assert isinstance(spec.weight.granularity, PerGroup)
-        g = spec.weight.granularity.size
-        blocks = w.reshape(N, K // g, g)
-        lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
-        s = ((hi - lo) / 15).clamp(min=1e-8)
-        q = ((blocks - lo) / s).round().clamp(0, 15).to(torch.int32).reshape(N, K)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-        sz = torch.stack([s.reshape(N, -1).t(), (lo + 8 * s).reshape(N, -1).t()], -1)
-        sz = sz.contiguous().bfloat16()
-        mm = torch.ops.aten._weight_int4pack_mm_for_cpu
-        return lambda: _add(mm(x.bfloat16(), packed, g, sz).float(), b)
-    if kind == "int8-act-token":  # per-token scales: no oneDNN kernel takes them; _int_mm does
-        wt = wq.t().contiguous()
-
-        def per_token() -> torch.Tensor:
-            s = (x.abs().amax(1, keepdim=True) / 127).clamp(min=1e-8)
-            xq = torch.round(x / s).clamp(-128, 127).to(torch.int8)
-            return _add(torch._int_mm(xq, wt).float() * s * scale, b)
-
-        return per_token
-    # int8-act(-dynamic): per-tensor asymmetric uint8 input (what oneDNN takes), fp32 output
-    packed = torch.ops.onednn.qlinear_prepack(wq, [M, K])
-    wz = torch.zeros(N, dtype=torch.int64)
-    op = torch.ops.onednn.qlinear_pointwise
-    static = _input_range(x)
-
-    def run() -> torch.Tensor:
-        xs, xz = static if kind == "int8-act" else _input_range(x)
-        xq = torch.clamp(torch.round(x * (1 / xs)) + xz, 0, 255).to(torch.uint8)
-        return op(xq, xs, xz, packed, scale, wz, b, 1.0, 0, torch.float32, "none", [], "")
-
-    return run
-
-
-def _input_range(x: torch.Tensor) -> tuple[float, int]:
-    lo, hi = torch.aminmax(x)
-    lo_f, hi_f = min(float(lo), 0.0), max(float(hi), 0.0)
-    xs = max(hi_f - lo_f, 1e-8) / 255
-    return xs, round(-lo_f / xs)
-
-
-def _add(y: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return y if b is None else y + b
-
-
-def _conv_kernel(
-    mod: nn.Module, kind: str, shape: tuple[int, ...], spec: LayerSpec | None
-) -> Callable[[], Any]:
-    assert isinstance(mod, nn.Conv1d | nn.Conv2d)
-    x = torch.randn(*shape)
-    w = mod.weight.detach().float()
-    b = None if mod.bias is None else mod.bias.detach().float()
-    fn = F.conv2d if isinstance(mod, nn.Conv2d) else F.conv1d
-    args = (mod.stride, mod.padding, mod.dilation, mod.groups)
-    if not kind.startswith("int8-act") or isinstance(mod.padding, str):
-        return lambda: fn(x, w, b, *args)
-    n_out = w.shape[0]
-    scale = (w.reshape(n_out, -1).abs().amax(1) / 127).clamp(min=1e-8)
-    wq = (w / scale.reshape(-1, 1, 1, 1)).round().clamp(-128, 127).to(torch.int8)
-    xs, xz = _input_range(x)
-    st, pad, dil = list(mod.stride), list(mod.padding), list(mod.dilation)
-    packed = torch.ops.onednn.qconv_prepack(
-        wq, scale, xs, xz, st, pad, dil, mod.groups, list(shape)
-    )
-    wz = torch.zeros(n_out, dtype=torch.int64)
-    op = torch.ops.onednn.qconv2d_pointwise
-
-    def run() -> torch.Tensor:
-        if kind == "int8-act-dynamic":  # the per-call range pass (the packed scale is kept)
-            _input_range(x)
-        xq = torch.clamp(torch.round(x * (1 / xs)) + xz, 0, 255).to(torch.uint8)
-        xq = xq.contiguous(memory_format=torch.channels_last)
-        return op(
-            xq,
-            xs,
-            xz,
-            packed,
-            scale,
-            wz,
-            b,
-            st,
-            pad,
-            dil,
-            mod.groups,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [],
-            None,
-        )
-
-    return run
-
-
-def build_kernel(module: nn.Module, spec: LayerSpec | None, shape: tuple[int, ...]) -> Callable:
-    """A zero-argument callable running ``module``'s deployed-form kernel once.
-
-    Falls back to the float op when a specialised kernel rejects the shape.
+    """A zero-argument callable running the engine's module for this layer once.
 
     Args:
         module: the float layer.
         spec: the spec or None.
         shape: the layer's input shape.
+        hw: the machine (default: this one).
+        compile: run the module under ``torch.compile`` as the engine does (fuses the
+            activation quantization; costs a compilation per kernel).
 
     Returns:
         The callable.
     """
-    kind = kernel_kind(module, spec)
-    plain = engine_layer(module)
-    if plain is None:  # its own forward, as the engine runs it (simulated, float)
-        x = torch.randn(shape) if not isinstance(module, nn.Embedding) else torch.zeros(shape)
-        return lambda: module(x.long() if isinstance(module, nn.Embedding) else x)
-    module = plain
-    if isinstance(module, nn.Embedding):
-        idx = torch.randint(0, module.num_embeddings, shape)
-        w = module.weight.detach().float()
-        return lambda: F.embedding(idx, w)
-    make = _linear_kernel if isinstance(module, nn.Linear) else _conv_kernel
-    try:
-        fn = make(module, kind, shape, spec)  # type: ignore[arg-type]
-        fn()
-        return fn
-    except (RuntimeError, ValueError, AssertionError) as e:
-        log.info("kernel %s rejected %s %s (%s); timing the float op", kind, module, shape, e)
-        return make(module, "float", shape, None)  # type: ignore[arg-type]
+    hw = hw or detect()
+    dtype = engine_dtype(hw)
+    spec = _lowered(module, spec, hw)
+    x = _input(module, shape)
+    plain = engine_layer(module)  # Conv1D: its Linear; None: a layer with its own forward
+    if spec is None or spec.weight is None or plain is None:  # float, or run simulated (dequant)
+        mod = copy.deepcopy(module).to(dtype).eval()
+    else:
+        q = _quant_module(plain, spec, x)
+        mod = choose(LayerDesc.of_module(q), hw)[0].build(q, dtype)
+    x = x.to(dtype) if x.is_floating_point() else x
+    if compile:
+        from quantbalance.deploy.torch_engine import compile_isolated
+
+        mod = compile_isolated(mod)
+    return lambda: mod(x)
 
 
 def _signature(module: nn.Module, spec: LayerSpec | None, shape: Sequence[int]) -> str:
@@ -228,10 +158,13 @@ def _signature(module: nn.Module, spec: LayerSpec | None, shape: Sequence[int]) 
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         conv = f"{module.stride}{module.padding}{module.dilation}{module.groups}"
     bias = getattr(module, "bias", None) is not None
-    kind = kernel_kind(module, spec).replace("dequant-float", "float")  # the same kernel
-    if kind == "int4-weight" and spec is not None and spec.weight is not None:
-        kind += spec.weight.label
-    return f"{type(module).__name__}{tuple(module.weight.shape)}{conv}{bias}|{kind}|{tuple(shape)}"
+    kind = kernel_kind(module, spec)
+    lowered = _lowered(module, spec, detect())
+    label = lowered.label if lowered is not None and kind != "float" else ""
+    return (
+        f"{type(module).__name__}{tuple(module.weight.shape)}{conv}{bias}|{kind}|{label}|"
+        f"{tuple(shape)}"
+    )
 
 
 class TorchLatencyModel:
@@ -241,11 +174,18 @@ class TorchLatencyModel:
         repeats: timed rounds (median kept).
         warmup: untimed calls per kernel before timing.
         min_sample_s: each sample loops a kernel until it lasts at least this long.
+        compile: time each module under ``torch.compile``, as the engine runs it (closer to the
+            deployed latency; one compilation per distinct kernel).
     """
 
-    name = "torch-cpu"
-
-    def __init__(self, repeats: int = 7, warmup: int = 2, min_sample_s: float = 0.002) -> None:
+    def __init__(
+        self, repeats: int = 7, warmup: int = 2, min_sample_s: float = 0.002, compile: bool = False
+    ) -> None:
+        hw = detect()
+        # Timings depend on the kernels chosen here: caches keyed on the name stay apart.
+        dt = str(engine_dtype(hw)).removeprefix("torch.")
+        self.name = f"torch-cpu/{hw.int8_target}/{dt}" + ("/compiled" if compile else "")
+        self.compile = compile
         self.repeats = repeats
         self.warmup = warmup
         self.min_sample_s = min_sample_s
@@ -264,6 +204,24 @@ class TorchLatencyModel:
     ) -> float:
         """Median milliseconds of the layer's kernel (see :class:`LatencyModel`)."""
         return self.latency_many([(layer_name, module, spec, example_input_shape)])[0]
+
+    def model_latency_ms(self, model: nn.Module, example_inputs: Any) -> float:
+        """The float model as the torch engine runs its float parts (engine dtype, SDPA), eager.
+
+        Args:
+            model: the float model.
+            example_inputs: one batch.
+
+        Returns:
+            Median milliseconds of one forward pass.
+        """
+        from quantbalance.deploy.torch_engine import to_torch_engine
+        from quantbalance.search.costs import time_model
+
+        dtype = engine_dtype(detect())
+        engine = to_torch_engine(model, compile=False).to(dtype)
+        with torch.inference_mode():
+            return time_model(engine, _cast(example_inputs, dtype))
 
     def latency_many(
         self, items: Sequence[tuple[str, nn.Module, LayerSpec | None, tuple[int, ...]]]
@@ -288,8 +246,8 @@ class TorchLatencyModel:
     @torch.inference_mode()
     def _measure(self, todo: dict[str, tuple[nn.Module, Any, Any]]) -> dict[str, float]:
         fns, loops = {}, {}
-        for sig, (m, s, sh) in todo.items():
-            fn = build_kernel(m, s, tuple(sh))
+        for sig, (m, s, sh) in steps(list(todo.items()), "latency: build layer kernels"):
+            fn = build_kernel(m, s, tuple(sh), compile=self.compile)
             for _ in range(self.warmup):
                 fn()
             t0 = time.perf_counter()
@@ -297,7 +255,7 @@ class TorchLatencyModel:
             one = max(time.perf_counter() - t0, 1e-7)
             fns[sig], loops[sig] = fn, max(1, math.ceil(self.min_sample_s / one))
         samples: dict[str, list[float]] = {sig: [] for sig in fns}
-        for _ in range(self.repeats):
+        for _ in steps(range(self.repeats), f"latency: time {len(fns)} kernels"):
             for sig, fn in fns.items():
                 t0 = time.perf_counter()
                 for _ in range(loops[sig]):

@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from quantbalance.hardware import detect
 from quantbalance.plan import Plan
 from quantbalance.search.costs import CostTable
 from quantbalance.search.evaluator import PlanEvaluator, Source, drop_of
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def solution_plan(sol: Solution, names: list[str], options: dict[str, dict], name: str) -> Plan:
-    """The Plan of a solver solution (float layers listed as None).
+    """The Plan of a solver solution (float layers listed as None), for this machine's int8
+    target: the one ``qb.quantize`` evaluated it with (``Plan.hardware``).
 
     Args:
         sol: the solution.
@@ -38,7 +40,8 @@ def solution_plan(sol: Solution, names: list[str], options: dict[str, dict], nam
     Returns:
         The Plan.
     """
-    return Plan(name=name, layers={n: options[n][k] for n, k in zip(names, sol.keys, strict=True)})
+    layers = {n: options[n][k] for n, k in zip(names, sol.keys, strict=True)}
+    return Plan(name=name, layers=layers, hardware=detect().int8_target)
 
 
 class Verifier:
