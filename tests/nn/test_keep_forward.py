@@ -112,8 +112,8 @@ def test_torch_engine_simulates_own_forward_layers(tmp_path) -> None:
     from quantbalance.deploy.torch_engine import to_torch_engine
 
     _, q, x = quantized("same-cnn")
-    eng = to_torch_engine(q, compile=False)
-    assert eng.qb_engine_kernels == {"simulated-fp32": 4}
+    eng = to_torch_engine(q, compile=False, dtype=torch.float32)
+    assert eng.qb_engine_kernels == {"dequant": 4}  # the simulation itself, in the engine dtype
     assert torch.equal(eng(x), q(x))
 
 
