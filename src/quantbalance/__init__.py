@@ -21,6 +21,7 @@ from quantbalance.errors import (
     UnsupportedError,
 )
 from quantbalance.evaluate import Comparison, compare, model_nbytes, sqnr
+from quantbalance.exports import ExportResult, export
 from quantbalance.formats import (
     PerChannel,
     PerGroup,
@@ -55,6 +56,7 @@ __all__ = [
     "CalibrationError",
     "CheckpointError",
     "Comparison",
+    "ExportResult",
     "ConfigError",
     "LayerSpec",
     "NonFiniteError",
@@ -74,6 +76,7 @@ __all__ = [
     "analyze",
     "compare",
     "deploy",
+    "export",
     "export_onnx",
     "fake_quantize",
     "load",

@@ -73,13 +73,19 @@ def quantize(
     preset: Annotated[list[str] | None, typer.Option("--preset", help="preset(s)")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="a Plan file (.json/.yaml)")] = None,
     algorithm: Annotated[str | None, typer.Option("--algorithm")] = None,
+    export: Annotated[
+        list[str] | None,
+        typer.Option("--export", help="also write OUT/<plan>/ as qb|onnx|compressed-tensors|gguf"),
+    ] = None,
 ) -> None:
     """Quantize a model with one or more presets (or a Plan file) and compare with float."""
+    from quantbalance.cli.export_cmd import exporter
     from quantbalance.cli.run import quantize_and_compare
 
     try:
         names = [str(plan)] if plan else (preset or ["w8a8"])
-        result = quantize_and_compare(names, task, model, hf, algorithm, console)
+        hook = exporter(export, out, hf, console) if export else None
+        result = quantize_and_compare(names, task, model, hf, algorithm, console, hook)
     except QuantBalanceError as e:
         _fail(e)
         return
@@ -129,6 +135,10 @@ app.command("search")(search_command)
 from quantbalance.cli.bench_cmd import bench_command  # noqa: E402 - after the app exists
 
 app.command("bench")(bench_command)
+
+from quantbalance.cli.export_cmd import export_command  # noqa: E402 - after the app exists
+
+app.command("export")(export_command)
 
 
 def _jsonable(x: object) -> object:

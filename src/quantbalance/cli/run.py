@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +21,7 @@ def quantize_and_compare(
     hf: str | None,
     algorithm: str | None,
     console: Console,
+    on_model: Callable[[str, Any, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Quantize the source model with each plan, evaluate, print one table, return the data.
 
@@ -30,6 +32,8 @@ def quantize_and_compare(
         hf: local HF folder (or None).
         algorithm: algorithm override (or None).
         console: where to print.
+        on_model: called as ``on_model(plan_name, qmodel, task)`` after each quantization
+            (e.g. to export it).
 
     Returns:
         JSON-ready dict: the float reference and one entry per plan.
@@ -54,6 +58,8 @@ def quantize_and_compare(
         t0 = time.perf_counter()
         q = quantize(src.model, plan, calib_data=src.calib_data or None, algorithm=algorithm)
         q_s = time.perf_counter() - t0
+        if on_model is not None:
+            on_model(plan.name, q, src)
         with console.status(f"evaluating {plan.name}"):
             c = compare(src.model, q, src)
         result["plans"][plan.name] = c.to_dict() | {

@@ -286,6 +286,10 @@ def search_command(
         ),
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir")] = None,
+    export: Annotated[
+        list[str] | None,
+        typer.Option("--export", help="write the Plan as qb|onnx|compressed-tensors|gguf"),
+    ] = None,
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
@@ -313,5 +317,43 @@ def search_command(
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
     show_result(res, path, out)
+    if export:
+        try:
+            export_plan(res.plan, export, out, task=task, model=model, hf=hf, algorithm=algorithm)
+        except QuantBalanceError as e:
+            console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
     if not res.met_budget:
         raise typer.Exit(1)
+
+
+def export_plan(
+    plan: Any,
+    formats: list[str],
+    out: Path,
+    *,
+    task: str | None,
+    model: str | None,
+    hf: str | None,
+    algorithm: str,
+) -> None:
+    """``search --export``: quantize the full model with the chosen Plan and write each format.
+
+    Args:
+        plan: the chosen Plan.
+        formats: export formats.
+        out: the search's output folder (artifacts go to ``OUT/<default name>``).
+        task: task name.
+        model: ``module:factory``.
+        hf: HF folder.
+        algorithm: weight algorithm.
+    """
+    from quantbalance.cli.export_cmd import exporter
+    from quantbalance.cli.loading import load_source
+    from quantbalance.quantize import quantize
+
+    hook = exporter(formats, out.parent, hf, console)
+    with console.status("loading the model to export"):
+        src = load_source(task, model, hf)
+    q = quantize(src.model, plan, calib_data=src.calib_data or None, algorithm=algorithm)
+    hook(out.name, q, src)
