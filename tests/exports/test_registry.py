@@ -69,8 +69,10 @@ def test_cli_export_qb_and_onnx_from_plan(tmp_path) -> None:  # type: ignore[no-
     r = runner.invoke(app, ["export", "--format", "tflite", "--plan", str(plan), "--model",
                             "export_factories:mlp", "--out", str(tmp_path / "x")])  # fmt: skip
     assert r.exit_code == 2 and "accepted: qb, onnx" in r.output
-    r = runner.invoke(app, ["export", "--format", "qb", "--plan", str(tmp_path / "none.json"),
-                            "--model", "export_factories:mlp", "--out", str(tmp_path / "x")])  # fmt: skip
+    missing = str(tmp_path / "none.json")
+    args = ["export", "--format", "qb", "--plan", missing, "--model", "export_factories:mlp",
+            "--out", str(tmp_path / "x")]  # fmt: skip
+    r = runner.invoke(app, args)
     assert r.exit_code == 2 and "no such" in r.output
 
 
