@@ -22,7 +22,9 @@ G32 = qb.PerGroup(size=32)
 SPECS = {
     "int8": qb.LayerSpec(weight=qb.Scheme(8)),
     "int4-g32": qb.LayerSpec(weight=qb.Scheme(4, granularity=G32)),
-    "uint4-g32-asym": qb.LayerSpec(weight=qb.Scheme(4, symmetric=False, signed=False, granularity=G32)),
+    "uint4-g32-asym": qb.LayerSpec(
+        weight=qb.Scheme(4, symmetric=False, signed=False, granularity=G32)
+    ),
     "int3-g32-asym": qb.LayerSpec(weight=qb.Scheme(3, symmetric=False, granularity=G32)),
     "fp8": qb.LayerSpec(weight=qb.Scheme(8, kind="fp8_e4m3")),
     "w8a8-dynamic": qb.preset("w8a8-dynamic").layers["re:.*"],
@@ -135,7 +137,7 @@ def test_no_form_names_the_layer_or_falls_back(llama, tmp_path, scheme, match) -
 def test_refuses_non_hf_models_and_existing_folders(llama, tmp_path) -> None:  # type: ignore[no-untyped-def]
     net = torch.nn.Sequential(torch.nn.Linear(8, 8))
     q = qb.quantize(net, "int8-weight", progress=False)
-    with pytest.raises(qb.UnsupportedError, match="has no `.config`"):
+    with pytest.raises(qb.UnsupportedError, match=r"has no `\.config`"):
         qb.export(q, tmp_path / "x", format="compressed-tensors")
     model, src, _ = llama
     q = qb.quantize(model, _plan(SPECS["int8"]), progress=False)
