@@ -69,6 +69,8 @@ def export_source(
     else:
         options.setdefault("source", source_folder(src, source))
         options.setdefault("overwrite", True)
+        if fmt == "gguf" and src.name == "smollm":
+            options.setdefault("tokenizer_pre", "smollm")  # llama.cpp's name for its tokenizer
     return export(qmodel, path, format=fmt, **options)
 
 
