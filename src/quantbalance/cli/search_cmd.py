@@ -168,6 +168,7 @@ def run_search(
     measure: int | None = None,
     cache_dir: Path | None = None,
     out_console: Console | None = None,
+    target: str | None = None,
 ) -> tuple[Any, Path]:
     """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
 
@@ -189,6 +190,8 @@ def run_search(
             the proxies (large models); None: all.
         cache_dir: cache folder (None: the default cache).
         out_console: where the loading status shows (default the module console).
+        target: deployment engine whose exact schemes are the candidates (see
+            ``search.targets``).
 
     Returns:
         ``(SearchResult, path of report.html)``.
@@ -210,6 +213,11 @@ def run_search(
         budget = Budget(max_bytes=parse_bytes(max_bytes), metric=metric)
     else:
         budget = Budget(max_latency_ms=max_latency_ms, metric=metric)
+    if target is not None:
+        from quantbalance.search.targets import TARGETS
+
+        if target not in TARGETS:
+            raise ConfigError(f"--target {target!r}; accepted: {', '.join(TARGETS)}")
     if measure is not None and measure < 1:
         raise ConfigError(f"--measure {measure}: give a number of pairs >= 1 (or leave it out)")
     with con.status("loading model and data"):
@@ -226,6 +234,7 @@ def run_search(
         cache_dir=cache_dir if cache_dir is not None else "default",
         measure=True if measure is None else measure,
         progress=sys.stderr.isatty(),
+        target=target,
     )
     with con.status("writing the report"):
         path = write_report(res, out, model=src.model, calib_data=src.calib_data)
@@ -290,6 +299,10 @@ def search_command(
         list[str] | None,
         typer.Option("--export", help="write the Plan as qb|onnx|compressed-tensors|gguf"),
     ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="torch|ort|tensorrt|vllm|llama.cpp: only its exact schemes"),
+    ] = None,
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
@@ -312,6 +325,7 @@ def search_command(
             n_sensitivity=n_sensitivity,
             measure=measure,
             cache_dir=cache_dir,
+            target=target,
         )
     except QuantBalanceError as e:
         console.print(f"[bold red]error:[/] {e}")

@@ -225,6 +225,7 @@ def search(
     measure: bool | int = True,
     sensitivity_source: Any = None,
     progress: bool = True,
+    target: str | None = None,
 ) -> SearchResult:
     """Find the per-layer precision that meets ``budget`` at the least cost.
 
@@ -252,6 +253,9 @@ def search(
         sensitivity_source: a cheaper ``Task``/tuple for the single-layer measurements
             (e.g. fewer evaluation samples); default the search split.
         progress: progress bars.
+        target: deployment engine whose exact schemes are the candidates (``torch``, ``ort``,
+            ``tensorrt``, ``vllm``, ``llama.cpp``; see ``search.targets``); only when
+            ``candidates`` is None.
 
     Returns:
         The :class:`SearchResult`.
@@ -272,6 +276,10 @@ def search(
     base = copy.deepcopy(model).eval()
     fold_batchnorm(base)
     names = list(quantizable_layers(base))
+    if candidates is None and target is not None:
+        from quantbalance.search.targets import target_candidates
+
+        candidates = target_candidates(target, objective)
     if candidates is None and objective == "latency":
         candidates = lambda _name, mod: latency_candidates(mod)  # noqa: E731
     options = layer_options(base, names, candidates, algorithm)
