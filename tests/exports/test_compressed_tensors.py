@@ -110,6 +110,23 @@ def test_quantized_embeddings_untie_the_head(llama, tmp_path) -> None:  # type: 
     assert _kl(q, _load(tmp_path / "ct", dequantize=True), ids) <= 1e-6
 
 
+def test_mixed_folders_transformers_cannot_load_are_said_loudly(llama, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, src, ids = llama
+    plan = _plan(
+        SPECS["int8"], embeddings=True, **{"model.layers.0.mlp.up_proj": SPECS["int4-g32"]}
+    )
+    q = qb.quantize(model, plan, progress=False)
+    res = qb.export(q, tmp_path / "ct", format="compressed-tensors", source=src)
+    assert res.notes[0].startswith("NOT loadable exactly by Transformers")
+    # the reason: dequantize=True decodes every layer with the first group's scheme
+    try:
+        wrong = _kl(q, _load(tmp_path / "ct", dequantize=True), ids)
+    except RuntimeError as e:  # here the 4-bit layer does not even fit the 8-bit decoding
+        assert "conversion of the weights" in str(e)
+    else:
+        assert wrong > 1e-3
+
+
 @pytest.mark.parametrize(
     ("scheme", "match"),
     [

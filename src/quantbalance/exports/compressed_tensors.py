@@ -73,17 +73,27 @@ def _config_groups(schemes: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 
 def _loading_notes(qmodel: nn.Module, groups: dict[str, Any]) -> list[str]:
-    """How Transformers must load what compressed-tensors 0.20 cannot re-compress on its own."""
+    """How Transformers 5.24 can load the folder exactly, or a loud note that it cannot.
+
+    Its default path cannot rebuild packed zero points or compressed Embedding modules; its
+    ``dequantize=True`` path decodes every dense layer with the *first* config group's scheme.
+    """
     asym = [g for g in groups.values() if g.format == "pack-quantized" and not g.weights.symmetric]
     mods = dict(qmodel.named_modules())
     emb = [t for g in groups.values() for t in g.targets if isinstance(mods.get(t), QEmbedding)]
     if not (asym or emb):
         return []
     what = "asymmetric packed weights" if asym else "quantized embeddings"
+    if len(groups) == 1:
+        return [
+            f"{what}: load in Transformers with quantization_config=CompressedTensorsConfig("
+            "dequantize=True) (its default path does not rebuild packed zero points / compressed "
+            "Embedding modules)"
+        ]
     return [
-        f"{what}: load in Transformers with quantization_config=CompressedTensorsConfig("
-        "dequantize=True) (its default path does not rebuild packed zero points / compressed "
-        "Embedding modules)"
+        f"NOT loadable exactly by Transformers 5.24: {what} need dequantize=True, which decodes "
+        "every layer with the first config group's scheme; for Transformers keep embeddings "
+        "float and weights symmetric (search --target vllm does)"
     ]
 
 
