@@ -27,3 +27,18 @@ def tiny_llama() -> Task:
     ids = token_batch(model.config.vocab_size)
     return Task("tiny-llama", model, [{"input_ids": ids}], {"input_ids": ids[:1]},
                 lambda m: {}, "none", info={"source": str(folder)})  # fmt: skip
+
+
+def mlp_eval() -> tuple[nn.Module, list[torch.Tensor], object]:
+    """The MLP with a fidelity eval (cosine to the float outputs)."""
+    net, data = mlp()
+    with torch.no_grad():
+        ref = [net(x) for x in data]
+
+    def fidelity(model: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            pairs = zip(data, ref, strict=True)
+            cos = [nn.functional.cosine_similarity(model(x), r).mean() for x, r in pairs]
+        return {"cos": float(sum(cos) / len(cos))}
+
+    return net, data, fidelity

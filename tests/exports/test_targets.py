@@ -98,3 +98,17 @@ def test_cli_rejects_unknown_target(tmp_path) -> None:  # type: ignore[no-untype
     r = CliRunner().invoke(app, ["search", "--model", "export_factories:mlp", "--max-drop", "1%",
                                  "--target", "tflite", "--out", str(tmp_path)])  # fmt: skip
     assert r.exit_code == 2 and "accepted: torch, ort" in r.output
+
+
+def test_cli_search_target_and_export(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from quantbalance.cli.main import app
+
+    out = tmp_path / "s"
+    args = ["search", "--model", "export_factories:mlp_eval", "--metric", "cos", "--max-drop",
+            "1%", "--target", "ort", "--max-evals", "2", "--cache-dir", str(tmp_path / "c"),
+            "--export", "qb", "--out", str(out)]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code in (0, 1), r.output
+    net, _ = __import__("export_factories").mlp()
+    q = qb.load(out / "model.safetensors", net)
+    assert q.qb_plan == qb.Plan.load(out / "plan.json")
