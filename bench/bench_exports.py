@@ -99,6 +99,31 @@ def check_ct(
     }
 
 
+class Q8Blocks(torch.nn.Module):
+    """llama.cpp's on-the-fly activation quantization for quantized weights (``quantize_row_q8_0``):
+    blocks of 32, ``d = amax / 127`` stored fp16, ``q = round(x / d)``. Used only here, to show
+    that this rounding is the whole remaining difference between llama.cpp and the simulation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.float().reshape(-1, 32)
+        d = b.abs().amax(1, keepdim=True) / 127
+        inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+        return (torch.round(b * inv) * d.half().float()).reshape(x.shape).to(x.dtype)
+
+
+def with_ggml_activations(q: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``q`` whose quantized Linear layers round their inputs as llama.cpp does."""
+    import copy
+
+    from quantbalance.nn import QLinear
+
+    out = copy.deepcopy(q)
+    for m in out.modules():
+        if isinstance(m, QLinear) and m.in_features % 32 == 0:
+            m.input_quantizer = Q8Blocks()
+    return out
+
+
 def check_gguf(
     q: torch.nn.Module, task: Any, windows: list[torch.Tensor], sims: list[torch.Tensor], path: Path
 ) -> dict[str, Any]:
@@ -118,15 +143,21 @@ def check_gguf(
         type_v=0,
         verbose=False,
     )  # fmt: skip  (KV cache in F32: ggml type 0)
-    kls, nll, n = [], 0.0, 0
-    for w, s in zip(windows, sims, strict=True):
+    kls, act_kls, nll, n = [], [], 0.0, 0
+    act_sims = sim_logits(with_ggml_activations(q), windows)
+    for w, s, s_act in zip(windows, sims, act_sims, strict=True):
         llm.reset()
         llm.eval(w[0].tolist())
         lg = torch.tensor(np.array(llm.scores[: w.shape[1]]))
         a, k = nll_and_kl(lg, s, w[0])
         nll, n = nll + a, n + w.shape[1] - 1
         kls.append(k)
-    out |= {"kl_vs_sim": float(np.mean(kls)), "perplexity": math.exp(nll / n)}
+        act_kls.append(nll_and_kl(lg, s_act, w[0])[1])
+    out |= {
+        "kl_vs_sim": float(np.mean(kls)),
+        "perplexity": math.exp(nll / n),
+        "kl_vs_sim_with_q8_activations": float(np.mean(act_kls)),
+    }
     return out
 
 
