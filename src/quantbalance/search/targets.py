@@ -11,8 +11,10 @@ target          candidates per layer (float always included)
 ``vllm``        compressed-tensors schemes vLLM loads: int8 weights (W8A16), W8A8 with
                 symmetric int8 weights and per-token dynamic activations, symmetric int4
                 weights in groups of 64 or 32 (Marlin), fp8 weights; embeddings stay float
-``llama.cpp``   the GGML-native schemes (``formats.ggml.GGML_SCHEMES``): Q8_0, Q5_0, Q4_0
-                (bit-exact), Q5_1, Q4_1, where a row is whole blocks of 32; embeddings too
+``llama.cpp``   the bit-exact GGML-native schemes (``formats.ggml``): Q8_0, Q5_0, Q4_0, where a
+                row is whole blocks of 32; embeddings too. Q5_1/Q4_1 are left out: their
+                fp16 block minimum is not bit-exact and costs 1 byte per 32 weights more in
+                the file than quantbalance counts, so a byte budget would be exceeded silently
 =============  ===========================================================================
 
 A group size is offered only where it divides the layer's input length (compressed-tensors and
@@ -27,7 +29,7 @@ from torch import nn
 
 from quantbalance.errors import ConfigError
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Scheme
-from quantbalance.formats.ggml import BLOCK, GGML_SCHEMES
+from quantbalance.formats.ggml import BLOCK, EXACT, GGML_SCHEMES
 from quantbalance.plan import LayerSpec
 from quantbalance.search.sensitivity import FLOAT, Options, default_candidates, latency_candidates
 
@@ -78,7 +80,8 @@ def _vllm(module: nn.Module) -> Options:
 def _llama_cpp(module: nn.Module) -> Options:
     if not isinstance(module, nn.Linear | nn.Embedding) or _row_length(module) % BLOCK:
         return {FLOAT: None}
-    return {FLOAT: None, **{k: LayerSpec(weight=s) for k, s in GGML_SCHEMES.items()}}
+    exact = {k: s for k, s in GGML_SCHEMES.items() if k in EXACT}
+    return {FLOAT: None, **{k: LayerSpec(weight=s) for k, s in exact.items()}}
 
 
 def target_candidates(target: str, objective: str = "bytes") -> Callable[[str, nn.Module], Options]:
