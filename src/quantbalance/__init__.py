@@ -22,6 +22,7 @@ from quantbalance.errors import (
     UnsupportedError,
 )
 from quantbalance.evaluate import Comparison, compare, model_nbytes, sqnr
+from quantbalance.exports import ExportResult, export
 from quantbalance.formats import (
     PerChannel,
     PerGroup,
@@ -63,6 +64,7 @@ __all__ = [
     "CheckpointError",
     "Comparison",
     "ConfigError",
+    "ExportResult",
     "FloatLayerError",
     "LayerSpec",
     "NonFiniteError",
@@ -82,6 +84,7 @@ __all__ = [
     "analyze",
     "compare",
     "deploy",
+    "export",
     "export_onnx",
     "fake_quantize",
     "from_keras",

@@ -80,6 +80,7 @@ def test_search_covers_look_alikes_and_says_what_stays_float(tmp_path: Path) -> 
     assert line in buf.getvalue() and "left float (no quantized form): rnn: GRU" in buf.getvalue()
     # the latency model times Conv1D as the Linear the engines run, the subclass as its forward
     spec = preset("int8-weight").layers["re:.*"]
-    assert kernel_kind(net.fc, spec) == "int8-weight-pack" and kernel_kind(net.inp, spec) == "dequant"
+    assert kernel_kind(net.fc, spec) == "int8-weight-pack"
+    assert kernel_kind(net.inp, spec) == "dequant"
     assert build_kernel(net.fc, spec, (24, 32))().shape == (24, 32)
     assert build_kernel(net.inp, spec, (4, 6, 2, 8))().shape == (4, 6, 32)

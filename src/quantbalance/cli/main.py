@@ -133,12 +133,17 @@ def quantize(
     batch_size: BatchSizeOpt = 8,
     seed: SeedOpt = 0,
     hf_task: HfTaskOpt = None,
+    export: Annotated[
+        list[str] | None,
+        typer.Option("--export", help="also write OUT/<plan>/ as qb|onnx|compressed-tensors|gguf"),
+    ] = None,
 ) -> None:
     """Quantize a model with one or more presets (or a Plan file) and compare with float.
 
     With ``--offload disk --hf PATH --save OUT``, a Hugging Face causal LM is quantized one
     transformer block at a time (memory: one block) and written to OUT, without evaluation.
     """
+    from quantbalance.cli.export_cmd import exporter
     from quantbalance.cli.run import quantize_and_compare
 
     if offload is not None:
@@ -155,7 +160,8 @@ def quantize(
                         seed, hf_task)  # fmt: skip
     try:
         names = [str(plan)] if plan else (preset or ["w8a8"])
-        result = quantize_and_compare(names, task, model, hf, algorithm, console, onnx, opts)
+        hook = exporter(export, out, hf, console) if export else None
+        result = quantize_and_compare(names, task, model, hf, algorithm, console, onnx, opts, hook)
     except QuantBalanceError as e:
         _fail(e)
         return
@@ -214,6 +220,10 @@ app.command("search")(search_command)
 from quantbalance.cli.bench_cmd import bench_command  # noqa: E402 - after the app exists
 
 app.command("bench")(bench_command)
+
+from quantbalance.cli.export_cmd import export_command  # noqa: E402 - after the app exists
+
+app.command("export")(export_command)
 
 
 def _jsonable(x: object) -> object:

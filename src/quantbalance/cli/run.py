@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -22,6 +23,7 @@ def quantize_and_compare(
     console: Console,
     onnx: str | None = None,
     data: DataOptions | None = None,
+    on_model: Callable[[str, Any, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Quantize the source model with each plan, evaluate, print one table, return the data.
 
@@ -34,6 +36,8 @@ def quantize_and_compare(
         console: where to print.
         onnx: an ONNX file (or None).
         data: the data options (``--data`` etc.) for ``hf``/``onnx``/a bare ``model``.
+        on_model: called as ``on_model(plan_name, qmodel, task)`` after each quantization
+            (e.g. to export it).
 
     Returns:
         JSON-ready dict: the float reference and one entry per plan.
@@ -59,6 +63,8 @@ def quantize_and_compare(
         t0 = time.perf_counter()
         q = quantize(src.model, plan, calib_data=src.calib_data or None, algorithm=algorithm)
         q_s = time.perf_counter() - t0
+        if on_model is not None:
+            on_model(plan.name, q, src)
         with console.status(f"evaluating {plan.name}"):
             c = compare(src.model, q, src)
         result["plans"][plan.name] = c.to_dict() | {

@@ -201,6 +201,7 @@ def run_search(
     ray: str | None = None,
     onnx: str | None = None,
     data: Any = None,
+    target: str | None = None,
 ) -> tuple[Any, Path]:
     """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
 
@@ -227,6 +228,8 @@ def run_search(
             ``auto`` (the running cluster) or ``HOST:PORT`` of a cluster head; None: serially.
         onnx: an ONNX model file.
         data: ``cli.loading.DataOptions`` (``--data`` etc.) for ``hf``/``onnx``/a bare model.
+        target: deployment engine whose exact schemes are the candidates (see
+            ``search.targets``).
 
     Returns:
         ``(SearchResult, path of report.html)``.
@@ -248,6 +251,11 @@ def run_search(
         budget = Budget(max_bytes=parse_bytes(max_bytes), metric=metric)
     else:
         budget = Budget(max_latency_ms=max_latency_ms, metric=metric)
+    if target is not None:
+        from quantbalance.search.targets import TARGETS
+
+        if target not in TARGETS:
+            raise ConfigError(f"--target {target!r}; accepted: {', '.join(TARGETS)}")
     if measure is not None and measure < 1:
         raise ConfigError(f"--measure {measure}: give a number of pairs >= 1 (or leave it out)")
     with con.status("loading model and data"):
@@ -265,6 +273,7 @@ def run_search(
         measure=True if measure is None else measure,
         progress=sys.stderr.isatty(),
         executor=_executor(ray),
+        target=target,
     )
     if "data" in src.info:  # a user's data: how it was split, in the report
         res.info["data"] = src.info["data"] | _split_sizes(src, held, sens)
@@ -369,6 +378,14 @@ def search_command(
     batch_size: BatchSizeOpt = 8,
     seed: SeedOpt = 0,
     hf_task: HfTaskOpt = None,
+    export: Annotated[
+        list[str] | None,
+        typer.Option("--export", help="write the Plan as qb|onnx|compressed-tensors|gguf"),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="torch|ort|tensorrt|vllm|llama.cpp: only its exact schemes"),
+    ] = None,
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
@@ -397,10 +414,54 @@ def search_command(
             ray=ray,
             onnx=onnx,
             data=opts,
+            target=target,
         )
     except QuantBalanceError as e:
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
     show_result(res, path, out)
+    if export:
+        try:
+            export_plan(res.plan, export, out, task=task, model=model, hf=hf, algorithm=algorithm,
+                        onnx=onnx, data=opts)  # fmt: skip
+        except QuantBalanceError as e:
+            console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
     if not res.met_budget:
         raise typer.Exit(1)
+
+
+def export_plan(
+    plan: Any,
+    formats: list[str],
+    out: Path,
+    *,
+    task: str | None,
+    model: str | None,
+    hf: str | None,
+    algorithm: str,
+    onnx: str | None = None,
+    data: Any = None,
+) -> None:
+    """``search --export``: quantize the full model with the chosen Plan and write each format.
+
+    Args:
+        plan: the chosen Plan.
+        formats: export formats.
+        out: the search's output folder (artifacts go to ``OUT/<default name>``).
+        task: task name.
+        model: ``module:factory``.
+        hf: HF folder.
+        algorithm: weight algorithm.
+        onnx: ONNX file.
+        data: ``cli.loading.DataOptions`` the search used.
+    """
+    from quantbalance.cli.export_cmd import exporter
+    from quantbalance.cli.loading import load_source
+    from quantbalance.quantize import quantize
+
+    hook = exporter(formats, out.parent, hf, console)
+    with console.status("loading the model to export"):
+        src = load_source(task, model, hf, onnx, data)
+    q = quantize(src.model, plan, calib_data=src.calib_data or None, algorithm=algorithm)
+    hook(out.name, q, src)

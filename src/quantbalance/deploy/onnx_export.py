@@ -50,6 +50,7 @@ accept as Q/DQ parameters: keep embeddings float for TensorRT (``skip`` them in 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ from quantbalance.io import atomic_write
 log = logging.getLogger(__name__)
 
 OPSET = 21
+#: Models whose serialized graph would exceed this many bytes are written with external data
+#: (protobuf cannot serialize a message of 2 GiB or more; the margin leaves room for the graph).
+EXTERNAL_DATA_BYTES = 2**31 - 2**26
 
 
 def to_onnx(
@@ -109,7 +113,8 @@ def to_onnx(
     plan = getattr(qmodel, "qb_plan", None)
     if plan is not None:
         helper.set_model_props(proto, {"quantbalance.plan": plan.to_json()})
-    onnx.checker.check_model(proto, full_check=True)
+    if proto.ByteSize() < EXTERNAL_DATA_BYTES:  # larger ones are checked from disk when saved
+        onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
@@ -120,8 +125,13 @@ def export_onnx(
     *,
     opset: int = OPSET,
     dynamic: bool = True,
+    external_data: bool | None = None,
 ) -> Path:
     """Write ``qmodel`` as a QDQ ONNX file (atomic; see the module docstring for the graph form).
+
+    Models over :data:`EXTERNAL_DATA_BYTES` (or any, with ``external_data=True``) keep their
+    initializers in ``<name>.data`` beside the graph (ONNX external data, one file, offsets
+    relative to the graph's folder); ONNX Runtime loads both from the graph's path.
 
     Args:
         qmodel: a quantized model (``qb.quantize`` output).
@@ -129,18 +139,56 @@ def export_onnx(
         path: the ``.onnx`` file to write.
         opset: ONNX opset, >= 21.
         dynamic: dynamic batch dimension (and sequence length of integer 2-D inputs).
+        external_data: force (True) or forbid (False) external data; None: by size.
 
     Returns:
-        The path written.
+        The path written (the graph; ``<name>.data`` beside it with external data).
 
     Example:
         >>> export_onnx(qmodel, task.example_inputs, "model.onnx")  # doctest: +SKIP
     """
     proto = to_onnx(qmodel, example_inputs, opset=opset, dynamic=dynamic)
+    if external_data if external_data is not None else proto.ByteSize() >= EXTERNAL_DATA_BYTES:
+        return save_external(proto, path)
     blob = proto.SerializeToString()
     out = atomic_write(path, lambda p: p.write_bytes(blob))
     log.info("exported %s (%d bytes)", out, len(blob))
     return out
+
+
+def save_external(proto: onnx.ModelProto, path: str | Path) -> Path:
+    """Save ``proto`` as ``path`` + ``<name>.data`` (external data), checked from disk, atomically.
+
+    Both files are written in a temporary folder beside ``path`` and renamed into place, the
+    data file first, so a reader never sees a graph without its data.
+
+    Args:
+        proto: the model (its initializers are moved to external data in place).
+        path: the ``.onnx`` file.
+
+    Returns:
+        The path written.
+    """
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = f"{path.name}.data"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        onnx.save_model(
+            proto, str(tmp / path.name), save_as_external_data=True,
+            all_tensors_to_one_file=True, location=data, size_threshold=1024,
+        )  # fmt: skip
+        onnx.checker.check_model(str(tmp / path.name), full_check=True)
+        if (tmp / data).exists():  # absent when every initializer is under 1 kB
+            os.replace(tmp / data, path.parent / data)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s with external data %s", path, data)
+    return path
 
 
 def _dims(x: Any) -> dict[int, Any] | None:

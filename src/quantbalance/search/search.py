@@ -240,6 +240,7 @@ def search(
     sensitivity_source: Any = None,
     progress: bool = True,
     executor: str | Executor | None = None,
+    target: str | None = None,
 ) -> SearchResult:
     """Find the per-layer precision that meets ``budget`` at the least cost.
 
@@ -271,6 +272,9 @@ def search(
             points, presets): ``"serial"`` (default), ``"ray"`` (``$QB_RAY_ADDRESS`` or a local
             Ray) or an ``Executor`` (``search.executor``, e.g. ``RayExecutor(address=...)``).
             Results go through the same cache; the verification rounds stay serial.
+        target: deployment engine whose exact schemes are the candidates (``torch``, ``ort``,
+            ``tensorrt``, ``vllm``, ``llama.cpp``; see ``search.targets``); only when
+            ``candidates`` is None.
 
     Returns:
         The :class:`SearchResult`.
@@ -294,6 +298,10 @@ def search(
     base = copy.deepcopy(model).eval()
     fold_batchnorm(base)
     names = list(quantizable_layers(base))
+    if candidates is None and target is not None:
+        from quantbalance.search.targets import target_candidates
+
+        candidates = target_candidates(target, objective)
     if candidates is None and objective == "latency":
         candidates = lambda _name, mod: latency_candidates(mod)  # noqa: E731
     options = layer_options(base, names, candidates, algorithm)
