@@ -11,11 +11,13 @@ from quantbalance.algorithms import qat
 from quantbalance.analysis import Analysis, analyze
 from quantbalance.deploy.checkpoint import load, save
 from quantbalance.errors import (
+    ArgumentError,
     AssetMissingError,
     CalibrationError,
     CheckpointError,
     ConfigError,
     NonFiniteError,
+    NumericsError,
     PlanError,
     QuantBalanceError,
     UnsupportedError,
@@ -50,6 +52,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "PRESETS",
     "Analysis",
+    "ArgumentError",
     "AssetMissingError",
     "Budget",
     "CalibrationError",
@@ -58,6 +61,7 @@ __all__ = [
     "ConfigError",
     "LayerSpec",
     "NonFiniteError",
+    "NumericsError",
     "PerChannel",
     "PerGroup",
     "PerTensor",

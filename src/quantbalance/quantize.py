@@ -23,6 +23,7 @@ from torch import nn
 
 from quantbalance.algorithms import ALGORITHMS, NEEDS_DATA, QuantContext, parse_algorithm
 from quantbalance.algorithms.smoothquant import lower_smoothing
+from quantbalance.args import checked
 from quantbalance.calibration import check_calib_data, run_batches
 from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
 from quantbalance.formats import (
@@ -116,6 +117,7 @@ def plan_from_bitwidths(model: nn.Module, bitwidths: list[int]) -> Plan:
     return Plan(name="bitwidths", layers=specs)
 
 
+@checked
 def quantize(
     model: nn.Module,
     plan: Plan | str | dict[str, Any] | None = None,
@@ -241,6 +243,7 @@ def _ordered_steps(specs: dict[str, LayerSpec]) -> list[str]:
     return order
 
 
+@checked
 def quantize_dynamic(
     model: nn.Module, layer_types: set[type[nn.Module]] | None = None, dtype: Any = "int8"
 ) -> nn.Module:

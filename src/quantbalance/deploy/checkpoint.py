@@ -33,6 +33,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from quantbalance.args import checked
 from quantbalance.errors import CheckpointError
 from quantbalance.formats import QuantizedTensor, Scheme
 from quantbalance.io import atomic_write
@@ -45,6 +46,7 @@ _FORMAT_KEY = "quantbalance.format"
 _QW = ".qweight."
 
 
+@checked
 def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> Path:
     """Write a quantized model to one safetensors file, atomically.
 
@@ -74,6 +76,7 @@ def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> P
     return out
 
 
+@checked
 def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a quantized model from a checkpoint written by :func:`save`.
 
@@ -113,7 +116,12 @@ def read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     Raises:
         CheckpointError: naming what is wrong with the file.
     """
-    data = Path(path).read_bytes()
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path} is a folder; give the .safetensors file qb.save wrote")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
     meta = _header_metadata(data, str(path))
     if _FORMAT_KEY not in meta:
         raise CheckpointError(

@@ -60,6 +60,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from quantbalance.args import checked
 from quantbalance.deploy.qdq_modules import WeightDQ, export_module
 from quantbalance.deploy.qdq_ops import TRANSLATIONS
 from quantbalance.errors import UnsupportedError
@@ -98,10 +99,13 @@ def to_onnx(
         shapes = (
             {k: _dims(v) for k, v in kwargs.items()} if kwargs else tuple(_dims(a) for a in args)
         )
-    prog = torch.onnx.export(
-        model, args, kwargs=kwargs, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
-        custom_translation_table=TRANSLATIONS, optimize=True, verbose=False,
-    )  # fmt: skip
+    try:
+        prog = torch.onnx.export(
+            model, args, kwargs=kwargs, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
+            custom_translation_table=TRANSLATIONS, optimize=True, verbose=False,
+        )  # fmt: skip
+    except Exception as e:
+        raise UnsupportedError(_export_failure(qmodel, e)) from e
     proto = prog.model_proto
     _pack_int4(proto, pack4)
     _strip_metadata(proto)
@@ -113,6 +117,7 @@ def to_onnx(
     return proto
 
 
+@checked
 def export_onnx(
     qmodel: nn.Module,
     example_inputs: Any,
@@ -136,11 +141,30 @@ def export_onnx(
     Example:
         >>> export_onnx(qmodel, task.example_inputs, "model.onnx")  # doctest: +SKIP
     """
+    if example_inputs is None or isinstance(example_inputs, bool | int | float | str | bytes):
+        raise UnsupportedError(
+            f"export_onnx: example_inputs={example_inputs!r:.40}; give one batch of inputs "
+            "(a Tensor, a tuple of inputs or a dict of named inputs)"
+        )
     proto = to_onnx(qmodel, example_inputs, opset=opset, dynamic=dynamic)
     blob = proto.SerializeToString()
     out = atomic_write(path, lambda p: p.write_bytes(blob))
     log.info("exported %s (%d bytes)", out, len(blob))
     return out
+
+
+def _export_failure(qmodel: nn.Module, e: Exception) -> str:
+    """Say which layer (when torch's message names one) and why ``torch.onnx.export`` failed."""
+    text = str(e)
+    names = [n for n, _ in qmodel.named_modules() if n]
+    named = [n for n in names if f"'{n}'" in text or f"L__self___{n.replace('.', '_')}" in text]
+    where = f" at layer {named[-1]!r}" if named else ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (
+        f"{type(qmodel).__name__} could not be exported to ONNX{where} "
+        f"({type(e).__name__}: {lines[0][:300] if lines else ''}); check example_inputs fit the "
+        "model, and that every layer is supported (see export_module)"
+    )
 
 
 def _dims(x: Any) -> dict[int, Any] | None:

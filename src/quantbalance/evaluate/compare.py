@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from quantbalance.args import checked
 from quantbalance.errors import ConfigError
 from quantbalance.evaluate.size import model_nbytes
 from quantbalance.evaluate.sqnr import layer_output_sqnr
@@ -79,6 +80,7 @@ def check_metrics(metrics: Any, who: str = "eval function") -> dict[str, float]:
     return out
 
 
+@checked
 def compare(
     float_model: nn.Module,
     qmodel: nn.Module,
@@ -99,6 +101,11 @@ def compare(
     Returns:
         A :class:`Comparison`.
     """
+    if isinstance(task_or_eval_fn, nn.Module):
+        raise ConfigError(
+            f"task_or_eval_fn is a model ({type(task_or_eval_fn).__name__}); give a Task or an "
+            "eval function model -> dict of metrics"
+        )
     if hasattr(task_or_eval_fn, "evaluate") and hasattr(task_or_eval_fn, "reference"):
         task = task_or_eval_fn
         fm = check_metrics(
@@ -114,6 +121,12 @@ def compare(
         raise ConfigError("task_or_eval_fn must be a Task or a callable model -> dict of metrics")
     deltas = {k: qm[k] - fm[k] for k in fm if k in qm}
     names = [n for n, m in qmodel.named_modules() if isinstance(m, QuantModule)]
+    missing = [n for n in names if n not in dict(float_model.named_modules())]
+    if missing:
+        raise ConfigError(
+            f"qmodel has quantized layers {missing[:5]} that float_model lacks: give the float "
+            "model qmodel was quantized from"
+        )
     layer = {}
     if batches:
         # Folded layers output what conv+BN did: compare against the float model folded alike.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from quantbalance.args import checked
 from quantbalance.nn import QuantModule
 
 
+@checked
 def model_nbytes(model: nn.Module) -> int:
     """Bytes to store ``model``: ``QuantizedTensor.nbytes`` of quantized layers plus the bytes of
     every other parameter and persistent buffer (shared tensors counted once).

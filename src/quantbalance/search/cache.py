@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantbalance.errors import ConfigError
 from quantbalance.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,8 @@ class Cache:
 
     def __init__(self, root: str | os.PathLike[str] | None) -> None:
         self.root = Path(root) if root is not None else None
+        if self.root is not None and self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"cache_dir {str(self.root)!r} is a file; give a folder (or None)")
         self.hits = 0
         self.misses = 0
         self.by_kind: dict[str, list[int]] = {}

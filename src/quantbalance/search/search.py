@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantbalance.algorithms.base import options_in_force
+from quantbalance.args import checked
 from quantbalance.errors import ConfigError, QuantBalanceError
 from quantbalance.evaluate import model_nbytes
 from quantbalance.formats.config import FrozenConfig
@@ -82,10 +84,10 @@ class Budget(FrozenConfig):
         'drop'
     """
 
-    max_drop: float | None = Field(default=None, ge=0)
+    max_drop: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     relative: bool = True
-    max_bytes: float | None = Field(default=None, gt=0)
-    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_bytes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     metric: str | None = None
 
     @model_validator(mode="after")
@@ -211,6 +213,7 @@ def _groups(names: list[str], groups: Sequence[Sequence[str]] | None) -> list[li
     return out
 
 
+@checked
 def search(
     model: nn.Module,
     task_or: Any,
@@ -225,7 +228,7 @@ def search(
     front_evals: int = 3,
     presets: Sequence[str] | None = None,
     latency_model: LatencyModel | None = None,
-    cache_dir: Any = "default",
+    cache_dir: str | os.PathLike[str] | None = "default",
     metric: str | None = None,
     higher_is_better: bool | None = None,
     eval_id: str | None = None,
@@ -279,6 +282,11 @@ def search(
     base = copy.deepcopy(model).eval()
     fold_batchnorm(base)
     names = list(quantizable_layers(base))
+    if not names:
+        raise ConfigError(
+            f"{type(model).__name__} has no quantizable layers (Linear, Conv1d/2d, Embedding): "
+            "nothing to search"
+        )
     if candidates is None and objective == "latency":
         candidates = lambda _name, mod: latency_candidates(mod)  # noqa: E731
     options = layer_options(base, names, candidates, algorithm)
