@@ -67,6 +67,7 @@ def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> P
         True
     """
     tensors, meta = _collect(qmodel)
+    meta["modules"] = json.dumps(module_types(qmodel), sort_keys=True)
     if source is not None:
         meta["source"] = source
     meta["checksum"] = checksum(tensors, meta)
@@ -101,7 +102,34 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         from quantbalance import tasks
 
         model = tasks.load(source).model
-    return _rebuild(model, meta, tensors, str(path))
+    rebuilt = _rebuild(model, meta, tensors, str(path))
+    if "modules" in meta:  # written since the check exists: the skeleton's layers must match
+        _check_modules(json.loads(meta["modules"]), module_types(rebuilt), str(path))
+    return rebuilt
+
+
+def module_types(model: nn.Module) -> dict[str, str]:
+    """Module name -> class name of every module (parameter-free ones included).
+
+    Args:
+        model: the model.
+
+    Returns:
+        The map (stored in checkpoints, compared on load).
+    """
+    return {n: type(m).__name__ for n, m in model.named_modules()}
+
+
+def _check_modules(saved: Any, got: dict[str, str], where: str) -> None:
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{where}: unreadable 'modules' metadata")
+    diff = sorted(n for n in {*saved, *got} if saved.get(n) != got.get(n))
+    if diff:
+        shown = ", ".join(f"{n!r}: saved {saved.get(n)}, skeleton {got.get(n)}" for n in diff[:5])
+        raise CheckpointError(
+            f"{where}: the skeleton's modules differ from the saved model's ({shown}); pass "
+            "the float model the checkpoint was quantized from"
+        )
 
 
 def read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
