@@ -126,6 +126,7 @@ def quantize(
     bitwidths: list[int] | None = None,
     progress: bool = True,
     inplace: bool = False,
+    check_numerics: bool | float = False,
 ) -> nn.Module:
     """Return a quantized copy of ``model`` (``model`` itself is not modified unless ``inplace``).
 
@@ -139,6 +140,9 @@ def quantize(
         inplace: quantize ``model`` itself instead of a deep copy, which saves one copy of the
             float model (for large models). The float model is given up: its layers are
             replaced (and its BatchNorms folded) in place, and the returned model is ``model``.
+        check_numerics: run float and quantized model on ``calib_data`` and raise
+            ``NumericsError`` naming every layer whose output has NaN/inf or an SQNR below
+            0 dB (a number: that floor in dB); see ``evaluate.guards``.
 
     Returns:
         The quantized model (simulated), with ``qb_plan`` and ``qb_info`` attributes.
@@ -151,6 +155,9 @@ def quantize(
     """
     if not isinstance(model, nn.Module):
         raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if check_numerics is not False and (inplace or calib_data is None):
+        raise ConfigError("check_numerics compares with the float model on calib_data: give "
+                          "calib_data, and inplace=False")  # fmt: skip
     if bitwidths is not None:
         if plan is not None:
             raise ConfigError("give either plan or bitwidths, not both")
@@ -222,6 +229,12 @@ def quantize(
             q.freeze(n)
     qmodel.qb_plan = the_plan
     qmodel.qb_info = info
+    if check_numerics is not False:
+        from quantbalance.evaluate.guards import SQNR_FLOOR_DB
+        from quantbalance.evaluate.guards import check_numerics as check
+
+        floor = SQNR_FLOOR_DB if isinstance(check_numerics, bool) else check_numerics
+        check(model, qmodel, batches or [], floor)
     return qmodel
 
 

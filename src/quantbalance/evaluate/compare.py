@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -12,10 +12,11 @@ from torch import nn
 
 from quantbalance.args import checked
 from quantbalance.errors import ConfigError
+from quantbalance.evaluate.guards import SQNR_FLOOR_DB, layer_numerics, problems
 from quantbalance.evaluate.size import model_nbytes
-from quantbalance.evaluate.sqnr import layer_output_sqnr
 from quantbalance.nn import QuantModule
-from quantbalance.transform import fold_batchnorm
+
+log = logging.getLogger(__name__)
 
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
@@ -31,6 +32,8 @@ class Comparison:
         float_bytes: exact bytes of the float model.
         quant_bytes: exact bytes of the quantized model.
         layer_sqnr: per-layer output SQNR (dB) on the example batches.
+        numeric_problems: layers whose quantized output has NaN/inf or an SQNR below the floor
+            (layer -> what is wrong; see ``evaluate.guards``).
     """
 
     float_metrics: dict[str, float]
@@ -39,6 +42,7 @@ class Comparison:
     float_bytes: int
     quant_bytes: int
     layer_sqnr: dict[str, float] = field(default_factory=dict)
+    numeric_problems: dict[str, str] = field(default_factory=dict)
 
     @property
     def compression(self) -> float:
@@ -87,6 +91,7 @@ def compare(
     task_or_eval_fn: Any,
     batches: list[Any] | None = None,
     progress: bool = False,
+    sqnr_floor_db: float = SQNR_FLOOR_DB,
 ) -> Comparison:
     """Evaluate both models and compare them.
 
@@ -97,6 +102,8 @@ def compare(
             function ``model -> dict[str, float]``.
         batches: inputs for per-layer SQNR (default: the task's ``example_inputs``).
         progress: show progress bars.
+        sqnr_floor_db: a layer whose output SQNR is below this (dB) is listed in
+            ``numeric_problems``, as is one whose output has NaN/inf.
 
     Returns:
         A :class:`Comparison`.
@@ -127,13 +134,13 @@ def compare(
             f"qmodel has quantized layers {missing[:5]} that float_model lacks: give the float "
             "model qmodel was quantized from"
         )
-    layer = {}
-    if batches:
-        # Folded layers output what conv+BN did: compare against the float model folded alike.
-        info = getattr(qmodel, "qb_info", None)
-        ref = float_model
-        if info is not None and info.folded:
-            ref = copy.deepcopy(float_model).eval()
-            fold_batchnorm(ref)
-        layer = layer_output_sqnr(ref, qmodel, names, batches, progress)
-    return Comparison(fm, qm, deltas, model_nbytes(float_model), model_nbytes(qmodel), layer)
+    numerics = (
+        layer_numerics(float_model, qmodel, batches, sqnr_floor_db, names, progress)
+        if batches
+        else {}
+    )
+    bad = problems(numerics)
+    for n, p in bad.items():
+        log.warning("layer %s: %s", n, p)
+    layer = {n: r.sqnr_db for n, r in numerics.items()}
+    return Comparison(fm, qm, deltas, model_nbytes(float_model), model_nbytes(qmodel), layer, bad)

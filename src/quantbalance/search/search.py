@@ -36,6 +36,7 @@ from quantbalance.algorithms.base import options_in_force
 from quantbalance.args import checked
 from quantbalance.errors import ConfigError, QuantBalanceError
 from quantbalance.evaluate import model_nbytes
+from quantbalance.evaluate.guards import SQNR_FLOOR_DB
 from quantbalance.formats.config import FrozenConfig
 from quantbalance.plan import PRESETS, Plan, preset
 from quantbalance.search.cache import (
@@ -235,6 +236,7 @@ def search(
     measure: bool | int = True,
     sensitivity_source: Any = None,
     progress: bool = True,
+    sqnr_floor_db: float = SQNR_FLOOR_DB,
 ) -> SearchResult:
     """Find the per-layer precision that meets ``budget`` at the least cost.
 
@@ -262,6 +264,8 @@ def search(
         sensitivity_source: a cheaper ``Task``/tuple for the single-layer measurements
             (e.g. fewer evaluation samples); default the search split.
         progress: progress bars.
+        sqnr_floor_db: the chosen Plan's layers whose output SQNR is below this (dB), or whose
+            output has NaN/inf, are named in the message and in ``info["numerics"]``.
 
     Returns:
         The :class:`SearchResult`.
@@ -366,6 +370,11 @@ def search(
             ver.holdout(p)
     times["holdout"] = time.perf_counter() - t0
 
+    numerics = ev.numerics(chosen.plan, sqnr_floor_db)
+    if numerics:
+        message += " Numerical problems in the chosen Plan: " + "; ".join(
+            f"layer {n!r}: {p}" for n, p in numerics.items()
+        )
     if chosen.kind == "preset":
         chosen = dataclasses.replace(chosen, kind="chosen")
         message += " (a uniform preset: no evaluated mixed Plan was cheaper)"
@@ -414,6 +423,8 @@ def search(
             "cache_misses": cache.misses,
             "cache": cache_summary(cache, [*ev.notes, *(s_ev.notes if s_ev is not ev else [])]),
             "eval_opaque": src.fingerprint.opaque if src.fingerprint else [],
+            "numerics": numerics,
+            "sqnr_floor_db": sqnr_floor_db,
             "engine": costs.engine,
             "layers": len(names),
         },
