@@ -310,6 +310,10 @@ class Cache:
         return self.put(kind, key, compute())
 
 
+#: Entry kinds holding the eval function's metrics (the others: bytes, latency, proxies).
+METRIC_KINDS = ("eval", "sens")
+
+
 def cache_summary(cache: Cache, notes: Iterable[str] = ()) -> dict[str, Any]:
     """What the cache contributed to a run, for results and reports.
 
@@ -323,9 +327,12 @@ def cache_summary(cache: Cache, notes: Iterable[str] = ()) -> dict[str, Any]:
     if cache.root is None:
         text = "cache off: every measurement was made in this run"
     else:
+        metric = [cache.by_kind.get(k, [0, 0]) for k in METRIC_KINDS]
+        hits, misses = sum(h for h, _ in metric), sum(m for _, m in metric)
         text = (
-            f"{cache.hits} cached entries reused, {cache.misses} measured in this run "
-            f"(cache {cache.root})"
+            f"cache: {hits} metric measurements reused, {misses} made in this run; "
+            f"{cache.hits - hits} size/latency/proxy entries reused, {cache.misses - misses} "
+            f"computed ({cache.root})"
         )
     notes = list(notes)
     return {
