@@ -187,6 +187,7 @@ class Cache:
         self.hits = 0
         self.misses = 0
         self.by_kind: dict[str, list[int]] = {}
+        self.read_only = False
 
     def _count(self, kind: str, hit: bool) -> None:
         if hit:
@@ -250,9 +251,13 @@ class Cache:
             ``value``.
         """
         path = self.path(kind, key)
-        if path is not None:
+        if path is not None and not self.read_only:
             text = json.dumps({"key": dict(key), "value": value}, default=str, indent=0)
-            atomic_write_text(path, text)
+            try:
+                atomic_write_text(path, text)
+            except OSError as e:  # a full disk or a read-only folder: go on without saving
+                log.warning("cannot write the cache in %s (%s); not saving to it", self.root, e)
+                self.read_only = True
         return value
 
     def remember_evaluation(
