@@ -11,12 +11,14 @@ from quantbalance.algorithms import qat
 from quantbalance.analysis import Analysis, analyze
 from quantbalance.deploy.checkpoint import save
 from quantbalance.errors import (
+    ArgumentError,
     AssetMissingError,
     CalibrationError,
     CheckpointError,
     ConfigError,
     FloatLayerError,
     NonFiniteError,
+    NumericsError,
     PlanError,
     QuantBalanceError,
     UnsupportedError,
@@ -58,6 +60,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "PRESETS",
     "Analysis",
+    "ArgumentError",
     "AssetMissingError",
     "Budget",
     "CalibrationError",
@@ -68,6 +71,7 @@ __all__ = [
     "FloatLayerError",
     "LayerSpec",
     "NonFiniteError",
+    "NumericsError",
     "PerChannel",
     "PerGroup",
     "PerTensor",

@@ -14,6 +14,14 @@ class ConfigError(QuantBalanceError, ValueError):
     """A config field (Scheme, Plan, Budget, ...) has an unknown name or an invalid value."""
 
 
+class ArgumentError(ConfigError, TypeError):
+    """A public function got an argument of the wrong type (or a wrong number of arguments)."""
+
+
+class NumericsError(QuantBalanceError, ArithmeticError):
+    """Quantization produced NaN/inf or an output drowned in noise (SQNR below the floor)."""
+
+
 class NonFiniteError(QuantBalanceError, ValueError):
     """A tensor holds NaN, or nothing finite at all, where finite numbers are required."""
 

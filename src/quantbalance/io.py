@@ -19,7 +19,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         The final path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        from quantbalance.errors import ConfigError
+
+        raise ConfigError(f"{str(path)!r} is a folder; give a file path, e.g. {path / 'out'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        from quantbalance.errors import ConfigError
+
+        raise ConfigError(
+            f"cannot write {str(path)!r}: a part of {str(path.parent)!r} is a file, not a folder"
+        ) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

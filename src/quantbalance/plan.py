@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from quantbalance.args import checked
 from quantbalance.errors import ConfigError, PlanError
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Scheme
 from quantbalance.formats.config import FrozenConfig
@@ -256,6 +257,7 @@ class Plan(FrozenConfig):
         return path
 
     @classmethod
+    @checked
     def load(cls, path: str | Path) -> Plan:
         """Read a Plan from JSON or YAML.
 
@@ -266,14 +268,20 @@ class Plan(FrozenConfig):
             The validated Plan.
         """
         path = Path(path)
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"cannot read plan file {path} ({type(e).__name__}: {e}); give a .json or "
+                ".yaml file written by Plan.save, or a preset name"
+            ) from None
         try:
             data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
         except (yaml.YAMLError, json.JSONDecodeError) as e:
             raise ConfigError(f"plan file {path} is not valid JSON/YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"plan file {path}: expected a mapping, got {type(data).__name__}")
-        return cls(**data)
+        return cls.model_validate(data)
 
     def table_rows(self, resolved: dict[str, LayerSpec] | None = None) -> list[tuple[str, str]]:
         """Rows ``(layer or pattern, spec label)`` for printing.
@@ -332,6 +340,7 @@ PRESETS: dict[str, str] = {
 }
 
 
+@checked
 def preset(name: str) -> Plan:
     """A named uniform Plan.
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from quantbalance.algorithms import ALGORITHMS, NEEDS_DATA, QuantContext, parse_algorithm
 from quantbalance.algorithms.smoothquant import lower_smoothing
+from quantbalance.args import checked
 from quantbalance.calibration import check_calib_data, run_batches
 from quantbalance.calibration.device import computing_on, move_batch, qtensor_to, resolve_device
 from quantbalance.errors import CalibrationError, ConfigError, FloatLayerError, UnsupportedError
@@ -163,8 +164,9 @@ def plan_from_bitwidths(model: nn.Module, bitwidths: list[int]) -> Plan:
     return Plan(name="bitwidths", layers=specs)
 
 
+@checked
 def quantize(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike[str],
     plan: Plan | str | dict[str, Any] | None = None,
     calib_data: Iterable[Any] | None = None,
     algorithm: str | None = None,
@@ -173,6 +175,7 @@ def quantize(
     inplace: bool = False,
     strict: bool = False,
     hardware: str | None = "auto",
+    check_numerics: bool | float = False,
     *,
     offload: str | None = None,
     save_to: str | Path | None = None,
@@ -196,7 +199,6 @@ def quantize(
             no quantized form. Layers the Plan skips (``skip`` patterns, None specs, types
             outside ``layer_types``) are float by plan and never raise. Without ``strict``,
             such layers are announced by a WARNING and in ``qb_info.coverage``.
-
         offload: with ``model`` a Hugging Face checkpoint folder: ``"disk"`` loads each
             transformer block from the safetensors shards only while it is quantized (memory:
             one block, not the model), ``"cpu"`` reads all weights into host memory once; the
@@ -205,6 +207,9 @@ def quantize(
         device: where calibration, GPTQ and AWQ run (``"cuda"``, ``"cpu"``; default: where the
             model is; with ``offload``: ``cuda`` when available). Blocks move to the device one
             at a time and back to where they were afterwards.
+        check_numerics: run float and quantized model on ``calib_data`` and raise
+            ``NumericsError`` naming every layer whose output has NaN/inf or an SQNR below
+            0 dB (a number: that floor in dB); see ``evaluate.guards``.
 
     Returns:
         The quantized model (simulated), with ``qb_plan`` and ``qb_info`` attributes
@@ -227,6 +232,9 @@ def quantize(
         )
     if not isinstance(model, nn.Module):
         raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if check_numerics is not False and (inplace or calib_data is None):
+        raise ConfigError("check_numerics compares with the float model on calib_data: give "
+                          "calib_data, and inplace=False")  # fmt: skip
     if bitwidths is not None:
         if plan is not None:
             raise ConfigError("give either plan or bitwidths, not both")
@@ -299,6 +307,12 @@ def quantize(
             q.freeze(n)
     qmodel.qb_plan = the_plan
     qmodel.qb_info = info
+    if check_numerics is not False:
+        from quantbalance.evaluate.guards import SQNR_FLOOR_DB
+        from quantbalance.evaluate.guards import check_numerics as check
+
+        floor = SQNR_FLOOR_DB if isinstance(check_numerics, bool) else check_numerics
+        check(model, qmodel, batches or [], floor)
     return qmodel
 
 
@@ -430,6 +444,7 @@ def _ordered_steps(specs: dict[str, LayerSpec]) -> list[str]:
     return order
 
 
+@checked
 def quantize_dynamic(
     model: nn.Module, layer_types: set[type[nn.Module]] | None = None, dtype: Any = "int8"
 ) -> nn.Module:

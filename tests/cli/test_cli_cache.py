@@ -18,11 +18,11 @@ def test_cache_use_is_reported_and_no_cache_writes_nothing(tmp_path, monkeypatch
     assert r.exit_code == 0, r.output
     first = json.loads((tmp_path / "a" / "report.json").read_text())["info"]["cache"]
     assert first["hits"] == 0 and first["misses"] > 0 and first["folder"] == str(home)
-    assert "0 cached entries reused" in r.output
+    assert "cache: 0 metric measurements reused" in r.output
     r = runner.invoke(app, [*BASE, "--out", str(tmp_path / "b")])
     again = json.loads((tmp_path / "b" / "report.json").read_text())["info"]["cache"]
     assert again["hits"] > 0 and again["by_kind"]["sens"]["misses"] == 0
-    assert "cached entries reused" in (tmp_path / "b" / "report.html").read_text()
+    assert "metric measurements reused" in (tmp_path / "b" / "report.html").read_text()
     n_files = len(list(home.rglob("*.json")))
     r = runner.invoke(app, [*BASE, "--no-cache", "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output

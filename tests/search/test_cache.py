@@ -135,3 +135,22 @@ def test_screening_measures_only_k_pairs(tmp_path: Path) -> None:
     assert sum(e["measured"] for e in entries) == 3
     assert all(e["fisher_db"] is not None and e["sqnr_db"] is not None for e in entries)
     assert all(table.drop(n, k) >= 0 for n in table.layers for k in table.entries[n])
+
+
+def test_an_unwritable_cache_warns_once_and_the_work_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    cache_mod = sys.modules[Cache.__module__]
+
+    def full_disk(path: object, text: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "atomic_write_text", full_disk)
+    c = Cache(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert c.get_or("k", {"a": 1}, lambda: 5) == 5
+        assert c.get_or("k", {"a": 2}, lambda: 6) == 6
+    assert caplog.text.count("cannot write the cache") == 1
+    assert c.read_only and c.get("k", {"a": 1}) is None

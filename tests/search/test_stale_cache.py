@@ -42,7 +42,8 @@ def test_changed_evaluation_data_gets_no_cached_figures(tmp_path: Path) -> None:
     by_kind = again["cache"]["by_kind"]
     assert by_kind["sens"]["misses"] == 0 and by_kind["sens"]["hits"] > 0
     assert by_kind["eval"]["misses"] == 0 and by_kind["eval"]["hits"] > 0
-    assert f"{again['cache']['hits']} cached entries reused, 0 measured" in again["cache"]["text"]
+    n = by_kind["sens"]["hits"] + by_kind["eval"]["hits"]
+    assert f"cache: {n} metric measurements reused, 0 made in this run" in again["cache"]["text"]
     for k in ("plan", "reference", "chosen", "sensitivity"):
         assert again[k] == truth[k], k
     json.dumps(again)

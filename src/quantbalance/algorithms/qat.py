@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantbalance.algorithms.adaround import FixedObserver
+from quantbalance.args import checked
 from quantbalance.calibration import call_model, check_calib_data
 from quantbalance.errors import CalibrationError, ConfigError
 from quantbalance.formats import Scheme, fake_quantize, quantize_tensor
@@ -149,6 +150,7 @@ def _split(batch: Any) -> tuple[Any, Any]:
     )
 
 
+@checked
 def qat(
     model: nn.Module,
     plan: Plan | str | dict[str, Any],
@@ -198,6 +200,11 @@ def qat(
             raise CalibrationError("qat: train_data is empty: give at least one batch")
         calib_data = [_split(b)[0] for b in first]
     calib = check_calib_data(calib_data)
+    if not quantizable_layers(model):
+        raise ConfigError(
+            f"qat: {type(model).__name__} has no quantizable layers (Linear, Conv1d/2d, "
+            "Embedding): nothing to train"
+        )
     the_plan = as_plan(plan)
     ptq = quantize(model, the_plan, calib, algorithm="rtn", progress=progress)
     fmodel = copy.deepcopy(model).eval()

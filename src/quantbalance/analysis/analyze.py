@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from quantbalance.analysis.stats import tensor_stats
+from quantbalance.args import checked
 from quantbalance.calibration import capture, check_calib_data
 from quantbalance.evaluate.sqnr import sqnr
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Scheme, fake_quantize
@@ -66,6 +67,7 @@ class Analysis:
         return [r["layer"] for r in ranked[:k]]
 
 
+@checked
 def analyze(
     model: nn.Module,
     calib_data: Iterable[Any] | None = None,

@@ -46,6 +46,11 @@ def check_calib_data(data: Any, what: str = "calibration data") -> list[Any]:
     if not batches:
         raise CalibrationError(f"{what} is empty: give at least one batch")
     for i, b in enumerate(batches):
+        if b is None or isinstance(b, bool | int | float | complex | str | bytes):
+            raise CalibrationError(
+                f"{what}: batch {i} is {b!r:.40} ({type(b).__name__}); a batch is a Tensor, a "
+                "tuple of inputs or a dict of named inputs, e.g. [torch.randn(8, 16), ...]"
+            )
         if isinstance(b, torch.Tensor) and b.numel() == 0:
             raise CalibrationError(f"{what}: batch {i} is empty (shape {tuple(b.shape)})")
     return batches

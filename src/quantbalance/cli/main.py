@@ -162,10 +162,10 @@ def quantize(
         names = [str(plan)] if plan else (preset or ["w8a8"])
         hook = exporter(export, out, hf, console) if export else None
         result = quantize_and_compare(names, task, model, hf, algorithm, console, onnx, opts, hook)
+        path = atomic_write_text(out / "result.json", json.dumps(_jsonable(result), indent=1))
     except QuantBalanceError as e:
         _fail(e)
         return
-    path = atomic_write_text(out / "result.json", json.dumps(_jsonable(result), indent=1))
     console.print(f"result written to [bold]{path}[/]")
 
 
@@ -209,7 +209,11 @@ def analyze(
         )  # fmt: skip
     console.print(table)
     payload = a.to_dict() | {"task": src.name, "seconds": time.perf_counter() - t0}
-    path = atomic_write_text(out / "analysis.json", json.dumps(_jsonable(payload), indent=1))
+    try:
+        path = atomic_write_text(out / "analysis.json", json.dumps(_jsonable(payload), indent=1))
+    except QuantBalanceError as e:
+        _fail(e)
+        return
     console.print(f"analysis written to [bold]{path}[/]")
 
 

@@ -258,6 +258,10 @@ def run_search(
             raise ConfigError(f"--target {target!r}; accepted: {', '.join(TARGETS)}")
     if measure is not None and measure < 1:
         raise ConfigError(f"--measure {measure}: give a number of pairs >= 1 (or leave it out)")
+    try:  # before the search: a report that cannot be written should not cost a search
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create that folder ({e})") from None
     with con.status("loading model and data"):
         src, held, sens = _load(task, model, hf, holdout, n_sensitivity, metric, onnx, data)
     res = search(

@@ -41,6 +41,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from quantbalance.args import checked
 from quantbalance.errors import CheckpointError
 from quantbalance.formats import QuantizedTensor, Scheme
 from quantbalance.io import atomic_write
@@ -59,6 +60,7 @@ FORMAT_VERSION = 2
 _FORMAT_KEY = "quantbalance.format"
 
 
+@checked
 def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> Path:
     """Write a quantized model to one safetensors file, atomically.
 
@@ -80,6 +82,7 @@ def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> P
         True
     """
     tensors, meta = _collect(qmodel)
+    meta["modules"] = json.dumps(module_types(qmodel), sort_keys=True)
     if source is not None:
         meta["source"] = source
     meta["checksum"] = checksum(tensors, meta)
@@ -89,6 +92,7 @@ def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> P
     return out
 
 
+@checked
 def load(path: str | Path, model: nn.Module | Callable[[], nn.Module] | None = None) -> nn.Module:
     """Rebuild a quantized model from a checkpoint written by :func:`save`.
 
@@ -107,7 +111,10 @@ def load(path: str | Path, model: nn.Module | Callable[[], nn.Module] | None = N
     from quantbalance.deploy.sharded import is_sharded, read_sharded
 
     meta, tensors = read_sharded(path) if is_sharded(path) else read(path)
-    return _rebuild(skeleton(model, meta, str(path)), meta, tensors, str(path))
+    rebuilt = _rebuild(skeleton(model, meta, str(path)), meta, tensors, str(path))
+    if "modules" in meta:  # written since the check exists: the skeleton's layers must match
+        _check_modules(json.loads(meta["modules"]), module_types(rebuilt), str(path))
+    return rebuilt
 
 
 def skeleton(
@@ -146,6 +153,30 @@ def skeleton(
     return built
 
 
+def module_types(model: nn.Module) -> dict[str, str]:
+    """Module name -> class name of every module (parameter-free ones included).
+
+    Args:
+        model: the model.
+
+    Returns:
+        The map (stored in checkpoints, compared on load).
+    """
+    return {n: type(m).__name__ for n, m in model.named_modules()}
+
+
+def _check_modules(saved: Any, got: dict[str, str], where: str) -> None:
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{where}: unreadable 'modules' metadata")
+    diff = sorted(n for n in {*saved, *got} if saved.get(n) != got.get(n))
+    if diff:
+        shown = ", ".join(f"{n!r}: saved {saved.get(n)}, skeleton {got.get(n)}" for n in diff[:5])
+        raise CheckpointError(
+            f"{where}: the skeleton's modules differ from the saved model's ({shown}); pass "
+            "the float model the checkpoint was quantized from"
+        )
+
+
 def read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Read and verify a checkpoint: header, format version, tensors and checksum.
 
@@ -158,7 +189,12 @@ def read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     Raises:
         CheckpointError: naming what is wrong with the file.
     """
-    data = Path(path).read_bytes()
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path} is a folder; give the .safetensors file qb.save wrote")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
     meta = _header_metadata(data, str(path))
     if _FORMAT_KEY not in meta:
         raise CheckpointError(

@@ -61,6 +61,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from quantbalance.args import checked
 from quantbalance.deploy.qdq_modules import WeightDQ, export_module
 from quantbalance.deploy.qdq_ops import TRANSLATIONS
 from quantbalance.errors import UnsupportedError
@@ -102,10 +103,13 @@ def to_onnx(
         shapes = (
             {k: _dims(v) for k, v in kwargs.items()} if kwargs else tuple(_dims(a) for a in args)
         )
-    prog = torch.onnx.export(
-        model, args, kwargs=kwargs, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
-        custom_translation_table=TRANSLATIONS, optimize=True, verbose=False,
-    )  # fmt: skip
+    try:
+        prog = torch.onnx.export(
+            model, args, kwargs=kwargs, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
+            custom_translation_table=TRANSLATIONS, optimize=True, verbose=False,
+        )  # fmt: skip
+    except Exception as e:
+        raise UnsupportedError(_export_failure(qmodel, e)) from e
     proto = prog.model_proto
     _pack_int4(proto, pack4)
     _strip_metadata(proto)
@@ -118,6 +122,7 @@ def to_onnx(
     return proto
 
 
+@checked
 def export_onnx(
     qmodel: nn.Module,
     example_inputs: Any,
@@ -147,6 +152,11 @@ def export_onnx(
     Example:
         >>> export_onnx(qmodel, task.example_inputs, "model.onnx")  # doctest: +SKIP
     """
+    if example_inputs is None or isinstance(example_inputs, bool | int | float | str | bytes):
+        raise UnsupportedError(
+            f"export_onnx: example_inputs={example_inputs!r:.40}; give one batch of inputs "
+            "(a Tensor, a tuple of inputs or a dict of named inputs)"
+        )
     proto = to_onnx(qmodel, example_inputs, opset=opset, dynamic=dynamic)
     if external_data if external_data is not None else proto.ByteSize() >= EXTERNAL_DATA_BYTES:
         return save_external(proto, path)
@@ -189,6 +199,20 @@ def save_external(proto: onnx.ModelProto, path: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s with external data %s", path, data)
     return path
+
+
+def _export_failure(qmodel: nn.Module, e: Exception) -> str:
+    """Say which layer (when torch's message names one) and why ``torch.onnx.export`` failed."""
+    text = str(e)
+    names = [n for n, _ in qmodel.named_modules() if n]
+    named = [n for n in names if f"'{n}'" in text or f"L__self___{n.replace('.', '_')}" in text]
+    where = f" at layer {named[-1]!r}" if named else ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (
+        f"{type(qmodel).__name__} could not be exported to ONNX{where} "
+        f"({type(e).__name__}: {lines[0][:300] if lines else ''}); check example_inputs fit the "
+        "model, and that every layer is supported (see export_module)"
+    )
 
 
 def _dims(x: Any) -> dict[int, Any] | None:

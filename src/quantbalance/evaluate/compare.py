@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -10,11 +11,14 @@ from typing import Any
 
 from torch import nn
 
+from quantbalance.args import checked
 from quantbalance.errors import ConfigError
+from quantbalance.evaluate.guards import SQNR_FLOOR_DB, layer_numerics, problems
 from quantbalance.evaluate.size import model_nbytes
-from quantbalance.evaluate.sqnr import layer_output_sqnr
 from quantbalance.nn import QuantModule
 from quantbalance.transform import coverage, fold_batchnorm
+
+log = logging.getLogger(__name__)
 
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
@@ -32,6 +36,8 @@ class Comparison:
         layer_sqnr: per-layer output SQNR (dB) on the example batches.
         coverage: "quantized N of M weight layers (P % of weights)".
         left_float: float weight layer -> why (``"by plan"`` or why it has no quantized form).
+        numeric_problems: layers whose quantized output has NaN/inf or an SQNR below the floor
+            (layer -> what is wrong; see ``evaluate.guards``).
     """
 
     float_metrics: dict[str, float]
@@ -42,6 +48,7 @@ class Comparison:
     layer_sqnr: dict[str, float] = field(default_factory=dict)
     coverage: str = ""
     left_float: dict[str, str] = field(default_factory=dict)
+    numeric_problems: dict[str, str] = field(default_factory=dict)
 
     @property
     def compression(self) -> float:
@@ -83,12 +90,14 @@ def check_metrics(metrics: Any, who: str = "eval function") -> dict[str, float]:
     return out
 
 
+@checked
 def compare(
     float_model: nn.Module,
     qmodel: nn.Module,
     task_or_eval_fn: Any,
     batches: list[Any] | None = None,
     progress: bool = False,
+    sqnr_floor_db: float = SQNR_FLOOR_DB,
 ) -> Comparison:
     """Evaluate both models and compare them.
 
@@ -99,10 +108,17 @@ def compare(
             function ``model -> dict[str, float]``.
         batches: inputs for per-layer SQNR (default: the task's ``example_inputs``).
         progress: show progress bars.
+        sqnr_floor_db: a layer whose output SQNR is below this (dB) is listed in
+            ``numeric_problems``, as is one whose output has NaN/inf.
 
     Returns:
         A :class:`Comparison`.
     """
+    if isinstance(task_or_eval_fn, nn.Module):
+        raise ConfigError(
+            f"task_or_eval_fn is a model ({type(task_or_eval_fn).__name__}); give a Task or an "
+            "eval function model -> dict of metrics"
+        )
     if hasattr(task_or_eval_fn, "evaluate") and hasattr(task_or_eval_fn, "reference"):
         task = task_or_eval_fn
         fm = check_metrics(
@@ -118,18 +134,27 @@ def compare(
         raise ConfigError("task_or_eval_fn must be a Task or a callable model -> dict of metrics")
     deltas = {k: qm[k] - fm[k] for k in fm if k in qm}
     names = [n for n, m in qmodel.named_modules() if isinstance(m, QuantModule)]
-    layer = {}
+    missing = [n for n in names if n not in dict(float_model.named_modules())]
+    if missing:
+        raise ConfigError(
+            f"qmodel has quantized layers {missing[:5]} that float_model lacks: give the float "
+            "model qmodel was quantized from"
+        )
+    info = getattr(qmodel, "qb_info", None)
+    numerics = {}
     if batches:
         # Folded layers output what conv+BN did: compare against the float model folded alike.
-        info = getattr(qmodel, "qb_info", None)
         ref = float_model
         if info is not None and info.folded:
             ref = copy.deepcopy(float_model).eval()
             fold_batchnorm(ref)
-        layer = layer_output_sqnr(ref, qmodel, names, batches, progress)
-    info = getattr(qmodel, "qb_info", None)
+        numerics = layer_numerics(ref, qmodel, batches, sqnr_floor_db, names, progress)
+    bad = problems(numerics)
+    for n, p in bad.items():
+        log.warning("layer %s: %s", n, p)
+    layer = {n: r.sqnr_db for n, r in numerics.items()}
     cov = info.coverage if info is not None and info.coverage.total else coverage(qmodel)
     return Comparison(
         fm, qm, deltas, model_nbytes(float_model), model_nbytes(qmodel), layer,
-        cov.summary(), cov.left_float(),
+        cov.summary(), cov.left_float(), bad,
     )  # fmt: skip

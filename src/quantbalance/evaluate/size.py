@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from quantbalance.args import checked
 
+
+@checked
 def model_nbytes(model: nn.Module) -> int:
     """Bytes to store ``model``: every parameter and persistent buffer, shared tensors once.
 

@@ -9,9 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantbalance.args import checked
 from quantbalance.calibration import capture
+from quantbalance.errors import ConfigError
 
 
+@checked
 def sqnr(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """SQNR in dB: ``10·log10(Σ ref² / Σ (ref - approx)²)`` over finite entries.
 
@@ -22,6 +25,11 @@ def sqnr(reference: torch.Tensor, approx: torch.Tensor) -> float:
     Returns:
         dB (``inf`` when identical).
     """
+    if reference.shape != approx.shape:
+        raise ConfigError(
+            f"sqnr: reference has shape {tuple(reference.shape)} and approx "
+            f"{tuple(approx.shape)}; give two tensors of the same shape"
+        )
     r = reference.detach().double()
     a = approx.detach().double()
     ok = torch.isfinite(r) & torch.isfinite(a)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -31,15 +32,86 @@ def format_validation_error(cls_name: str, err: ValidationError) -> str:
 
 
 class FrozenConfig(BaseModel):
-    """Immutable pydantic model that forbids unknown fields and raises ConfigError."""
+    """Immutable pydantic model that forbids unknown fields and raises ConfigError.
+
+    A subclass lists in ``positional`` the fields that may be given by position, in order
+    (``PerGroup(128)`` is ``PerGroup(size=128)``); every other field is keyword-only.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    positional: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, *args: Any, **data: Any) -> None:
+        name = type(self).__name__
+        names = type(self).positional
+        if len(args) > len(names):
+            taken = f"at most {len(names)} ({', '.join(names)})" if names else "no"
+            fields = [k for k in type(self).model_fields if k != "type"]
+            example = ", ".join(f"{k}=..." for k in (names or fields[:3]))
+            raise ConfigError(
+                f"{name}() takes {taken} arguments by position, got {len(args)} "
+                f"({', '.join(repr(a) for a in args)}); write {name}({example})"
+                + (f"; its fields: {', '.join(fields)}" if fields else "")
+            )
+        for key, value in zip(names, args, strict=False):
+            if key in data:
+                raise ConfigError(f"{name}(): {key} given twice (by position and as {key}=)")
+            data[key] = value
+        _check_keys(name, data)
         try:
             super().__init__(**data)
         except ValidationError as err:
-            allowed = ", ".join(sorted(type(self).model_fields))
-            raise ConfigError(
-                f"{format_validation_error(type(self).__name__, err)}\n  allowed fields: {allowed}"
-            ) from None
+            raise _config_error(type(self), err) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """pydantic's ``model_validate``, raising ``ConfigError`` instead of ``ValidationError``.
+
+        Args:
+            obj: the data (a dict, or an instance).
+            **kwargs: passed to pydantic.
+
+        Returns:
+            The validated instance.
+        """
+        _check_keys(cls.__name__, obj)
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as err:
+            raise _config_error(cls, err) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """pydantic's ``model_validate_json``, raising ``ConfigError``.
+
+        Args:
+            json_data: JSON text or bytes.
+            **kwargs: passed to pydantic.
+
+        Returns:
+            The validated instance.
+        """
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as err:
+            raise _config_error(cls, err) from None
+
+
+def _check_keys(name: str, obj: Any, where: str = "") -> None:
+    """Every mapping inside a config's data must have text keys (fields, layer names)."""
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ConfigError(
+                    f"invalid {name}: key {k!r} ({type(k).__name__}) in {where or 'the data'}; "
+                    "field names and layer names are text, e.g. '0' rather than 0"
+                )
+            _check_keys(name, v, f"{where}.{k}" if where else k)
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            _check_keys(name, v, f"{where}[{i}]")
+
+
+def _config_error(cls: type[BaseModel], err: ValidationError) -> ConfigError:
+    allowed = ", ".join(sorted(cls.model_fields))
+    return ConfigError(f"{format_validation_error(cls.__name__, err)}\n  allowed fields: {allowed}")

@@ -24,7 +24,7 @@ by the padding.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -42,10 +42,14 @@ class PerTensor(FrozenConfig):
 
 
 class PerChannel(FrozenConfig):
-    """One scale per index along ``axis`` (axis 0 = output channels of Linear/Conv weights)."""
+    """One scale per index along ``axis`` (axis 0 = output channels of Linear/Conv weights).
+
+    ``PerChannel(0)`` is ``PerChannel(axis=0)``.
+    """
 
     type: Literal["per_channel"] = "per_channel"
     axis: int = 0
+    positional: ClassVar[tuple[str, ...]] = ("axis",)
 
 
 class PerToken(FrozenConfig):
@@ -58,11 +62,13 @@ class PerGroup(FrozenConfig):
     """One scale per run of ``size`` consecutive elements along ``axis``.
 
     The last run of each row may be shorter (a partial group) and has its own scale.
+    ``PerGroup(128)`` is ``PerGroup(size=128)``; ``PerGroup(128, 0)`` adds ``axis=0``.
     """
 
     type: Literal["per_group"] = "per_group"
     size: int = Field(gt=0, description="elements per group, > 0")
     axis: int = -1
+    positional: ClassVar[tuple[str, ...]] = ("size", "axis")
 
 
 Granularity = Annotated[PerTensor | PerChannel | PerToken | PerGroup, Field(discriminator="type")]

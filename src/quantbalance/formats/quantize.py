@@ -9,6 +9,7 @@ from typing import Protocol
 
 import torch
 
+from quantbalance.args import checked
 from quantbalance.errors import ConfigError, NonFiniteError, UnsupportedError
 from quantbalance.formats import granularity, packing
 from quantbalance.formats.granularity import (
@@ -68,6 +69,7 @@ def _check_input(x: torch.Tensor, what: str) -> None:
         raise UnsupportedError(f"{what}: cannot quantize an empty tensor of shape {tuple(x.shape)}")
 
 
+@checked
 def quantize_tensor(
     x: torch.Tensor,
     scheme: Scheme,
@@ -232,6 +234,7 @@ def _encode(
     return quantize_affine(blocks, scale, zp, scheme, generator) - scheme.qmin
 
 
+@checked
 def fake_quantize(
     x: torch.Tensor,
     scheme: Scheme,

@@ -5,7 +5,7 @@ How codes are packed (storage) and which algorithm chooses them are separate con
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -42,11 +42,7 @@ class Scheme(FrozenConfig):
     granularity: Granularity = Field(default_factory=PerChannel)
     rounding: Literal["nearest", "stochastic"] = "nearest"
     scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-
-    def __init__(self, bits: int | None = None, /, **data: Any) -> None:
-        if bits is not None:
-            data["bits"] = bits
-        super().__init__(**data)
+    positional: ClassVar[tuple[str, ...]] = ("bits",)
 
     @model_validator(mode="after")
     def _check_combination(self) -> Scheme:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantbalance.errors import ConfigError
 from quantbalance.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -181,9 +182,12 @@ class Cache:
 
     def __init__(self, root: str | os.PathLike[str] | None) -> None:
         self.root = Path(root) if root is not None else None
+        if self.root is not None and self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"cache_dir {str(self.root)!r} is a file; give a folder (or None)")
         self.hits = 0
         self.misses = 0
         self.by_kind: dict[str, list[int]] = {}
+        self.read_only = False
 
     def _count(self, kind: str, hit: bool) -> None:
         if hit:
@@ -247,9 +251,13 @@ class Cache:
             ``value``.
         """
         path = self.path(kind, key)
-        if path is not None:
+        if path is not None and not self.read_only:
             text = json.dumps({"key": dict(key), "value": value}, default=str, indent=0)
-            atomic_write_text(path, text)
+            try:
+                atomic_write_text(path, text)
+            except OSError as e:  # a full disk or a read-only folder: go on without saving
+                log.warning("cannot write the cache in %s (%s); not saving to it", self.root, e)
+                self.read_only = True
         return value
 
     def remember_evaluation(
@@ -307,6 +315,10 @@ class Cache:
         return self.put(kind, key, compute())
 
 
+#: Entry kinds holding the eval function's metrics (the others: bytes, latency, proxies).
+METRIC_KINDS = ("eval", "sens")
+
+
 def cache_summary(cache: Cache, notes: Iterable[str] = ()) -> dict[str, Any]:
     """What the cache contributed to a run, for results and reports.
 
@@ -320,9 +332,12 @@ def cache_summary(cache: Cache, notes: Iterable[str] = ()) -> dict[str, Any]:
     if cache.root is None:
         text = "cache off: every measurement was made in this run"
     else:
+        metric = [cache.by_kind.get(k, [0, 0]) for k in METRIC_KINDS]
+        hits, misses = sum(h for h, _ in metric), sum(m for _, m in metric)
         text = (
-            f"{cache.hits} cached entries reused, {cache.misses} measured in this run "
-            f"(cache {cache.root})"
+            f"cache: {hits} metric measurements reused, {misses} made in this run; "
+            f"{cache.hits - hits} size/latency/proxy entries reused, {cache.misses - misses} "
+            f"computed ({cache.root})"
         )
     notes = list(notes)
     return {

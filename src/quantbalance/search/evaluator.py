@@ -22,6 +22,7 @@ from torch import nn
 
 from quantbalance.errors import ConfigError
 from quantbalance.evaluate import check_metrics, model_nbytes
+from quantbalance.evaluate.guards import layer_numerics, problems
 from quantbalance.plan import Plan
 from quantbalance.search.cache import Cache, fn_identity
 from quantbalance.search.fingerprint import Fingerprint, eval_fingerprint
@@ -239,6 +240,26 @@ class PlanEvaluator:
         from quantbalance.quantize import quantize
 
         return quantize(self.model, plan, self.source.calib_data, progress=False)
+
+    def numerics(self, plan: Plan, floor_db: float) -> dict[str, str]:
+        """Layers of ``plan`` whose quantized output has NaN/inf or an SQNR below ``floor_db``.
+
+        Judged on (up to two) calibration batches; see ``evaluate.guards``.
+
+        Args:
+            plan: the Plan.
+            floor_db: the SQNR floor in dB.
+
+        Returns:
+            layer -> what is wrong (empty when nothing is).
+        """
+        if not any(s is not None for s in plan.layers.values()):
+            return {}
+        batches = (self.source.calib_data or [self.source.example_inputs])[:2]
+        got = problems(layer_numerics(self.model, self._quantize(plan), batches, floor_db))
+        for n, p in got.items():
+            log.warning("chosen Plan %s, layer %s: %s", plan.name, n, p)
+        return got
 
     def _src(self, split: str) -> Source:
         src = self.source if split == "search" else self.holdout

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantbalance.algorithms.base import options_in_force
+from quantbalance.args import checked
 from quantbalance.errors import ConfigError, QuantBalanceError
 from quantbalance.evaluate import model_nbytes
+from quantbalance.evaluate.guards import SQNR_FLOOR_DB
 from quantbalance.formats.config import FrozenConfig
 from quantbalance.plan import PRESETS, Plan, preset
 from quantbalance.search.cache import (
@@ -89,10 +92,10 @@ class Budget(FrozenConfig):
         'drop'
     """
 
-    max_drop: float | None = Field(default=None, ge=0)
+    max_drop: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     relative: bool = True
-    max_bytes: float | None = Field(default=None, gt=0)
-    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_bytes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     metric: str | None = None
 
     @model_validator(mode="after")
@@ -218,6 +221,7 @@ def _groups(names: list[str], groups: Sequence[Sequence[str]] | None) -> list[li
     return out
 
 
+@checked
 def search(
     model: nn.Module,
     task_or: Any,
@@ -232,7 +236,7 @@ def search(
     front_evals: int = 3,
     presets: Sequence[str] | None = None,
     latency_model: LatencyModel | None = None,
-    cache_dir: Any = "default",
+    cache_dir: str | os.PathLike[str] | None = "default",
     metric: str | None = None,
     higher_is_better: bool | None = None,
     eval_id: str | None = None,
@@ -241,6 +245,7 @@ def search(
     progress: bool = True,
     executor: str | Executor | None = None,
     target: str | None = None,
+    sqnr_floor_db: float = SQNR_FLOOR_DB,
 ) -> SearchResult:
     """Find the per-layer precision that meets ``budget`` at the least cost.
 
@@ -275,6 +280,8 @@ def search(
         target: deployment engine whose exact schemes are the candidates (``torch``, ``ort``,
             ``tensorrt``, ``vllm``, ``llama.cpp``; see ``search.targets``); only when
             ``candidates`` is None.
+        sqnr_floor_db: the chosen Plan's layers whose output SQNR is below this (dB), or whose
+            output has NaN/inf, are named in the message and in ``info["numerics"]``.
 
     Returns:
         The :class:`SearchResult`.
@@ -298,6 +305,11 @@ def search(
     base = copy.deepcopy(model).eval()
     fold_batchnorm(base)
     names = list(quantizable_layers(base))
+    if not names:
+        raise ConfigError(
+            f"{type(model).__name__} has no quantizable layers (Linear, Conv1d/2d, Embedding): "
+            "nothing to search"
+        )
     if candidates is None and target is not None:
         from quantbalance.search.targets import target_candidates
 
@@ -387,6 +399,11 @@ def search(
             ver.holdout(p)
     times["holdout"] = time.perf_counter() - t0
 
+    numerics = ev.numerics(chosen.plan, sqnr_floor_db)
+    if numerics:
+        message += " Numerical problems in the chosen Plan: " + "; ".join(
+            f"layer {n!r}: {p}" for n, p in numerics.items()
+        )
     if chosen.kind == "preset":
         chosen = dataclasses.replace(chosen, kind="chosen")
         message += " (a uniform preset: no evaluated mixed Plan was cheaper)"
@@ -437,6 +454,8 @@ def search(
             "cache_misses": cache.misses,
             "cache": cache_summary(cache, [*ev.notes, *(s_ev.notes if s_ev is not ev else [])]),
             "eval_opaque": src.fingerprint.opaque if src.fingerprint else [],
+            "numerics": numerics,
+            "sqnr_floor_db": sqnr_floor_db,
             "engine": costs.engine,
             "layers": len(names),
             "coverage": cov.summary(),

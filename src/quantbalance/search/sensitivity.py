@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 
 from quantbalance.algorithms import parse_algorithm
 from quantbalance.algorithms.base import options_in_force
+from quantbalance.args import checked
+from quantbalance.errors import ConfigError, PlanError
 from quantbalance.formats import PerChannel, Scheme
 from quantbalance.plan import LayerSpec, preset
 from quantbalance.search.cache import Cache, data_hash, default_cache_dir, model_hash
@@ -125,6 +128,18 @@ def layer_options(
     Returns:
         layer -> key -> spec.
     """
+    if isinstance(candidates, nn.Module | str):
+        raise ConfigError(
+            f"candidates={candidates!r:.40}: give a list of LayerSpec (None = float), a "
+            "key -> LayerSpec dict, or a function (name, module) -> key -> LayerSpec"
+        )
+    known = quantizable_layers(model)
+    unknown = [n for n in layers if n not in known]
+    if unknown:
+        raise PlanError(
+            f"layers {unknown[:5]} are not quantizable layers of the model; its quantizable "
+            f"layers: {', '.join(list(known)[:20]) or 'none'}"
+        )
     out: dict[str, Options] = {}
     for n in layers:
         mod = model.get_submodule(n)
@@ -243,12 +258,13 @@ class SensitivityTable:
         return d
 
 
+@checked
 def sensitivity(
     model: nn.Module,
     task_or: Any,
     candidates: Candidates = None,
     layers: Sequence[str] | None = None,
-    cache_dir: Any = "default",
+    cache_dir: str | os.PathLike[str] | None = "default",
     *,
     metric: str | None = None,
     higher_is_better: bool | None = None,
