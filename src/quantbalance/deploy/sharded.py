@@ -121,7 +121,7 @@ class ShardedWriter:
             The checkpoint folder.
         """
         import quantbalance
-        from quantbalance.deploy.checkpoint import _FORMAT_KEY, FORMAT_VERSION, _info_dict
+        from quantbalance.deploy.checkpoint import _FORMAT_KEY, FORMAT_VERSION
 
         meta = {
             _FORMAT_KEY: str(FORMAT_VERSION),
@@ -130,7 +130,7 @@ class ShardedWriter:
             "plan": plan.to_json() if plan is not None else "null",
             "layers": json.dumps(self.layers, sort_keys=True),
             "aliases": json.dumps(self.aliases, sort_keys=True),
-            "info": json.dumps(_info_dict(info), sort_keys=True, default=str),
+            "info": json.dumps(info.to_dict() if info else {}, sort_keys=True, default=str),
         }
         if source is not None:
             meta["source"] = source
