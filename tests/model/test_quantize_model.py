@@ -119,7 +119,7 @@ def test_bad_inputs_raise_and_leave_model_untouched() -> None:
     assert torch.isnan(bad.pw.weight).any()  # untouched, still the user's
     with pytest.raises(ConfigError, match="unknown algorithm"):
         qb.quantize(m, "int8-weight", algorithm="magic")
-    with pytest.raises(qb.ArgumentError, match=r"nn\.Module"):
+    with pytest.raises(qb.UnsupportedError, match=r"nn\.Module"):
         qb.quantize("model", "int8-weight")  # type: ignore[arg-type]
 
 

@@ -38,6 +38,7 @@ from quantbalance.errors import ConfigError, QuantBalanceError
 from quantbalance.evaluate import model_nbytes
 from quantbalance.evaluate.guards import SQNR_FLOOR_DB
 from quantbalance.formats.config import FrozenConfig
+from quantbalance.lowering import for_hardware
 from quantbalance.plan import PRESETS, Plan, preset
 from quantbalance.search.cache import (
     Cache,
@@ -428,7 +429,7 @@ def search(
     chosen_specs = chosen.plan.resolve(quantizable_layers(base))
     cov = coverage(base, [n for n, spec in chosen_specs.items() if spec.weight is not None])
     return SearchResult(
-        plan=chosen.plan,
+        plan=for_hardware(chosen.plan, "auto"),  # the int8 target it was evaluated for
         chosen=chosen,
         met_budget=met,
         message=message,
