@@ -17,7 +17,7 @@ int8-onednn-conv    Conv2d (numeric padding): the same weights,  the same, as a 
 int8-weight-pack    Linear: signed symmetric 8-bit per-channel,  float activations × int8
                     weight-only, in_features % 16 == 0           weights, float32 sums
 int4-pack           Linear: uniform 4-bit, groups of 32..256     bf16 activations × int4
-                    along the input, weight-only                 weights (bf16 rounding)
+                    along the input, weight-only, out % 16 == 0  weights (bf16 rounding)
 embedding           Embedding                                    dequantized table lookup
 dequant             anything else                                the simulation itself, in the
                                                                  engine dtype (float speed)
@@ -55,6 +55,7 @@ class LayerDesc:
         activation: the input scheme, or None (weight-only).
         act_mode: ``static`` or ``dynamic``.
         in_features: input features (Linear) or input channels (convolutions).
+        out_features: output features (Linear) or output channels (convolutions).
         numeric_padding: convolutions only: padding given as numbers (not ``"same"``).
     """
 
@@ -63,6 +64,7 @@ class LayerDesc:
     activation: Scheme | None
     act_mode: str
     in_features: int
+    out_features: int
     numeric_padding: bool = True
 
     @classmethod
@@ -83,6 +85,7 @@ class LayerDesc:
             activation=None if act is None or layer == "Embedding" else act.scheme,
             act_mode=act.mode if act is not None else "static",
             in_features=int(q.weight_shape()[1]),
+            out_features=int(q.weight_shape()[0]),
             numeric_padding=not isinstance(getattr(q, "padding", 0), str),
         )
 
@@ -108,6 +111,7 @@ class LayerDesc:
             activation=act,
             act_mode=spec.act_mode,
             in_features=int(module.weight.shape[1]),
+            out_features=int(module.weight.shape[0]),
             numeric_padding=not isinstance(getattr(module, "padding", 0), str),
         )
 
@@ -151,7 +155,7 @@ def _match_int4(d: LayerDesc) -> bool:
     return (
         d.layer == "Linear" and d.activation is None and w.kind == "uniform" and w.bits == 4
         and isinstance(g, PerGroup) and g.axis in (-1, 1) and g.size in (32, 64, 128, 256)
-        and d.in_features % g.size == 0
+        and d.in_features % g.size == 0 and d.out_features % 16 == 0
     )  # fmt: skip
 
 
@@ -220,7 +224,8 @@ KERNELS: tuple[Kernel, ...] = (
         _match_int8_weight, _always, _exact, lambda q, dt: tm.Int8WeightLinear(q, dt),
     ),
     Kernel(
-        "int4-pack", "Linear, 4-bit uniform weights in groups of 32..256, weight-only",
+        "int4-pack", "Linear, 4-bit uniform weights in groups of 32..256, weight-only, "
+        "out_features % 16 == 0",
         "bf16 activations x int4 weights (bf16 rounding of the activations)",
         _match_int4, _always, _exact, lambda q, dt: tm.Int4Linear(q, dt),
     ),
