@@ -86,7 +86,7 @@ def quantize(
 ) -> None:
     """Quantize a model with one or more presets (or a Plan file) and compare with float.
 
-    With ``--offload disk --hf PATH --save OUT``, a Hugging Face causal LM is quantized one
+    With --offload disk --hf PATH --save OUT, a Hugging Face causal LM is quantized one
     transformer block at a time (memory: one block) and written to OUT, without evaluation.
     """
     from quantbalance.cli.run import quantize_and_compare
