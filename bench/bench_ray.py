@@ -100,6 +100,7 @@ def main() -> None:
     for task in args.tasks.split(","):
         base, ref = one(task, None, "serial")
         rows.append(base)
+        _write(Path(args.out), rows)
         by_workers = {}
         for n in counts:
             row, res = one(task, RayExecutor(workers=n, threads=1), f"ray-{n}")
@@ -107,6 +108,7 @@ def main() -> None:
             row["same_metrics"] = res.chosen.metrics == ref.chosen.metrics
             by_workers[n] = row
             rows.append(row)
+            _write(Path(args.out), rows)
         for row in by_workers.values():
             one_worker = by_workers.get(1)
             if one_worker:
@@ -114,13 +116,19 @@ def main() -> None:
                 phase = one_worker["timings"]["sensitivity"] / max(row["timings"]["sensitivity"],
                                                                    1e-9)  # fmt: skip
                 row["sensitivity_speedup_vs_1_worker"] = round(phase, 3)
+        _write(Path(args.out), rows)
         logging.info("%s: %s", task, json.dumps([{k: v for k, v in r.items() if k != "plan"}
                                                  for r in rows if r["task"] == task]))  # fmt: skip
     ray.shutdown()
+
+
+def _write(out: Path, rows: list[dict[str, Any]]) -> None:
+    """Write the rows so far (each run is minutes long: keep what finished)."""
+    import ray
+
     meta = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
             "ray": ray.__version__, "cpus": os.cpu_count()}  # fmt: skip
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 
