@@ -44,8 +44,16 @@ class CopyingExecutor:
 
 def run(executor: Any, cache_dir: Path | None) -> SearchResult:
     net, data, ev = make()
-    return search(net, (data, ev), Budget(max_drop=0.002), cache_dir=cache_dir, metric="cos",
-                  latency_model=FakeEngine(), executor=executor, **FAST)  # type: ignore[arg-type]
+    return search(
+        net,
+        (data, ev),
+        Budget(max_drop=0.002),
+        cache_dir=cache_dir,
+        metric="cos",
+        latency_model=FakeEngine(),
+        executor=executor,
+        **FAST,
+    )  # type: ignore[arg-type]
 
 
 def _same(a: SearchResult, b: SearchResult) -> None:
