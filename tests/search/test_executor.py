@@ -66,10 +66,6 @@ def _same(a: SearchResult, b: SearchResult) -> None:
     assert [(p.name, p.metrics) for p in a.presets] == [(p.name, p.metrics) for p in b.presets]
 
 
-def _without_seconds(entries: dict) -> dict:
-    return {n: {k: {**e, "seconds": None} for k, e in o.items()} for n, o in entries.items()}
-
-
 def test_make_executor() -> None:
     assert isinstance(make_executor(None), SerialExecutor)
     assert isinstance(make_executor("serial"), SerialExecutor)
