@@ -60,12 +60,12 @@ def one(task: str, executor: Any, label: str) -> tuple[dict[str, Any], Any]:
                  sensitivity_source=sp.sensitivity, cache_dir=None, progress=False,
                  executor=executor)  # fmt: skip
     wall = time.perf_counter() - t0
-    secs = [
-        e["seconds"]
+    pairs = sum(
+        1
         for layer in res.sensitivity.entries.values()
-        for e in layer.values()
-        if e.get("measured") and "seconds" in e
-    ]
+        for k, e in layer.items()
+        if k != "float" and e.get("measured")
+    )
     evals = [r for r in res.log if not r["cached"]]
     row = {
         "task": task,
@@ -73,8 +73,8 @@ def one(task: str, executor: Any, label: str) -> tuple[dict[str, Any], Any]:
         "wall_s": round(wall, 2),
         "timings": {k: round(v, 2) for k, v in res.timings.items()},
         "layers": res.info["layers"],
-        "sensitivity_evals": len(secs),
-        "sensitivity_eval_s": round(sum(secs) / max(len(secs), 1), 4),
+        "sensitivity_evals": pairs,
+        "sensitivity_eval_s": round(res.timings["sensitivity"] / max(pairs, 1), 4),
         "plan_evals": len(evals),
         "plan_eval_s": round(sum(r["seconds"] for r in evals) / max(len(evals), 1), 4),
         "plan": res.plan.model_dump(mode="json"),
@@ -100,6 +100,7 @@ def main() -> None:
     for task in args.tasks.split(","):
         base, ref = one(task, None, "serial")
         rows.append(base)
+        _write(Path(args.out), rows)
         by_workers = {}
         for n in counts:
             row, res = one(task, RayExecutor(workers=n, threads=1), f"ray-{n}")
@@ -107,6 +108,7 @@ def main() -> None:
             row["same_metrics"] = res.chosen.metrics == ref.chosen.metrics
             by_workers[n] = row
             rows.append(row)
+            _write(Path(args.out), rows)
         for row in by_workers.values():
             one_worker = by_workers.get(1)
             if one_worker:
@@ -114,13 +116,19 @@ def main() -> None:
                 phase = one_worker["timings"]["sensitivity"] / max(row["timings"]["sensitivity"],
                                                                    1e-9)  # fmt: skip
                 row["sensitivity_speedup_vs_1_worker"] = round(phase, 3)
+        _write(Path(args.out), rows)
         logging.info("%s: %s", task, json.dumps([{k: v for k, v in r.items() if k != "plan"}
                                                  for r in rows if r["task"] == task]))  # fmt: skip
     ray.shutdown()
+
+
+def _write(out: Path, rows: list[dict[str, Any]]) -> None:
+    """Write the rows so far (each run is minutes long: keep what finished)."""
+    import ray
+
     meta = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
             "ray": ray.__version__, "cpus": os.cpu_count()}  # fmt: skip
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 

@@ -127,3 +127,13 @@ def test_nf4_lookups_follow_the_values_device() -> None:
     assert got.is_meta and tuple(got.shape) == (3, 5)
     cpu = nearest_code(torch.tensor([[-1.0, 0.0, 1.0]]), NF4_TABLE)
     assert cpu.tolist() == [[0, 7, 15]]
+
+
+def test_take_hessian_equals_hessian_bit_for_bit() -> None:
+    lin = nn.Linear(16, 4)
+    stats = InputStatsCollector()
+    for _ in range(3):
+        stats("l", lin, torch.randn(7, 16) * 3)
+    st = stats.pop("l")
+    ref = st.hessian()
+    assert torch.equal(st.take_hessian(), ref) and st.gram.numel() == 0

@@ -44,8 +44,16 @@ class CopyingExecutor:
 
 def run(executor: Any, cache_dir: Path | None) -> SearchResult:
     net, data, ev = make()
-    return search(net, (data, ev), Budget(max_drop=0.002), cache_dir=cache_dir, metric="cos",
-                  latency_model=FakeEngine(), executor=executor, **FAST)  # type: ignore[arg-type]
+    return search(
+        net,
+        (data, ev),
+        Budget(max_drop=0.002),
+        cache_dir=cache_dir,
+        metric="cos",
+        latency_model=FakeEngine(),
+        executor=executor,
+        **FAST,
+    )  # type: ignore[arg-type]
 
 
 def _same(a: SearchResult, b: SearchResult) -> None:
@@ -56,10 +64,6 @@ def _same(a: SearchResult, b: SearchResult) -> None:
         (p.name, p.metrics, p.nbytes) for p in b.front
     ]
     assert [(p.name, p.metrics) for p in a.presets] == [(p.name, p.metrics) for p in b.presets]
-
-
-def _without_seconds(entries: dict) -> dict:
-    return {n: {k: {**e, "seconds": None} for k, e in o.items()} for n, o in entries.items()}
 
 
 def test_make_executor() -> None:

@@ -221,7 +221,7 @@ def gptq(ctx: QuantContext) -> None:
         for n in names:
             scheme, opts = ctx.specs[n].weight, _SLOT.for_spec(ctx.specs[n])
             assert scheme is not None
-            hessian = stats.pop(n).hessian()
+            hessian = stats.pop(n).take_hessian()
             key = (opts.damp, opts.act_order)
             prep = next((p for h, k, p in prepared if k == key and torch.equal(h, hessian)), None)
             if prep is None:

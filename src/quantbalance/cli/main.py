@@ -140,7 +140,7 @@ def quantize(
 ) -> None:
     """Quantize a model with one or more presets (or a Plan file) and compare with float.
 
-    With ``--offload disk --hf PATH --save OUT``, a Hugging Face causal LM is quantized one
+    With --offload disk --hf PATH --save OUT, a Hugging Face causal LM is quantized one
     transformer block at a time (memory: one block) and written to OUT, without evaluation.
     """
     from quantbalance.cli.export_cmd import exporter

@@ -76,7 +76,10 @@ def skeleton(folder: Path, dtype: torch.dtype | None = None) -> nn.Module:
     if isinstance(want, str):
         want = getattr(torch, want)
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=want)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=want)
+        except TypeError:  # transformers < 4.56 names it torch_dtype
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=want)
     return model.eval()
 
 
