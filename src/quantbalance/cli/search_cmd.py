@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -275,7 +274,7 @@ def run_search(
         sensitivity_source=sens,
         cache_dir=None if no_cache else (cache_dir if cache_dir is not None else "default"),
         measure=True if measure is None else measure,
-        progress=sys.stderr.isatty(),
+        progress=True,  # a bar on a terminal, one log line per phase elsewhere
         executor=_executor(ray),
         target=target,
     )

@@ -35,7 +35,7 @@ from torch import nn
 
 from quantbalance.calibration import capture
 from quantbalance.errors import NumericsError
-from quantbalance.evaluate.sqnr import sqnr
+from quantbalance.evaluate.sqnr import first_tensor, sqnr
 from quantbalance.nn import QuantModule
 from quantbalance.transform import fold_batchnorm
 
@@ -66,21 +66,13 @@ class LayerNumerics:
         return d
 
 
-def _first_tensor(out: Any) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    return None
-
-
 def _outputs(
     model: nn.Module, names: Sequence[str], batches: Sequence[Any], what: str, progress: bool
 ) -> dict[str, torch.Tensor]:
     outs: dict[str, list[torch.Tensor]] = {}
 
     def grab(name: str, mod: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
-        t = _first_tensor(out)
+        t = first_tensor(out)
         if t is not None:
             outs.setdefault(name, []).append(t.detach().float().cpu().reshape(-1))
 

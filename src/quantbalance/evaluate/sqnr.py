@@ -40,7 +40,15 @@ def sqnr(reference: torch.Tensor, approx: torch.Tensor) -> float:
     return 10 * math.log10(max(signal, 1e-300) / noise)
 
 
-def _first_tensor(out: Any) -> torch.Tensor | None:
+def first_tensor(out: Any) -> torch.Tensor | None:
+    """A layer's output tensor: itself, or the first element of a tuple/list output.
+
+    Args:
+        out: what a module returned.
+
+    Returns:
+        The tensor, or None when there is none.
+    """
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
@@ -73,7 +81,7 @@ def layer_output_sqnr(
 
     def grab(which: str):
         def fn(name: str, mod: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
-            t = _first_tensor(out)
+            t = first_tensor(out)
             if t is not None:
                 outs[which].setdefault(name, []).append(t.detach().float().cpu())
 

@@ -24,6 +24,7 @@ from quantbalance.hardware import detect
 from quantbalance.lowering import lower_spec
 from quantbalance.nn import weight_matrix
 from quantbalance.plan import LayerSpec, Plan
+from quantbalance.progress import steps
 from quantbalance.transform import quantizable_layers
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,6 @@ def measure_costs(
     Returns:
         The CostTable.
     """
-    from tqdm.auto import tqdm
-
     from quantbalance.evaluate import model_nbytes
     from quantbalance.search.cache import data_hash, machine_id
 
@@ -210,7 +209,7 @@ def measure_costs(
     if missing:
         log.warning("example_inputs never reach %s; their latency counts as 0", missing[:5])
     nbytes: dict[str, dict[str, int]] = {}
-    for n in tqdm(names, desc="bytes per layer", disable=not progress, leave=False):
+    for n in steps(names, "search: bytes per layer", enabled=progress):
         mod = model.get_submodule(n)
         nbytes[n] = {
             k: int(

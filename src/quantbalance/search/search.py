@@ -24,13 +24,12 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from torch import nn
-from tqdm.auto import tqdm
 
 from quantbalance.algorithms.base import options_in_force
 from quantbalance.args import checked
@@ -40,6 +39,7 @@ from quantbalance.evaluate.guards import SQNR_FLOOR_DB
 from quantbalance.formats.config import FrozenConfig
 from quantbalance.lowering import for_hardware
 from quantbalance.plan import PRESETS, Plan, preset
+from quantbalance.progress import phase, steps
 from quantbalance.search.cache import (
     Cache,
     cache_summary,
@@ -292,7 +292,9 @@ def search(
     if objective not in ("bytes", "latency"):
         raise ConfigError(f"objective={objective!r}: accepted 'bytes' or 'latency'")
     times: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t0 = t_start = time.perf_counter()
+    say = _phases(progress, t_start)
+    say("setup: float reference")
     names_p = list(presets) if presets is not None else list(PRESETS)
     preset_plans = {n: with_algorithm(preset(n), algorithm) for n in names_p}
     src = as_source(task_or, metric or budget.metric, higher_is_better, eval_id)
@@ -331,6 +333,7 @@ def search(
     times["setup"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    say("single-layer sensitivity")
     s_src = (
         src
         if sensitivity_source is None
@@ -343,6 +346,7 @@ def search(
     times["sensitivity"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    say("costs (bytes, latency)")
     cost_options, preset_choice = preset_options(base, names, options, preset_plans)
     costs = measure_costs(
         base,
@@ -365,10 +369,12 @@ def search(
     )
     ver = Verifier(problem, options, ev, costs, budget, reference, src, progress)
     t0 = time.perf_counter()
+    say("solve and verify")
     ver.run(max_evals, objective)
     times["verify"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    say("Pareto front and presets")
     for axis in ("bytes", "latency"):
         for s in sweep(problem, axis, n_points=10):
             ver.predicted(s)
@@ -383,10 +389,10 @@ def search(
     jobs = [(p.plan, {"search": "front"}) for p in todo]
     jobs += [(plan, both) for plan in preset_plans.values()]
     prefetch(ev, jobs, run)  # parallel executors: fill the cache; the loops below read it
-    for p in tqdm(todo, desc="front", disable=not progress):
+    for p in steps(todo, "search: front points", enabled=progress):
         ver.measure_point(p, "front")
     pre_points = []
-    for name, plan in tqdm(preset_plans.items(), desc="presets", disable=not progress):
+    for name, plan in steps(preset_plans.items(), "search: presets", enabled=progress):
         try:
             pre_points.append(ver.preset_point(name, plan, preset_choice[name], hold is not None))
         except QuantBalanceError as e:
@@ -394,6 +400,7 @@ def search(
     times["front"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    say("held-out check")
     chosen, met, message = ver.choose(hold is not None, pre_points)
     if hold is not None:
         for p in pre_points:
@@ -463,3 +470,15 @@ def search(
             "left_float": cov.left_float(),
         },
     )
+
+
+def _phases(enabled: bool, t_start: float) -> Callable[[str], None]:
+    """A function announcing the search's next phase (one log line each; see ``progress``)."""
+    k = [0]
+
+    def say(name: str) -> None:
+        k[0] += 1
+        if enabled:
+            phase("search", k[0], 6, name, time.perf_counter() - t_start)
+
+    return say

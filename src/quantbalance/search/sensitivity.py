@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from torch import nn
-from tqdm.auto import tqdm
 
 from quantbalance.algorithms import parse_algorithm
 from quantbalance.algorithms.base import options_in_force
@@ -29,6 +28,7 @@ from quantbalance.args import checked
 from quantbalance.errors import ConfigError, PlanError
 from quantbalance.formats import PerChannel, Scheme
 from quantbalance.plan import LayerSpec, preset
+from quantbalance.progress import steps
 from quantbalance.search.cache import Cache, data_hash, default_cache_dir, model_hash
 from quantbalance.search.evaluator import (
     PlanEvaluator,
@@ -393,7 +393,7 @@ def run_sensitivity(
         for (n, k, s, _, _), res in zip(items, run.map(measure_layer, items, job()), strict=True):
             record(n, k, s, *res)
         todo = []
-    for n, k, s in tqdm(todo, desc="sensitivity (layer x spec)", disable=not progress):
+    for n, k, s in steps(todo, "search: sensitivity (layer x spec)", enabled=progress):
         single(n, k, s, True)
     return _table(src, base, options, reference, proxy, got, chosen)
 

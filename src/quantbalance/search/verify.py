@@ -12,6 +12,7 @@ excluded from the next solve) and the best measured one is kept.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from quantbalance.hardware import detect
 from quantbalance.plan import Plan
+from quantbalance.progress import log as progress_log
 from quantbalance.search.costs import CostTable
 from quantbalance.search.evaluator import PlanEvaluator, Source, drop_of
 from quantbalance.search.pareto import PlanPoint
@@ -114,6 +116,9 @@ class Verifier:
             self.n_evals += purpose == "verify"
             if self._bar is not None:
                 self._bar.update(1)
+                if self._bar.disable and self.progress:  # off a terminal: a log line each
+                    progress_log.info("search: verify: %d of at most %s evaluations",
+                                      self._bar.n, self._bar.total)  # fmt: skip
         return p
 
     def holdout(self, p: PlanPoint) -> PlanPoint:
@@ -165,7 +170,9 @@ class Verifier:
             objective: what a drop budget minimises (``bytes`` or ``latency``).
         """
         self.objective = objective
-        self._bar = tqdm(total=max_evals, desc="verify", disable=not self.progress)
+        self._bar = tqdm(
+            total=max_evals, desc="verify", disable=not (self.progress and sys.stderr.isatty())
+        )
         try:
             if self.budget.kind == "drop":
                 self._run_drop(max_evals, objective)
