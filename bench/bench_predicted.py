@@ -40,7 +40,7 @@ from quantbalance.quantize import as_plan, quantize
 from quantbalance.search.cache import Cache, model_hash
 from quantbalance.search.costs import measure_costs, preset_options
 from quantbalance.search.latency import TorchLatencyModel
-from quantbalance.tasks import load_for_bench
+from quantbalance.tasks import BENCH_TASKS, load_for_bench
 from quantbalance.tasks.base import Task
 from quantbalance.transform import fold_batchnorm, quantizable_layers
 
@@ -180,7 +180,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     """Parse arguments, run, write JSON, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", default="minilm", choices=sorted(bm.BENCH_TASKS))
+    ap.add_argument("--task", default="minilm", choices=sorted(BENCH_TASKS))
     ap.add_argument("--presets", default="w8a8,w8a8-dynamic,int8-weight,w4-g128")
     ap.add_argument("--plan", default=None, help="the search's plan.json (the chosen Plan)")
     ap.add_argument("--threads", type=int, default=2)

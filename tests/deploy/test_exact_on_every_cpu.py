@@ -156,3 +156,18 @@ def test_int4_kernel_only_takes_output_widths_it_can_pack() -> None:
     eng = to_torch_engine(q, compile=False, dtype=torch.float32)
     assert eng.qb_engine_kernels == {"dequant": 1, "int4-pack": 1}
     torch.testing.assert_close(eng(x), q(x), rtol=0.02, atol=0.02)  # bf16 activations (int4-pack)
+
+
+def test_int8_weight_pack_only_where_bf16_is_native() -> None:
+    # without native bf16, _weight_int8pack_mm ran 33x slower than float: the dequantized form
+    # (the same numbers) runs instead, and that is not an inexactness (no reason, no error)
+    lin = nn.Sequential(nn.Linear(32, 16)).eval()
+    q = qb.quantize(lin, "int8-weight", progress=False)
+    desc = LayerDesc.of_module(q[0])
+    assert choose(desc, VNNI)[0].name == "int8-weight-pack"
+    k, reasons = choose(desc, AVX2)
+    assert (k.name, reasons) == ("dequant", [])
+    eng = to_torch_engine(q, compile=False, inexact="error", hardware=AVX2)
+    x = torch.randn(3, 32)
+    assert eng.qb_engine_kernels == {"dequant": 1}
+    torch.testing.assert_close(eng(x), q(x))
