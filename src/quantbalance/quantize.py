@@ -28,7 +28,8 @@ from quantbalance.algorithms import ALGORITHMS, NEEDS_DATA, QuantContext, parse_
 from quantbalance.algorithms.smoothquant import lower_smoothing
 from quantbalance.args import checked
 from quantbalance.calibration import check_calib_data, run_batches
-from quantbalance.calibration.device import computing_on, move_batch, qtensor_to, resolve_device
+from quantbalance.calibration.batch import move_batch
+from quantbalance.calibration.device import computing_on, qtensor_to, resolve_device
 from quantbalance.errors import CalibrationError, ConfigError, FloatLayerError, UnsupportedError
 from quantbalance.formats import (
     PerChannel,

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import quantbalance as qb
+from quantbalance.calibration.batch import move_batch
 from quantbalance.calibration.device import (
     computing_on,
-    move_batch,
     move_module,
     qtensor_to,
     resolve_device,

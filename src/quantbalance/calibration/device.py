@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
@@ -89,25 +88,6 @@ def move_module(module: nn.Module, device: torch.device | str) -> nn.Module:
             m.qweight = qtensor_to(m.qweight, device)
             m._w = None  # the dequantized cache is rebuilt where the codes are
     return module
-
-
-def move_batch(x: Any, device: torch.device | str) -> Any:
-    """A calibration batch (tensor, or mapping/list/tuple of them) with its tensors on ``device``.
-
-    Args:
-        x: the batch.
-        device: the target.
-
-    Returns:
-        The moved batch (same structure; non-tensors unchanged).
-    """
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: move_batch(v, device) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return type(x)(move_batch(v, device) for v in x)
-    return x
 
 
 @contextmanager

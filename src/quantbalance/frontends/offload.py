@@ -35,7 +35,8 @@ from torch import nn
 
 from quantbalance.algorithms import ALGORITHMS, QuantContext, parse_algorithm
 from quantbalance.calibration import check_calib_data
-from quantbalance.calibration.device import move_batch, resolve_device, without_blocks
+from quantbalance.calibration.batch import move_batch
+from quantbalance.calibration.device import resolve_device, without_blocks
 from quantbalance.calibration.offload import (
     InMemory,
     SafetensorsShards,
