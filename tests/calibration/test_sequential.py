@@ -27,11 +27,12 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-def tiny_llama() -> nn.Module:
+def tiny_llama(use_cache: bool = False) -> nn.Module:
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
         vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, use_cache=False,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        use_cache=use_cache,
     )  # fmt: skip
     return transformers.LlamaForCausalLM(cfg).eval()
 
@@ -134,6 +135,29 @@ def test_replacement_weights_feed_later_blocks_and_are_restored() -> None:
     head = {"lm_head": edited.lm_head}
     capture(edited, head, batches, lambda n, mod, i, _o: plain(n, mod, i[0]), progress=False)
     torch.testing.assert_close(head_inputs.pop("lm_head").gram, plain.pop("lm_head").gram)
+
+
+def test_replayed_blocks_get_no_kv_cache() -> None:
+    """A model with ``use_cache=True`` (as most LLM folders ship): each block runs twice (observe,
+    then with its replaced weights); a cache passed through would make the second run attend over
+    the first run's keys as well and feed the next block wrong inputs (Transformers 5 names the
+    argument ``cache``)."""
+    m = tiny_llama(use_cache=True)
+    batches = llama_batches(2)
+    names = [f"model.layers.{i}.self_attn.{p}" for i in range(3) for p in ("k_proj", "v_proj")]
+    mods = {n: m.get_submodule(n) for n in names}
+
+    def finish(done: list[str]) -> dict[str, torch.Tensor]:
+        return {n: 0.5 * mods[n].weight.detach() for n in done}  # new keys and values
+
+    outs = run_sequential(m, batches, mods, None, finish, progress=False)
+    edited = copy.deepcopy(m)
+    with torch.no_grad():
+        for n in names:
+            edited.get_submodule(n).weight.mul_(0.5)
+    ref = last_block_outputs(edited, edited.model.layers, batches)
+    for a, b in zip(outs, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_model_without_blocks_is_one_block() -> None:

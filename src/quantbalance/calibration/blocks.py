@@ -39,7 +39,49 @@ BLOCK_PATHS: tuple[str, ...] = (
 #: Keyword names under which a block may receive its hidden state.
 HIDDEN_KWARGS: tuple[str, ...] = ("hidden_states", "hidden_state", "x")
 #: Keyword arguments reset when a block is replayed (no KV cache across calibration runs).
-RESET_KWARGS: dict[str, Any] = {"past_key_values": None, "past_key_value": None, "use_cache": False}
+#: Transformers 5 names the cache argument of a decoder layer ``cache``; older ones
+#: ``past_key_value(s)``. Any other argument holding a key/value cache object is reset too
+#: (see :func:`reset_kwargs`).
+RESET_KWARGS: dict[str, Any] = {
+    "past_key_values": None,
+    "past_key_value": None,
+    "cache": None,
+    "layer_past": None,
+    "use_cache": False,
+}
+
+
+def _is_kv_cache(value: Any) -> bool:
+    """Whether ``value`` is a Transformers key/value cache (a ``cache_utils.Cache``)."""
+    return any(
+        c.__name__.endswith("Cache") and c.__module__.startswith("transformers.")
+        for c in type(value).__mro__
+    )
+
+
+def reset_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A block's keyword arguments with every key/value cache removed.
+
+    A block replayed with a cache argument appends its keys and values to it on every run: the
+    second run (e.g. GPTQ's pass after quantizing a block) would attend over the first run's
+    keys as well and hand the next block wrong inputs, and the caches of every block would stay
+    resident for the whole run.
+
+    Args:
+        kwargs: the keyword arguments a block was called with.
+
+    Returns:
+        A copy with :data:`RESET_KWARGS` applied and any other cache-valued argument set to None.
+    """
+    out = {}
+    for k, v in kwargs.items():
+        if k in RESET_KWARGS:
+            out[k] = RESET_KWARGS[k]
+        elif _is_kv_cache(v):
+            out[k] = None
+        else:
+            out[k] = v
+    return out
 
 
 @dataclass(frozen=True)
@@ -108,8 +150,7 @@ def capture_block_inputs(
     calls: list[BlockCall] = []
 
     def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        kw = {k: RESET_KWARGS.get(k, v) for k, v in kwargs.items()}
-        calls.append(BlockCall(tuple(args), kw))
+        calls.append(BlockCall(tuple(args), reset_kwargs(kwargs)))
         raise _EarlyStopError
 
     handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)

@@ -73,6 +73,8 @@ def skeleton(folder: Path, dtype: torch.dtype | None = None) -> nn.Module:
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{folder}: no config.json; give a local Hugging Face model folder")
     config = AutoConfig.from_pretrained(folder)
+    if hasattr(config, "use_cache"):
+        config.use_cache = False  # calibration keeps no key/value caches
     want = dtype or getattr(config, "dtype", None) or torch.float32
     if isinstance(want, str):
         want = getattr(torch, want)
