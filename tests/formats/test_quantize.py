@@ -206,3 +206,13 @@ def test_fake_quantize_learnable_scale_gets_gradient() -> None:
     scale = torch.full((8,), 0.05, requires_grad=True)
     qb.fake_quantize(x, qb.Scheme(4), scale=scale).pow(2).sum().backward()
     assert scale.grad is not None and bool((scale.grad != 0).any())
+
+
+def test_scale_beyond_the_storage_dtype_is_refused() -> None:
+    """fp16 scales top out at 65504: an int8 block of |w| ~ 1e7 would store inf and decode NaN."""
+    w = torch.full((2, 32), 1e7)
+    fp16 = qb.Scheme(8, granularity=qb.PerGroup(32), scale_dtype="float16")
+    with pytest.raises(qb.NumericsError, match="scale_dtype='float16'"):
+        qb.quantize_tensor(w, fp16)
+    wide = qb.quantize_tensor(w, qb.Scheme(8, granularity=qb.PerGroup(32)))  # float32 scales
+    torch.testing.assert_close(wide.dequantize(), w, rtol=1e-2, atol=0)

@@ -152,7 +152,7 @@ LAYERS = {
 }
 
 
-@settings(print_blob=False, max_examples=min(settings().max_examples, 200))
+@settings(print_blob=False)
 @given(
     st.lists(st.tuples(st.sampled_from(sorted(LAYERS)), st.sampled_from([4, 16, 32])), max_size=6)
 )

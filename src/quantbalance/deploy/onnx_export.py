@@ -62,6 +62,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from quantbalance.args import checked
+from quantbalance.deploy.onnx_registry import cached_torchlib_registry
 from quantbalance.deploy.qdq_modules import WeightDQ, export_module
 from quantbalance.deploy.qdq_ops import TRANSLATIONS
 from quantbalance.errors import UnsupportedError
@@ -104,10 +105,12 @@ def to_onnx(
             {k: _dims(v) for k, v in kwargs.items()} if kwargs else tuple(_dims(a) for a in args)
         )
     try:
-        prog = torch.onnx.export(
-            model, args, kwargs=kwargs, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
-            custom_translation_table=TRANSLATIONS, optimize=True, verbose=False,
-        )  # fmt: skip
+        with cached_torchlib_registry():
+            prog = torch.onnx.export(
+                model, args, kwargs=kwargs, dynamo=True, opset_version=opset,
+                dynamic_shapes=shapes, custom_translation_table=TRANSLATIONS, optimize=True,
+                verbose=False,
+            )  # fmt: skip
     except Exception as e:
         raise UnsupportedError(_export_failure(qmodel, e)) from e
     proto = prog.model_proto

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from quantbalance.errors import UnsupportedError
+from quantbalance.errors import NumericsError, UnsupportedError
 from quantbalance.formats.scheme import Scheme
 
 FP8_MAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
@@ -45,8 +45,19 @@ def store_scale(scale: torch.Tensor, scheme: Scheme) -> torch.Tensor:
 
     Returns:
         float32 tensor holding values representable in ``scheme.scale_dtype``.
+
+    Raises:
+        NumericsError: a scale exceeds the storage dtype's range (it would be stored as inf and
+            every code of its block would dequantize to inf or NaN).
     """
     dt = SCALE_DTYPES[scheme.scale_dtype]
+    top = float(scale.max()) if scale.numel() else 0.0
+    if top > torch.finfo(dt).max:
+        raise NumericsError(
+            f"a scale of {top:.4g} does not fit scale_dtype={scheme.scale_dtype!r} (largest "
+            f"{torch.finfo(dt).max:.4g}); the tensor's values are too large for this scheme: use "
+            "scale_dtype='float32' (or 'bfloat16'), or keep the layer float"
+        )
     tiny = torch.finfo(dt).tiny
     return scale.float().clamp(min=tiny).to(dt).float().clamp(min=tiny)
 
