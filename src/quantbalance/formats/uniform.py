@@ -51,15 +51,26 @@ def store_scale(scale: torch.Tensor, scheme: Scheme) -> torch.Tensor:
             every code of its block would dequantize to inf or NaN).
     """
     dt = SCALE_DTYPES[scheme.scale_dtype]
-    top = float(scale.max()) if scale.numel() else 0.0
+    if dt != torch.float32 and scale.numel() and not _tracing():
+        _check_range(scale, scheme, dt)
+    tiny = torch.finfo(dt).tiny
+    return scale.float().clamp(min=tiny).to(dt).float().clamp(min=tiny)
+
+
+def _tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing (no data-dependent checks then)."""
+    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
+def _check_range(scale: torch.Tensor, scheme: Scheme, dt: torch.dtype) -> None:
+    """Raise if a scale exceeds ``dt``'s range (it would be stored as inf)."""
+    top = float(scale.max())
     if top > torch.finfo(dt).max:
         raise NumericsError(
             f"a scale of {top:.4g} does not fit scale_dtype={scheme.scale_dtype!r} (largest "
             f"{torch.finfo(dt).max:.4g}); the tensor's values are too large for this scheme: use "
             "scale_dtype='float32' (or 'bfloat16'), or keep the layer float"
         )
-    tiny = torch.finfo(dt).tiny
-    return scale.float().clamp(min=tiny).to(dt).float().clamp(min=tiny)
 
 
 def qparams_from_range(

@@ -46,6 +46,10 @@ def register(float_type: type[nn.Module]) -> Callable[[type[QuantModule]], type[
     return deco
 
 
+def _runs_its_forward(_module: nn.Module, _args: tuple[Any, ...]) -> None:
+    """No-op pre-hook: its presence turns off fused fast paths that would skip this module."""
+
+
 class QuantModule(nn.Module, metaclass=abc.ABCMeta):
     """Base class: a quantized weight held as module state, the float bias, an input quantizer.
 
@@ -59,6 +63,11 @@ class QuantModule(nn.Module, metaclass=abc.ABCMeta):
     The dequantized weight is cached in the non-persistent buffer ``_w`` on first use (so
     simulation runs at float speed) and dropped whenever the parts change (``qweight = ...``,
     ``load_state_dict``, ``.to()``).
+
+    Every quantized module carries a no-op forward pre-hook (:func:`_runs_its_forward`): parents
+    with a fused fast path that read their children's weights instead of calling them
+    (``nn.TransformerEncoderLayer`` in eval mode) take their ordinary path when any child has a
+    hook, so the quantized layer's own forward (its input quantizer, its kernel) always runs.
     """
 
     float_type: type[nn.Module] = nn.Module
@@ -80,6 +89,8 @@ class QuantModule(nn.Module, metaclass=abc.ABCMeta):
         layout: str,
     ) -> None:
         """Register the quantized state (shared by every QuantModule, in-place ones included)."""
+        if _runs_its_forward not in self._forward_pre_hooks.values():
+            self.register_forward_pre_hook(_runs_its_forward)
         self.register_buffer("_w", None, persistent=False)
         self.weight_layout = layout
         self._weight_shape = shape
