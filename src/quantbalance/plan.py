@@ -127,7 +127,7 @@ class LayerSpec(FrozenConfig):
     def _check(self) -> LayerSpec:
         if self.weight is None and self.activation is None:
             raise ValueError("a LayerSpec needs a weight or an activation scheme (or use None)")
-        if self.activation is not None and self.activation.kind != "uniform":
+        if self.activation is not None and not self.activation.format_kind.activations:
             raise ValueError(
                 f"activation kind {self.activation.kind!r}: activations support kind='uniform'"
             )

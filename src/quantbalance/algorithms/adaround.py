@@ -285,7 +285,7 @@ def _layer_forward(
 
 def _supported(spec: LayerSpec, mod: nn.Module) -> bool:
     w = spec.weight
-    ok = w is not None and w.kind == "uniform" and w.bits >= 2
+    ok = w is not None and w.format_kind.affine(w)
     return ok and isinstance(mod, nn.Linear | nn.Conv1d | nn.Conv2d) and plain_forward(mod)
 
 

@@ -52,7 +52,7 @@ def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
 
 
 def _learnable(scheme: Scheme | None) -> bool:
-    return scheme is not None and scheme.kind == "uniform" and scheme.bits >= 2
+    return scheme is not None and scheme.format_kind.affine(scheme)
 
 
 def _qp(scheme: Scheme) -> float:

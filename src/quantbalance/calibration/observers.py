@@ -30,7 +30,7 @@ from quantbalance.calibration.histogram import Histogram
 from quantbalance.errors import ConfigError, NonFiniteError
 from quantbalance.formats import Scheme, granularity
 from quantbalance.formats.granularity import Granularity, PerTensor, grid_shape, to_blocks
-from quantbalance.formats.uniform import dequantize_affine, qparams_from_range, quantize_affine
+from quantbalance.formats.kinds import qparams_from_range
 
 _MAX_STORED = 1 << 27
 
@@ -209,7 +209,7 @@ class PercentileObserver(_HistogramObserver):
         """Percentile range (see class doc)."""
         self._require_data()
         p = self.percentile / 100
-        if scheme.kind == "uniform" and not scheme.symmetric:
+        if scheme.format_kind.has_zero_point(scheme):
             lo, hi = self.hist.quantile(1 - p), self.hist.quantile(p)
         else:
             t = _abs_quantile(self.hist, p)
@@ -249,7 +249,7 @@ class EntropyObserver(_HistogramObserver):
         assert self.lo is not None and self.hi is not None
         lo = torch.clamp(self.lo, min=-t)
         hi = torch.clamp(self.hi, max=t)
-        if scheme.kind != "uniform" or scheme.symmetric:
+        if not scheme.format_kind.has_zero_point(scheme):
             lo, hi = torch.full_like(lo, -t), torch.full_like(hi, t)
         return lo, hi
 
@@ -397,17 +397,13 @@ def _weighted_error(
     values: torch.Tensor, weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
 ) -> torch.Tensor:
     """Per-block sum of ``weight · (x - Q(x))²`` for the range ``[lo, hi]``."""
-    from quantbalance.formats.nonuniform import NF4_TABLE, nearest_code
-
+    kind = scheme.format_kind
+    if not kind.clipping:
+        raise ConfigError(f"mse observer supports uniform and nf4 schemes, not {scheme.kind!r}")
     scale, zp = qparams_from_range(lo, hi, scheme)
     s = scale.unsqueeze(1)
-    if scheme.kind == "uniform":
-        z = None if zp is None else zp.unsqueeze(1)
-        deq = dequantize_affine(quantize_affine(values, s, z, scheme), s, z, scheme)
-    elif scheme.kind == "nf4":
-        deq = NF4_TABLE.to(values.device)[nearest_code(values / s, NF4_TABLE)] * s
-    else:
-        raise ConfigError(f"mse observer supports uniform and nf4 schemes, not {scheme.kind!r}")
+    z = None if zp is None else zp.unsqueeze(1)
+    _, deq = kind.round_trip(values, s, z, scheme)
     return ((values - deq) ** 2 * weights).sum(1)
 
 

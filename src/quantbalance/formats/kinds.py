@@ -1,0 +1,474 @@
+"""Weight/activation format kinds: one object per kind holds its behaviour.
+
+A :class:`~quantbalance.formats.scheme.Scheme` names its kind by a string (``scheme.kind``), so
+Plans, JSON and YAML stay plain text; ``get_kind(name)`` (or ``scheme.format_kind``) returns the
+object that knows the kind's rules, its parameters from a range, how values become unsigned codes
+(``encode``) and back (``decode``), and which tensors it stores. Adding a kind means adding one
+class here and registering it; nothing else branches on kind names.
+
+Registered kinds:
+
+Stored tensors and bytes (``n`` values, ``B`` blocks, ``s`` bytes per scale, ``b`` bits):
+
+============  ====  ==============================================  ============================
+kind          bits  codes                                           ``nbytes``
+============  ====  ==============================================  ============================
+uniform       1–8   affine integer grid ``round(x / scale) + zp``   ``ceil(n·b/8) + B·s`` (+ B
+                                                                    zero points if asymmetric)
+nf4           4     index into the NF4 table, absmax scale          ``ceil(n/2) + B·s``
+codebook      1–8   index into a k-means table learned per block    ``ceil(n·b/8) + B·2^b·s``
+fp8_e4m3      8     float8 e4m3fn bits of ``x / (absmax / 448)``    ``n + B·s``
+fp8_e5m2      8     float8 e5m2 bits of ``x / (absmax / 57344)``    ``n + B·s``
+fp4_e2m1      4     OCP FP4 (E2M1) bits of ``x / (absmax / 6)``     ``ceil(n/2) + B·s``
+============  ====  ==============================================  ============================
+
+FP4 (E2M1) codes: bit 3 is the sign, bits 0–2 index the magnitudes
+``0, 0.5, 1, 1.5, 2, 3, 4, 6``; ``x / scale`` rounds to the nearest magnitude (a tie goes to the
+smaller one) and zero is always stored as code 0. The per-block scale follows the scheme's
+granularity (``PerGroup(size=32)`` gives MXFP4's block size, with a float scale instead of MX's
+power-of-two one).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.formats.nonuniform import NF4_TABLE, nearest_code
+from quantbalance.formats.packing import packed_nbytes
+from quantbalance.formats.uniform import (
+    SCALE_DTYPES,
+    dequantize_affine,
+    quantize_affine,
+    store_scale,
+)
+
+if TYPE_CHECKING:  # annotations only: scheme.py imports this module
+    from quantbalance.formats.scheme import Scheme
+
+
+class FormatKind:
+    """What one format kind is: its bit widths, stored tensors, parameters and codes.
+
+    Attributes:
+        name: the kind's name as written in a Scheme (``"uniform"``, ``"nf4"``, ...).
+        fixed_bits: the only bit width the kind allows, or None (any of 1..8).
+        integer: codes are an affine integer grid (integer kernels and int exports apply).
+        range_based: parameters follow from a ``[lo, hi]`` range (observers, GPTQ scales).
+        learns_table: codes index a table learned per block (stored as ``codebook``).
+        clipping: weight observers (``mse``, ``percentile``, ...) may choose the range.
+        gptq: GPTQ's column-by-column solve supports the kind.
+        activations: activations may use the kind.
+    """
+
+    name: str = ""
+    fixed_bits: int | None = None
+    integer = False
+    range_based = True
+    learns_table = False
+    clipping = False
+    gptq = False
+    activations = False
+
+    def check(self, scheme: Scheme) -> None:
+        """Refuse field combinations the kind does not allow.
+
+        Args:
+            scheme: the scheme being validated.
+
+        Raises:
+            ValueError: naming the field (pydantic turns it into a ``ConfigError``).
+        """
+        if self.fixed_bits is not None and scheme.bits != self.fixed_bits:
+            raise ValueError(
+                f"kind='{self.name}' needs bits={self.fixed_bits}, got bits={scheme.bits}"
+            )
+
+    def label(self, scheme: Scheme, gran: str) -> str:
+        """Short name for tables (``nf4-g64``).
+
+        Args:
+            scheme: the scheme.
+            gran: its granularity's short name.
+
+        Returns:
+            The label.
+        """
+        return f"{self.name}-{gran}"
+
+    def affine(self, scheme: Scheme) -> bool:
+        """Whether codes are ``round(x / scale) + zero_point`` with a real zero (LSQ, ONNX Q/DQ).
+
+        Args:
+            scheme: the scheme.
+
+        Returns:
+            True for uniform schemes of 2 bits or more.
+        """
+        return False
+
+    def has_zero_point(self, scheme: Scheme) -> bool:
+        """Whether the kind stores a per-block zero point for ``scheme``.
+
+        Args:
+            scheme: the scheme.
+
+        Returns:
+            True for asymmetric uniform schemes.
+        """
+        return False
+
+    def nbytes(self, numel: int, blocks: int, scheme: Scheme) -> int:
+        """Exact stored bytes of ``numel`` values in ``blocks`` blocks (``QuantizedTensor.nbytes``).
+
+        Args:
+            numel: number of quantized values.
+            blocks: number of parameter blocks (``prod(grid_shape(...))``).
+            scheme: the scheme.
+
+        Returns:
+            Packed codes + one scale per block (+ one zero-point byte per block if stored).
+        """
+        zero_points = blocks if self.has_zero_point(scheme) else 0
+        return packed_nbytes(numel, scheme.bits) + blocks * _scale_bytes(scheme) + zero_points
+
+    def range_qparams(
+        self, lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scale and zero point that make the codes cover ``[lo, hi]``.
+
+        Args:
+            lo: per-block minimum (float32).
+            hi: per-block maximum (float32).
+            scheme: the scheme.
+
+        Returns:
+            ``(scale, zero_point or None)``.
+        """
+        raise UnsupportedError(
+            f"kind='{self.name}' has no range-based parameters; accepted: "
+            + ", ".join(k.name for k in KINDS.values() if k.range_based)
+        )
+
+    def block_qparams(
+        self, blocks: torch.Tensor, mask: torch.Tensor | None, scheme: Scheme
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Flat per-block parameters from the blocks' own values (default: their min/max).
+
+        Args:
+            blocks: ``(N, L)`` values (padding zeros where ``mask`` is 0).
+            mask: ``(N, L)`` validity of each value, or None.
+            scheme: the scheme.
+
+        Returns:
+            ``(scale, zero_point or None)`` of shape ``(N,)``.
+        """
+        return qparams_from_range(blocks.amin(1), blocks.amax(1), scheme)
+
+    def encode(
+        self,
+        values: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Unsigned codes (``0 .. 2**bits - 1``) of ``values`` with broadcastable parameters.
+
+        Args:
+            values: float values (``(N, L)`` blocks or a ``(N,)`` column).
+            scale: scales broadcastable to ``values``.
+            zero_point: zero points broadcastable to ``values``, or None.
+            scheme: the scheme.
+            generator: for stochastic rounding.
+
+        Returns:
+            Integer codes of ``values``' shape.
+        """
+        raise UnsupportedError(f"kind='{self.name}' has no element-wise codes")
+
+    def decode(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+    ) -> torch.Tensor:
+        """Float32 values of unsigned codes (inverse of :meth:`encode` up to rounding).
+
+        Args:
+            codes: unsigned codes.
+            scale: scales broadcastable to ``codes``.
+            zero_point: zero points broadcastable to ``codes``, or None.
+            scheme: the scheme.
+
+        Returns:
+            float32 values.
+        """
+        raise UnsupportedError(f"kind='{self.name}' has no element-wise codes")
+
+    def round_trip(
+        self,
+        values: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes and dequantized values of ``values`` (GPTQ's column step, MSE search).
+
+        Args:
+            values: float values.
+            scale: broadcastable scales.
+            zero_point: broadcastable zero points, or None.
+            scheme: the scheme.
+
+        Returns:
+            ``(uint8 codes, float32 values)``.
+        """
+        u = self.encode(values, scale, zero_point, scheme)
+        return u.to(torch.uint8), self.decode(u, scale, zero_point, scheme)
+
+
+class UniformKind(FormatKind):
+    """Affine integer grid (see ``formats.uniform``); 1 bit is binary ``±scale``."""
+
+    name = "uniform"
+    integer = True
+    clipping = True
+    gptq = True
+    activations = True
+
+    def check(self, scheme: Scheme) -> None:
+        if scheme.bits == 1 and not scheme.symmetric:
+            raise ValueError(
+                "bits=1 uniform is binary (±scale) and must be symmetric; "
+                "use symmetric=True or bits>=2"
+            )
+
+    def label(self, scheme: Scheme, gran: str) -> str:
+        base = f"{'int' if scheme.signed else 'uint'}{scheme.bits}-{gran}"
+        return base if scheme.symmetric else f"{base}-asym"
+
+    def affine(self, scheme: Scheme) -> bool:
+        return scheme.bits >= 2
+
+    def has_zero_point(self, scheme: Scheme) -> bool:
+        return not scheme.symmetric
+
+    def range_qparams(
+        self, lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        absmax = torch.maximum(lo.abs(), hi.abs())
+        if scheme.bits == 1:
+            return store_scale(absmax / 2, scheme), None
+        if scheme.symmetric:
+            return store_scale(absmax / ((scheme.qmax - scheme.qmin) / 2), scheme), None
+        lo = torch.clamp(lo, max=0.0)
+        hi = torch.clamp(hi, min=0.0)
+        scale = store_scale((hi - lo) / (scheme.qmax - scheme.qmin), scheme)
+        zp = torch.round(scheme.qmin - lo / scale).clamp(scheme.qmin, scheme.qmax)
+        return scale, zp.to(torch.int32)
+
+    def block_qparams(
+        self, blocks: torch.Tensor, mask: torch.Tensor | None, scheme: Scheme
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if scheme.bits == 1:  # binary: the mean |x| of the real values
+            real = blocks.abs() if mask is None else blocks.abs() * mask
+            count = blocks.shape[1] if mask is None else mask.sum(1)
+            return store_scale(real.sum(1) / count, scheme), None
+        return super().block_qparams(blocks, mask, scheme)
+
+    def encode(
+        self,
+        values: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return quantize_affine(values, scale, zero_point, scheme, generator) - scheme.qmin
+
+    def decode(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+    ) -> torch.Tensor:
+        return dequantize_affine(codes.to(torch.int32) + scheme.qmin, scale, zero_point, scheme)
+
+
+class TableKind(FormatKind):
+    """Codes index a fixed signed table of values; ``scale = absmax / max(|table|)``.
+
+    Attributes:
+        table: float32 values of the codes ``0 .. 2**bits - 1``.
+    """
+
+    table: torch.Tensor
+
+    def range_qparams(
+        self, lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        absmax = torch.maximum(lo.abs(), hi.abs())
+        return store_scale(absmax / float(self.table.abs().max()), scheme), None
+
+    def decode(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+    ) -> torch.Tensor:
+        return self.table.to(codes.device)[codes.long()] * scale
+
+
+class NF4Kind(TableKind):
+    """NF4 (QLoRA): the nearest of 16 normal-float quantiles in ``[-1, 1]``, absmax scale."""
+
+    name = "nf4"
+    fixed_bits = 4
+    clipping = True
+    gptq = True
+    table = NF4_TABLE
+
+    def encode(
+        self,
+        values: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        v = values / scale
+        if v.dim() == 1:
+            return nearest_code(v.unsqueeze(1), NF4_TABLE)[:, 0]
+        return nearest_code(v, NF4_TABLE)
+
+
+class FP8Kind(FormatKind):
+    """Float8 bits of ``x / scale`` (torch's own conversion: round to nearest even, clamped)."""
+
+    fixed_bits = 8
+
+    def __init__(self, name: str, dtype: torch.dtype) -> None:
+        self.name = name
+        self.dtype = dtype
+        self.max = float(torch.finfo(dtype).max)
+
+    def range_qparams(
+        self, lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return store_scale(torch.maximum(lo.abs(), hi.abs()) / self.max, scheme), None
+
+    def encode(
+        self,
+        values: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        v = (values / scale).clamp(-self.max, self.max)
+        return v.to(self.dtype).view(torch.uint8)
+
+    def decode(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+    ) -> torch.Tensor:
+        return codes.to(torch.uint8).view(self.dtype).float() * scale
+
+
+FP4_MAGNITUDES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+class FP4Kind(TableKind):
+    """OCP FP4 E2M1 with one float scale per block (see the module docstring)."""
+
+    name = "fp4_e2m1"
+    fixed_bits = 4
+    table = torch.cat([FP4_MAGNITUDES, -FP4_MAGNITUDES])
+
+    def encode(
+        self,
+        values: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        v = values / scale
+        flat = v.reshape(-1, 1)
+        mag = nearest_code(flat.abs(), FP4_MAGNITUDES).reshape(v.shape)
+        return torch.where((v < 0) & (mag > 0), mag + 8, mag)
+
+
+class CodebookKind(FormatKind):
+    """k-means lookup table per block, stored as ``codebook`` (no scale, no range)."""
+
+    name = "codebook"
+    range_based = False
+    learns_table = True
+
+    def label(self, scheme: Scheme, gran: str) -> str:
+        return f"lut{scheme.bits}-{gran}"
+
+    def nbytes(self, numel: int, blocks: int, scheme: Scheme) -> int:
+        return packed_nbytes(numel, scheme.bits) + blocks * scheme.n_levels * _scale_bytes(scheme)
+
+
+def _scale_bytes(scheme: Scheme) -> int:
+    return SCALE_DTYPES[scheme.scale_dtype].itemsize
+
+
+KINDS: dict[str, FormatKind] = {
+    k.name: k
+    for k in (
+        UniformKind(),
+        NF4Kind(),
+        CodebookKind(),
+        FP8Kind("fp8_e4m3", torch.float8_e4m3fn),
+        FP8Kind("fp8_e5m2", torch.float8_e5m2),
+        FP4Kind(),
+    )
+}
+
+
+def get_kind(name: str) -> FormatKind:
+    """The kind object registered under ``name``.
+
+    Args:
+        name: a kind name (``scheme.kind``).
+
+    Returns:
+        The :class:`FormatKind`.
+
+    Raises:
+        ConfigError: unknown name (the accepted ones are listed).
+    """
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ConfigError(f"unknown kind {name!r}; accepted: {', '.join(KINDS)}") from None
+
+
+def qparams_from_range(
+    lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale and zero point that make the codes cover ``[lo, hi]``.
+
+    Args:
+        lo: per-block minimum (any shape).
+        hi: per-block maximum (same shape).
+        scheme: a range-based scheme (``uniform``, ``nf4``, fp8, fp4).
+
+    Returns:
+        ``(scale, zero_point)``: float32 scale; int32 zero point for asymmetric uniform schemes,
+        else None (implied: 0, or ``2^(b-1)`` for unsigned symmetric codes).
+    """
+    return get_kind(scheme.kind).range_qparams(lo.float(), hi.float(), scheme)
