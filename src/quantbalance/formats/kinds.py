@@ -2,9 +2,10 @@
 
 A :class:`~quantbalance.formats.scheme.Scheme` names its kind by a string (``scheme.kind``), so
 Plans, JSON and YAML stay plain text; ``get_kind(name)`` (or ``scheme.format_kind``) returns the
-object that knows the kind's rules, its parameters from a range, how values become unsigned codes
-(``encode``) and back (``decode``), and which tensors it stores. Adding a kind means adding one
-class here and registering it; nothing else branches on kind names.
+object (interface: ``formats.kind_base.FormatKind``) that knows the kind's rules, its parameters
+from a range, how values become unsigned codes (``encode``) and back (``decode``), and which
+tensors it stores. Adding a kind means adding one class here and registering it in ``KINDS``;
+nothing else branches on kind names.
 
 Registered kinds:
 
@@ -35,200 +36,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.errors import ConfigError
+from quantbalance.formats.kind_base import FormatKind, scale_bytes
 from quantbalance.formats.nonuniform import NF4_TABLE, nearest_code
 from quantbalance.formats.packing import packed_nbytes
-from quantbalance.formats.uniform import (
-    SCALE_DTYPES,
-    dequantize_affine,
-    quantize_affine,
-    store_scale,
-)
+from quantbalance.formats.uniform import dequantize_affine, quantize_affine, store_scale
 
 if TYPE_CHECKING:  # annotations only: scheme.py imports this module
     from quantbalance.formats.scheme import Scheme
-
-
-class FormatKind:
-    """What one format kind is: its bit widths, stored tensors, parameters and codes.
-
-    Attributes:
-        name: the kind's name as written in a Scheme (``"uniform"``, ``"nf4"``, ...).
-        fixed_bits: the only bit width the kind allows, or None (any of 1..8).
-        integer: codes are an affine integer grid (integer kernels and int exports apply).
-        range_based: parameters follow from a ``[lo, hi]`` range (observers, GPTQ scales).
-        learns_table: codes index a table learned per block (stored as ``codebook``).
-        clipping: weight observers (``mse``, ``percentile``, ...) may choose the range.
-        gptq: GPTQ's column-by-column solve supports the kind.
-        activations: activations may use the kind.
-    """
-
-    name: str = ""
-    fixed_bits: int | None = None
-    integer = False
-    range_based = True
-    learns_table = False
-    clipping = False
-    gptq = False
-    activations = False
-
-    def check(self, scheme: Scheme) -> None:
-        """Refuse field combinations the kind does not allow.
-
-        Args:
-            scheme: the scheme being validated.
-
-        Raises:
-            ValueError: naming the field (pydantic turns it into a ``ConfigError``).
-        """
-        if self.fixed_bits is not None and scheme.bits != self.fixed_bits:
-            raise ValueError(
-                f"kind='{self.name}' needs bits={self.fixed_bits}, got bits={scheme.bits}"
-            )
-
-    def label(self, scheme: Scheme, gran: str) -> str:
-        """Short name for tables (``nf4-g64``).
-
-        Args:
-            scheme: the scheme.
-            gran: its granularity's short name.
-
-        Returns:
-            The label.
-        """
-        return f"{self.name}-{gran}"
-
-    def affine(self, scheme: Scheme) -> bool:
-        """Whether codes are ``round(x / scale) + zero_point`` with a real zero (LSQ, ONNX Q/DQ).
-
-        Args:
-            scheme: the scheme.
-
-        Returns:
-            True for uniform schemes of 2 bits or more.
-        """
-        return False
-
-    def has_zero_point(self, scheme: Scheme) -> bool:
-        """Whether the kind stores a per-block zero point for ``scheme``.
-
-        Args:
-            scheme: the scheme.
-
-        Returns:
-            True for asymmetric uniform schemes.
-        """
-        return False
-
-    def nbytes(self, numel: int, blocks: int, scheme: Scheme) -> int:
-        """Exact stored bytes of ``numel`` values in ``blocks`` blocks (``QuantizedTensor.nbytes``).
-
-        Args:
-            numel: number of quantized values.
-            blocks: number of parameter blocks (``prod(grid_shape(...))``).
-            scheme: the scheme.
-
-        Returns:
-            Packed codes + one scale per block (+ one zero-point byte per block if stored).
-        """
-        zero_points = blocks if self.has_zero_point(scheme) else 0
-        return packed_nbytes(numel, scheme.bits) + blocks * _scale_bytes(scheme) + zero_points
-
-    def range_qparams(
-        self, lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Scale and zero point that make the codes cover ``[lo, hi]``.
-
-        Args:
-            lo: per-block minimum (float32).
-            hi: per-block maximum (float32).
-            scheme: the scheme.
-
-        Returns:
-            ``(scale, zero_point or None)``.
-        """
-        raise UnsupportedError(
-            f"kind='{self.name}' has no range-based parameters; accepted: "
-            + ", ".join(k.name for k in KINDS.values() if k.range_based)
-        )
-
-    def block_qparams(
-        self, blocks: torch.Tensor, mask: torch.Tensor | None, scheme: Scheme
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Flat per-block parameters from the blocks' own values (default: their min/max).
-
-        Args:
-            blocks: ``(N, L)`` values (padding zeros where ``mask`` is 0).
-            mask: ``(N, L)`` validity of each value, or None.
-            scheme: the scheme.
-
-        Returns:
-            ``(scale, zero_point or None)`` of shape ``(N,)``.
-        """
-        return qparams_from_range(blocks.amin(1), blocks.amax(1), scheme)
-
-    def encode(
-        self,
-        values: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Unsigned codes (``0 .. 2**bits - 1``) of ``values`` with broadcastable parameters.
-
-        Args:
-            values: float values (``(N, L)`` blocks or a ``(N,)`` column).
-            scale: scales broadcastable to ``values``.
-            zero_point: zero points broadcastable to ``values``, or None.
-            scheme: the scheme.
-            generator: for stochastic rounding.
-
-        Returns:
-            Integer codes of ``values``' shape.
-        """
-        raise UnsupportedError(f"kind='{self.name}' has no element-wise codes")
-
-    def decode(
-        self,
-        codes: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-    ) -> torch.Tensor:
-        """Float32 values of unsigned codes (inverse of :meth:`encode` up to rounding).
-
-        Args:
-            codes: unsigned codes.
-            scale: scales broadcastable to ``codes``.
-            zero_point: zero points broadcastable to ``codes``, or None.
-            scheme: the scheme.
-
-        Returns:
-            float32 values.
-        """
-        raise UnsupportedError(f"kind='{self.name}' has no element-wise codes")
-
-    def round_trip(
-        self,
-        values: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes and dequantized values of ``values`` (GPTQ's column step, MSE search).
-
-        Args:
-            values: float values.
-            scale: broadcastable scales.
-            zero_point: broadcastable zero points, or None.
-            scheme: the scheme.
-
-        Returns:
-            ``(uint8 codes, float32 values)``.
-        """
-        u = self.encode(values, scale, zero_point, scheme)
-        return u.to(torch.uint8), self.decode(u, scale, zero_point, scheme)
 
 
 class UniformKind(FormatKind):
@@ -419,11 +234,7 @@ class CodebookKind(FormatKind):
         return f"lut{scheme.bits}-{gran}"
 
     def nbytes(self, numel: int, blocks: int, scheme: Scheme) -> int:
-        return packed_nbytes(numel, scheme.bits) + blocks * scheme.n_levels * _scale_bytes(scheme)
-
-
-def _scale_bytes(scheme: Scheme) -> int:
-    return SCALE_DTYPES[scheme.scale_dtype].itemsize
+        return packed_nbytes(numel, scheme.bits) + blocks * scheme.n_levels * scale_bytes(scheme)
 
 
 KINDS: dict[str, FormatKind] = {
