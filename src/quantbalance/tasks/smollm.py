@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantbalance.errors import AssetMissingError, ConfigError
+from quantbalance.errors import ConfigError
 from quantbalance.tasks.base import Task
+from quantbalance.tasks.gensim_data import gensim_datapath
 from quantbalance.tasks.smollm_model import (
     _PACKAGE,
     GGUF_NAME,
@@ -53,19 +54,7 @@ def lee_background_ids(tokenizer: Any) -> torch.Tensor:
     Raises:
         AssetMissingError: gensim (or its test data) is not installed.
     """
-    try:
-        from gensim.test.utils import datapath
-    except ImportError as exc:
-        raise AssetMissingError(
-            f"task 'smollm' needs gensim's test data file {CORPUS_NAME!r}; "
-            "install it with: pip install gensim"
-        ) from exc
-    path = Path(datapath(CORPUS_NAME))
-    if not path.is_file():
-        raise AssetMissingError(
-            f"gensim's test data file {CORPUS_NAME!r} is missing at {path}; "
-            "reinstall it with: pip install --force-reinstall gensim"
-        )
+    path = gensim_datapath(CORPUS_NAME, "task 'smollm' needs")
     text = path.read_text(encoding="latin-1")
     from transformers.utils import logging as hf_logging
 
