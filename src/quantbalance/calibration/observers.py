@@ -43,6 +43,7 @@ from quantbalance.formats.kinds import qparams_from_range
 __all__ = [
     "OBSERVERS",
     "EntropyObserver",
+    "FixedObserver",
     "MSEObserver",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
@@ -162,6 +163,28 @@ def _weighted_error(
     z = None if zp is None else zp.unsqueeze(1)
     _, deq = kind.round_trip(values, s, z, scheme)
     return ((values - deq) ** 2 * weights).sum(1)
+
+
+class FixedObserver:
+    """An observer that returns given parameters (to encode already-chosen codes).
+
+    Args:
+        scale: scales in the scheme's grid shape.
+        zero_point: zero points in the grid shape, or None.
+        granularity: the scheme's granularity.
+    """
+
+    def __init__(
+        self, scale: torch.Tensor, zero_point: torch.Tensor | None, granularity: Granularity
+    ) -> None:
+        self.scale, self.zero_point, self.granularity = scale, zero_point, granularity
+
+    def update(self, x: torch.Tensor) -> None:
+        """Ignore data: the parameters are fixed."""
+
+    def qparams(self, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fixed scale and zero point."""
+        return self.scale, self.zero_point
 
 
 OBSERVERS: dict[str, type[Observer]] = {
