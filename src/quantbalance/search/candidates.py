@@ -10,7 +10,7 @@ from torch import nn
 
 from quantbalance.errors import ConfigError, PlanError
 from quantbalance.formats import PerChannel, Scheme
-from quantbalance.plan import LayerSpec, preset
+from quantbalance.plan import PRESET_SPECS, LayerSpec
 from quantbalance.transform import quantizable_layers
 
 Options = dict[str, LayerSpec | None]
@@ -19,9 +19,7 @@ FLOAT = "float"
 
 
 def _p(name: str) -> LayerSpec:
-    spec = preset(name).layers["re:.*"]
-    assert spec is not None
-    return spec
+    return PRESET_SPECS[name]
 
 
 def default_candidates(module: nn.Module) -> Options:
@@ -76,7 +74,7 @@ def spec_key(spec: LayerSpec | None) -> str:
     if spec is None:
         return FLOAT
     plain = spec.model_copy(update={"algorithm": "rtn"})
-    for name in ("int8-weight", "w8a8", "w8a8-dynamic", "w4-g128", "w4a8", "nf4", "w3-g128"):
+    for name in PRESET_SPECS:
         if _p(name) == plain:
             return name
     return spec.label
