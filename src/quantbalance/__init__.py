@@ -39,8 +39,7 @@ from quantbalance.plan import PRESETS, LayerSpec, Plan, preset
 from quantbalance.qat import qat
 from quantbalance.quantize import QuantizationInfo, quantize, quantize_dynamic
 from quantbalance.search import Budget, SearchResult, search, sensitivity
-
-__version__ = "0.1.0"
+from quantbalance.version import __version__
 
 
 def __getattr__(name: str) -> object:

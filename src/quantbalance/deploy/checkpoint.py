@@ -44,6 +44,7 @@ from quantbalance.deploy.rebuild import rebuild
 from quantbalance.errors import CheckpointError
 from quantbalance.io import atomic_write
 from quantbalance.nn import ActQuantizer, QuantModule, quantized_layers
+from quantbalance.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,6 @@ def _check_modules(saved: Any, got: dict[str, str], where: str) -> None:
 
 def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The model's state dict (each tensor once) and the metadata describing how to rebuild."""
-    import quantbalance
-
     _check_rebuildable(qmodel)
     layers = {name: _layer_meta(name, mod) for name, mod in quantized_layers(qmodel)}
     aliases = _identical_qweights(qmodel)
@@ -192,7 +191,7 @@ def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]
     plan = getattr(qmodel, "qb_plan", None)
     meta = {
         _FORMAT_KEY: str(FORMAT_VERSION),
-        "quantbalance.version": quantbalance.__version__,
+        "quantbalance.version": __version__,
         "torch.version": torch.__version__,
         "plan": plan.to_json() if plan is not None else "null",
         "layers": json.dumps(layers, sort_keys=True),

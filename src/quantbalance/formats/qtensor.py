@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+import quantbalance.formats.granularity as granularity
+import quantbalance.formats.packing as packing
 from quantbalance.errors import CheckpointError
-from quantbalance.formats import granularity, packing
 from quantbalance.formats.granularity import (
     PerTensor,
     chunk_slices,

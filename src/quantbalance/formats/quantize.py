@@ -9,9 +9,10 @@ from typing import Protocol
 
 import torch
 
+import quantbalance.formats.granularity as granularity
+import quantbalance.formats.packing as packing
 from quantbalance.args import checked
 from quantbalance.errors import ConfigError, NonFiniteError, UnsupportedError
-from quantbalance.formats import granularity, packing
 from quantbalance.formats.granularity import (
     PerTensor,
     chunk_slices,
