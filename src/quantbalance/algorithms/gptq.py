@@ -37,7 +37,7 @@ from quantbalance.nn import weight_matrix
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_KINDS = tuple(name for name, kind in KINDS.items() if kind.gptq)
+SUPPORTED_KINDS = tuple(name for name, fmt in KINDS.items() if fmt.gptq)
 ROW_CHUNK = 4096  # rows solved at once when parameters are per row (bounds the temporaries)
 
 
