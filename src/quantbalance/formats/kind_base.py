@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from quantbalance.errors import UnsupportedError
 from quantbalance.formats.packing import packed_nbytes
@@ -12,6 +13,8 @@ from quantbalance.formats.uniform import SCALE_DTYPES
 
 if TYPE_CHECKING:  # annotations only: scheme.py imports the kinds
     from quantbalance.formats.scheme import Scheme
+
+Rng = torch.Generator | None  # the random generator of stochastic rounding
 
 
 class FormatKind:
@@ -133,41 +136,30 @@ class FormatKind:
         return self.range_qparams(blocks.amin(1).float(), blocks.amax(1).float(), scheme)
 
     def encode(
-        self,
-        values: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+        self, values: Tensor, scale: Tensor, zp: Tensor | None, scheme: Scheme, rng: Rng = None
+    ) -> Tensor:
         """Unsigned codes (``0 .. 2**bits - 1``) of ``values`` with broadcastable parameters.
 
         Args:
             values: float values (``(N, L)`` blocks or a ``(N,)`` column).
             scale: scales broadcastable to ``values``.
-            zero_point: zero points broadcastable to ``values``, or None.
+            zp: zero points broadcastable to ``values``, or None.
             scheme: the scheme.
-            generator: for stochastic rounding.
+            rng: random generator for stochastic rounding.
 
         Returns:
             Integer codes of ``values``' shape.
         """
         raise UnsupportedError(f"kind='{self.name}' has no element-wise codes")
 
-    def decode(
-        self,
-        codes: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-    ) -> torch.Tensor:
+    def decode(self, codes: Tensor, scale: Tensor, zp: Tensor | None, scheme: Scheme) -> Tensor:
         """Float32 values of unsigned codes (inverse of :meth:`encode` up to rounding).
 
         Args:
-            codes: unsigned codes.
-            scale: scales broadcastable to ``codes``.
-            zero_point: zero points broadcastable to ``codes``, or None.
-            scheme: the scheme.
+            codes: what :meth:`encode` returned; the other arguments as given to it.
+            scale: see :meth:`encode`.
+            zp: see :meth:`encode`.
+            scheme: see :meth:`encode`.
 
         Returns:
             float32 values.
@@ -175,25 +167,15 @@ class FormatKind:
         raise UnsupportedError(f"kind='{self.name}' has no element-wise codes")
 
     def round_trip(
-        self,
-        values: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, values: Tensor, scale: Tensor, zp: Tensor | None, scheme: Scheme
+    ) -> tuple[Tensor, Tensor]:
         """Codes and dequantized values of ``values`` (GPTQ's column step, MSE search).
 
-        Args:
-            values: float values.
-            scale: broadcastable scales.
-            zero_point: broadcastable zero points, or None.
-            scheme: the scheme.
-
         Returns:
-            ``(uint8 codes, float32 values)``.
+            ``(uint8 codes, float32 values)`` (arguments as for :meth:`encode`).
         """
-        u = self.encode(values, scale, zero_point, scheme)
-        return u.to(torch.uint8), self.decode(u, scale, zero_point, scheme)
+        u = self.encode(values, scale, zp, scheme)
+        return u.to(torch.uint8), self.decode(u, scale, zp, scheme)
 
 
 def scale_bytes(scheme: Scheme) -> int:

@@ -35,9 +35,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from quantbalance.errors import ConfigError, UnsupportedError
-from quantbalance.formats.kind_base import FormatKind, scale_bytes
+from quantbalance.formats.kind_base import FormatKind, Rng, scale_bytes
 from quantbalance.formats.nonuniform import NF4_TABLE, nearest_code
 from quantbalance.formats.packing import packed_nbytes
 from quantbalance.formats.uniform import dequantize_affine, quantize_affine, store_scale
@@ -96,23 +97,12 @@ class UniformKind(FormatKind):
         return super().block_qparams(blocks, mask, scheme)
 
     def encode(
-        self,
-        values: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        return quantize_affine(values, scale, zero_point, scheme, generator) - scheme.qmin
+        self, values: Tensor, scale: Tensor, zp: Tensor | None, scheme: Scheme, rng: Rng = None
+    ) -> Tensor:
+        return quantize_affine(values, scale, zp, scheme, rng) - scheme.qmin
 
-    def decode(
-        self,
-        codes: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-    ) -> torch.Tensor:
-        return dequantize_affine(codes.to(torch.int32) + scheme.qmin, scale, zero_point, scheme)
+    def decode(self, codes: Tensor, scale: Tensor, zp: Tensor | None, scheme: Scheme) -> Tensor:
+        return dequantize_affine(codes.to(torch.int32) + scheme.qmin, scale, zp, scheme)
 
 
 class TableKind(FormatKind):
@@ -142,22 +132,11 @@ class TableKind(FormatKind):
         return store_scale(torch.maximum(lo.abs(), hi.abs()) / self.top, scheme), None
 
     def encode(
-        self,
-        values: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+        self, values: Tensor, scale: Tensor, zp: Tensor | None, scheme: Scheme, rng: Rng = None
+    ) -> Tensor:
         return self.index(values / scale)
 
-    def decode(
-        self,
-        codes: torch.Tensor,
-        scale: torch.Tensor,
-        zero_point: torch.Tensor | None,
-        scheme: Scheme,
-    ) -> torch.Tensor:
+    def decode(self, codes: Tensor, scale: Tensor, zp: Tensor | None, scheme: Scheme) -> Tensor:
         return self.table.to(codes.device)[codes.long()] * scale
 
 
