@@ -13,7 +13,7 @@ from quantbalance.errors import CheckpointError
 from quantbalance.formats import QuantizedTensor, Scheme
 from quantbalance.nn import PARTS, ActQuantizer, quantized_type, weight_matrix
 from quantbalance.plan import Plan
-from quantbalance.quantize import QuantizationInfo
+from quantbalance.quantize_steps import QuantizationInfo
 from quantbalance.transform import fold_batchnorm, replace_module
 
 
