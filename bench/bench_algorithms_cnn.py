@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 import quantbalance as qb
-from quantbalance.algorithms import qat
 from quantbalance.algorithms.smoothquant import smooth_model
+from quantbalance.qat import qat
 
 W4A4 = qb.Plan(
     name="w4a4",

@@ -3,7 +3,7 @@
 Usage: OMP_WAIT_POLICY=PASSIVE python bench/bench_latency.py [--task minilm|fashion] [--rounds 5]
        [--threads 2] [--engines float,bf16,...] [--presets w8a8,int8-weight,w4-g128] [--out PATH]
 
-A thin wrapper over `quantbalance.deploy.benchmark` (the same run as `quantbalance bench --task`):
+A thin wrapper over `quantbalance.bench.benchmark` (the same run as `quantbalance bench --task`):
 every engine is built, scored with the task's evaluation (minilm: cosine to the float embeddings on
 64 sentences; fashion: accuracy and agreement with float on 1,024 test images), then timed round by
 round, interleaved, and the medians are reported. Engines: float torch, torch bf16 (eager and
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from quantbalance.deploy import benchmark as bm
+from quantbalance.bench import benchmark as bm
 from quantbalance.tasks import BENCH_TASKS, load_for_bench
 
 

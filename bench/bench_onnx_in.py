@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 
 import quantbalance as qb
-from quantbalance.deploy.benchmark import RunnerModule
+from quantbalance.bench.benchmark import RunnerModule
 
 
 def main() -> None:

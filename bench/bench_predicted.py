@@ -11,7 +11,7 @@ For each preset (and the chosen Plan of a search, ``--plan``) on the task's exam
   the model), exactly as ``quantbalance search`` predicts it; and the same with each module
   compiled (``TorchLatencyModel(compile=True)``), as the engine runs it;
 * measured: the deployed torch engine (``to_torch_engine``, compiled) timed in the same process,
-  interleaved with the float engines (``quantbalance.deploy.benchmark``);
+  interleaved with the float engines (``quantbalance.bench.benchmark``);
 * ratios: predicted / measured (target 0.8–1.2), and measured / the fastest float engine on the
   machine (fp32 or bf16, eager or compiled, torch or ONNX Runtime; named in the output).
 
@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
+from quantbalance.bench import benchmark as bm
+from quantbalance.bench.engines import ENGINES, BenchContext, Engine, Runner
 from quantbalance.calibration.batch import call_model
-from quantbalance.deploy import benchmark as bm
-from quantbalance.deploy.bench_engines import ENGINES, BenchContext, Engine, Runner
 from quantbalance.deploy.torch_engine import to_torch_engine
 from quantbalance.hardware import detect
 from quantbalance.plan import Plan

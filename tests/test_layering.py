@@ -11,7 +11,7 @@ import quantbalance
 
 PKG = Path(quantbalance.__file__).parent
 LOWER = ("formats", "calibration", "nn", "transform", "algorithms", "search", "deploy",
-         "evaluate", "report", "frontends")  # fmt: skip
+         "evaluate", "report", "frontends", "bench")  # fmt: skip
 OPTIONAL = ("exports",)  # walked once it exists
 FORBIDDEN = "quantbalance.tasks"
 

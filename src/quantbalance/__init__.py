@@ -7,7 +7,6 @@
 """
 
 from quantbalance import deploy, tasks
-from quantbalance.algorithms import qat
 from quantbalance.analysis import Analysis, analyze
 from quantbalance.deploy.checkpoint import save
 from quantbalance.errors import (
@@ -37,10 +36,10 @@ from quantbalance.formats import (
 )
 from quantbalance.frontends.checkpoint import load
 from quantbalance.plan import PRESETS, LayerSpec, Plan, preset
+from quantbalance.qat import qat
 from quantbalance.quantize import QuantizationInfo, quantize, quantize_dynamic
 from quantbalance.search import Budget, SearchResult, search, sensitivity
-
-__version__ = "0.1.0"
+from quantbalance.version import __version__
 
 
 def __getattr__(name: str) -> object:

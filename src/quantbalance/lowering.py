@@ -41,7 +41,7 @@ def lower_spec(
     w = spec.weight
     wide = 2 ** (w.bits - 1) > SATURATING_WEIGHT_ABSMAX
     if (
-        type_name == "Embedding" or spec.activation.bits != 8 or w.kind != "uniform"
+        type_name == "Embedding" or spec.activation.bits != 8 or not w.format_kind.integer
         or not (w.signed and w.symmetric) or not wide
     ):  # fmt: skip
         return spec

@@ -127,7 +127,7 @@ class LayerSpec(FrozenConfig):
     def _check(self) -> LayerSpec:
         if self.weight is None and self.activation is None:
             raise ValueError("a LayerSpec needs a weight or an activation scheme (or use None)")
-        if self.activation is not None and self.activation.kind != "uniform":
+        if self.activation is not None and not self.activation.format_kind.activations:
             raise ValueError(
                 f"activation kind {self.activation.kind!r}: activations support kind='uniform'"
             )
@@ -329,15 +329,43 @@ def _uniform_plan(name: str, spec: LayerSpec) -> Plan:
     )
 
 
-PRESETS: dict[str, str] = {
-    "int8-weight": "int8 per-channel symmetric weights, float activations",
-    "w8a8": "int8 per-channel weights, int8 per-tensor static activations",
-    "w8a8-dynamic": "int8 per-channel weights, int8 per-token dynamic activations",
-    "w4-g128": "int4 asymmetric weights in groups of 128, float activations",
-    "w4a8": "int4 per-channel weights, int8 per-tensor static activations (CNNs)",
-    "nf4": "NF4 weights in groups of 64, float activations",
-    "w3-g128": "int3 asymmetric weights in groups of 128, float activations",
+_G128 = PerGroup(size=128)
+
+#: The uniform presets, listed once: name -> (the spec every layer gets, description).
+PRESET_TABLE: dict[str, tuple[LayerSpec, str]] = {
+    "int8-weight": (
+        LayerSpec(weight=_int8_pc()),
+        "int8 per-channel symmetric weights, float activations",
+    ),
+    "w8a8": (
+        LayerSpec(weight=_int8_pc(), activation=_act8_static()),
+        "int8 per-channel weights, int8 per-tensor static activations",
+    ),
+    "w8a8-dynamic": (
+        LayerSpec(weight=_int8_pc(), activation=_act8_dynamic(), act_mode="dynamic"),
+        "int8 per-channel weights, int8 per-token dynamic activations",
+    ),
+    "w4-g128": (
+        LayerSpec(weight=Scheme(4, symmetric=False, granularity=_G128)),
+        "int4 asymmetric weights in groups of 128, float activations",
+    ),
+    "w4a8": (
+        LayerSpec(weight=Scheme(4), activation=_act8_static()),
+        "int4 per-channel weights, int8 per-tensor static activations (CNNs)",
+    ),
+    "nf4": (
+        LayerSpec(weight=Scheme(4, kind="nf4", granularity=PerGroup(size=64))),
+        "NF4 weights in groups of 64, float activations",
+    ),
+    "w3-g128": (
+        LayerSpec(weight=Scheme(3, symmetric=False, granularity=_G128)),
+        "int3 asymmetric weights in groups of 128, float activations",
+    ),
 }
+#: Preset name -> description.
+PRESETS: dict[str, str] = {name: text for name, (_, text) in PRESET_TABLE.items()}
+#: Preset name -> the spec every layer gets.
+PRESET_SPECS: dict[str, LayerSpec] = {name: spec for name, (spec, _) in PRESET_TABLE.items()}
 
 
 @checked
@@ -351,18 +379,6 @@ def preset(name: str) -> Plan:
         The Plan (a single ``re:.*`` rule over Linear, Conv and Embedding layers; embeddings
         get the weight scheme only).
     """
-    g128 = PerGroup(size=128)
-    specs = {
-        "int8-weight": LayerSpec(weight=_int8_pc()),
-        "w8a8": LayerSpec(weight=_int8_pc(), activation=_act8_static()),
-        "w8a8-dynamic": LayerSpec(
-            weight=_int8_pc(), activation=_act8_dynamic(), act_mode="dynamic"
-        ),
-        "w4-g128": LayerSpec(weight=Scheme(4, symmetric=False, granularity=g128)),
-        "w4a8": LayerSpec(weight=Scheme(4), activation=_act8_static()),
-        "nf4": LayerSpec(weight=Scheme(4, kind="nf4", granularity=PerGroup(size=64))),
-        "w3-g128": LayerSpec(weight=Scheme(3, symmetric=False, granularity=g128)),
-    }
-    if name not in specs:
+    if name not in PRESET_SPECS:
         raise ConfigError(f"unknown preset {name!r}; accepted: {', '.join(PRESETS)}")
-    return _uniform_plan(name, specs[name])
+    return _uniform_plan(name, PRESET_SPECS[name])

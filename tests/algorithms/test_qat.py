@@ -7,10 +7,9 @@ import torch
 from torch import nn
 
 import quantbalance as qb
-from quantbalance.algorithms import qat
-from quantbalance.algorithms.qat import LSQLayer
 from quantbalance.errors import CalibrationError, ConfigError
 from quantbalance.nn import ActQuantizer, QLinear
+from quantbalance.qat import LSQLayer, qat
 
 W4A4 = qb.Plan(
     name="w4a4",

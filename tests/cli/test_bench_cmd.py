@@ -85,8 +85,8 @@ def test_corrupt_onnx_file_exits_2(tmp_path: Path) -> None:
 
 
 def test_engines_help_lists_every_engine() -> None:
+    from quantbalance.bench.engines import ENGINES
     from quantbalance.cli.bench_cmd import ENGINES_HELP
-    from quantbalance.deploy.bench_engines import ENGINES
 
     assert ENGINES_HELP.endswith(", ".join(ENGINES))
 

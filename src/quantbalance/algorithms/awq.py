@@ -255,6 +255,40 @@ def apply_awq(model: nn.Module, result: AWQResult) -> None:
             lin.weight.copy_(clip_weight(lin.weight, ratios, scheme))
 
 
+def scale_groups_for(model: nn.Module, owned: list[str], example: Any) -> list[ScaleGroup]:
+    """The scale groups (op -> linears) holding at least one of the ``owned`` layers.
+
+    Args:
+        model: the float model.
+        owned: the Linear layers AWQ should scale and clip.
+        example: one calibration batch to check folds numerically, or None (offloaded blocks:
+            the family tables of ``algorithms.mapping`` are trusted without that check).
+
+    Returns:
+        The groups (owned layers in none of them are only clipped, logged).
+
+    Raises:
+        UnsupportedError: no owned layer could be paired with the op that feeds it.
+    """
+    if example is None:  # blocks load one at a time: no whole-model pass to verify folds
+        log.warning("awq: blocks are offloaded; fold patterns come from the family tables of "
+                    "algorithms.mapping without the numeric check of the whole model")  # fmt: skip
+    groups = [g for g in find_scale_groups(model, example) if set(g.linear_names) & set(owned)]
+    paired = {n for g in groups for n in g.linear_names}
+    unpaired = sorted(set(owned) - paired)
+    if not groups:
+        raise UnsupportedError(
+            f"awq: none of the {len(owned)} layer(s) could be paired with the op that feeds "
+            f"them ({', '.join(unpaired[:6])}{', ...' if len(unpaired) > 6 else ''}): no block "
+            f"matches the {'/'.join(f.name for f in FAMILIES)} tables of algorithms.mapping and "
+            "the traced fallback found no norm->linear pair whose fold keeps the output; use "
+            "'gptq' or 'rtn' for this model"
+        )
+    if unpaired:
+        log.info("awq: no scale group for %s; clipping only", ", ".join(unpaired))
+    return groups
+
+
 def run_awq(
     model: nn.Module,
     schemes: dict[str, Scheme],
@@ -287,23 +321,8 @@ def run_awq(
     def opts_of(name: str) -> AWQOptions:
         return per_layer.get(name, opts)
 
-    if hooks is not None:  # blocks load one at a time: no whole-model pass to verify folds
-        log.warning("awq: blocks are offloaded; fold patterns come from the family tables of "
-                    "algorithms.mapping without the numeric check of the whole model")  # fmt: skip
-    example = batches[0] if hooks is None else None
-    groups = [g for g in find_scale_groups(model, example) if set(g.linear_names) & set(owned)]
+    groups = scale_groups_for(model, owned, batches[0] if hooks is None else None)
     paired = {n for g in groups for n in g.linear_names}
-    unpaired = sorted(set(owned) - paired)
-    if not groups:
-        raise UnsupportedError(
-            f"awq: none of the {len(owned)} layer(s) could be paired with the op that feeds "
-            f"them ({', '.join(unpaired[:6])}{', ...' if len(unpaired) > 6 else ''}): no block "
-            f"matches the {'/'.join(f.name for f in FAMILIES)} tables of algorithms.mapping and "
-            "the traced fallback found no norm->linear pair whose fold keeps the output; use "
-            "'gptq' or 'rtn' for this model"
-        )
-    if unpaired:
-        log.info("awq: no scale group for %s; clipping only", ", ".join(unpaired))
     stats = InputStatsCollector(absmean=True)
     result, pending = AWQResult(), list(groups)
     moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

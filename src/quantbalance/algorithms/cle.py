@@ -38,7 +38,7 @@ HOMOGENEOUS = (
     nn.ReLU, nn.Identity, nn.Dropout, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d,
     nn.AvgPool1d, nn.AvgPool2d,
 )  # fmt: skip
-_FUNCS = {torch.relu, F.relu, "relu"}
+RELU_FUNCS = {torch.relu, F.relu, "relu"}  # call targets of a ReLU in a traced graph
 
 
 class ChannelClip(nn.Module):
@@ -111,7 +111,7 @@ def find_cle_pairs(model: nn.Module, relu6: Literal["skip", "clip"] = "skip") ->
                 if calls.count(cur.target) == 1 and calls.count(node.target) == 1:
                     pairs.append(pair)
                 break
-            if isinstance(mod, passing) or (cur.op != "call_module" and cur.target in _FUNCS):
+            if isinstance(mod, passing) or (cur.op != "call_module" and cur.target in RELU_FUNCS):
                 if isinstance(mod, nn.ReLU6 | ChannelClip):
                     clips.append(str(cur.target))
                 cur = cur.args[0]

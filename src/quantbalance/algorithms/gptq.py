@@ -32,11 +32,12 @@ from quantbalance.algorithms.gptq_core import (
 from quantbalance.calibration.sequential import InputStatsCollector, run_sequential, supports_rows
 from quantbalance.errors import ConfigError, UnsupportedError
 from quantbalance.formats import PerChannel, PerGroup, QuantizedTensor, Scheme, check_finite
+from quantbalance.formats.kinds import KINDS
 from quantbalance.nn import weight_matrix
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_KINDS = ("uniform", "nf4")
+SUPPORTED_KINDS = tuple(name for name, fmt in KINDS.items() if fmt.gptq)
 ROW_CHUNK = 4096  # rows solved at once when parameters are per row (bounds the temporaries)
 
 
@@ -179,7 +180,7 @@ def _check(
             f"{name}: Hessian shape {shape} does not match the weight's "
             f"{weight.shape[1]} input columns"
         )
-    if scheme.kind not in SUPPORTED_KINDS:
+    if not scheme.format_kind.gptq:
         raise UnsupportedError(
             f"{name}: GPTQ supports kinds {SUPPORTED_KINDS}, got {scheme.kind!r} (use rtn)"
         )
@@ -203,7 +204,7 @@ def gptq(ctx: QuantContext) -> None:
     owned = [
         n
         for n, m in layers.items()
-        if supports_rows(m) and ctx.specs[n].weight.kind in SUPPORTED_KINDS  # type: ignore[union-attr]
+        if supports_rows(m) and ctx.specs[n].weight.format_kind.gptq  # type: ignore[union-attr]
     ]
     if len(owned) < len(layers):
         rest = sorted(set(layers) - set(owned))

@@ -34,8 +34,7 @@ import torch
 from quantbalance.calibration import make_observer
 from quantbalance.formats import PerGroup, QuantizedTensor, Scheme, packing, quantize_tensor
 from quantbalance.formats.granularity import expand_params
-from quantbalance.formats.nonuniform import NF4_TABLE, nearest_code
-from quantbalance.formats.uniform import SCALE_DTYPES, dequantize_affine, quantize_affine
+from quantbalance.formats.uniform import SCALE_DTYPES
 
 log = logging.getLogger("quantbalance.algorithms.gptq")  # the name GPTQ's warnings always had
 
@@ -180,13 +179,8 @@ class RowSolver:
             self.Zt[j:end] = self.zp[:, k]
 
     def _quantize(self, w: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.St[j]
-        if self.scheme.kind == "nf4":
-            u = nearest_code((w / s).unsqueeze(1), NF4_TABLE)[:, 0]
-            return u.to(torch.uint8), NF4_TABLE.to(u.device)[u] * s
         z = None if self.Zt is None else self.Zt[j]
-        q = quantize_affine(w, s, z, self.scheme)
-        return (q - self.scheme.qmin).to(torch.uint8), dequantize_affine(q, s, z, self.scheme)
+        return self.scheme.format_kind.round_trip(w, self.St[j], z, self.scheme)
 
 
 def build_qtensor(

@@ -22,7 +22,7 @@ def rtn(ctx: QuantContext) -> None:
             continue
         w = weight_matrix(ctx.model.get_submodule(name))
         observer = None
-        if spec.weight_observer != "minmax" and spec.weight.kind in ("uniform", "nf4"):
+        if spec.weight_observer != "minmax" and spec.weight.format_kind.clipping:
             observer = make_observer(spec.weight_observer, spec.weight.granularity)
         ctx.qweights[name] = quantize_tensor(w, spec.weight, observer, name=name)
         del w

@@ -4,6 +4,7 @@ from quantbalance.calibration.histogram import Histogram
 from quantbalance.calibration.observers import (
     OBSERVERS,
     EntropyObserver,
+    FixedObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MSEObserver,
@@ -15,6 +16,7 @@ from quantbalance.calibration.observers import (
 __all__ = [
     "OBSERVERS",
     "EntropyObserver",
+    "FixedObserver",
     "Histogram",
     "MSEObserver",
     "MinMaxObserver",

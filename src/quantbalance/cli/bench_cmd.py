@@ -1,7 +1,7 @@
 """``quantbalance bench``: deployed latency, file bytes and task metrics, engine by engine.
 
 Registered in ``cli/main.py`` with ``app.command("bench")(bench_command)``. The work is done by
-``quantbalance.deploy.benchmark``; this module parses options and prints the table.
+``quantbalance.bench.benchmark``; this module parses options and prints the table.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rich.table import Table
 from quantbalance.errors import ConfigError, QuantBalanceError
 
 console = Console()
-# Kept here (not imported from deploy.bench_engines) so that `--help` stays fast; a test checks it.
+# Kept here (not imported from bench.engines) so that `--help` stays fast; a test checks it.
 ENGINES_HELP = (
     "comma-separated, default all: float, bf16, bf16-compile, torchao, ort-float, ort-dynamic, "
     "ort-static, qb-torch, qb-ort"
@@ -83,7 +83,7 @@ def result_table(result: Any) -> Table:
         The table: medians per batch size, ratio to the fastest float engine, file size,
         metrics, notes.
     """
-    from quantbalance.deploy.bench_result import fmt_num
+    from quantbalance.bench.result import fmt_num
 
     sizes = result.batch_sizes
     metrics = sorted({k for r in result.rows for k in r.metrics})
@@ -151,8 +151,8 @@ def bench_command(
     out: Annotated[Path | None, typer.Option("--out", help="write the result as JSON")] = None,
 ) -> None:
     """Time deployed engines (torch, torchao, ONNX Runtime, quantbalance presets) on a task."""
-    from quantbalance.deploy import benchmark as bm
-    from quantbalance.deploy.bench_onnx import bench_onnx
+    from quantbalance.bench import benchmark as bm
+    from quantbalance.bench.onnx_file import bench_onnx
 
     try:
         if sum(x is not None for x in (task, model, onnx)) != 1:

@@ -26,38 +26,31 @@ Format 1 files (written before quantized weights became module state) are refuse
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from quantbalance.algorithms.smoothquant import ScaledActivation, SmoothInput
 from quantbalance.args import checked
+from quantbalance.deploy.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, checksum, read
+from quantbalance.deploy.rebuild import rebuild
 from quantbalance.errors import CheckpointError
-from quantbalance.formats import QuantizedTensor, Scheme
 from quantbalance.io import atomic_write
-from quantbalance.nn import (
-    PARTS,
-    ActQuantizer,
-    QuantModule,
-    quantized_layers,
-    quantized_type,
-    weight_matrix,
-)
+from quantbalance.nn import ActQuantizer, QuantModule, quantized_layers
+from quantbalance.version import __version__
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-_FORMAT_KEY = "quantbalance.format"
+__all__ = ["FORMAT_VERSION", "checksum", "load", "module_types", "read", "save", "skeleton"]
+_FORMAT_KEY = FORMAT_KEY  # the names deploy.sharded imports
+_rebuild = rebuild
 
 
 @checked
@@ -111,7 +104,7 @@ def load(path: str | Path, model: nn.Module | Callable[[], nn.Module] | None = N
     from quantbalance.deploy.sharded import is_sharded, read_sharded
 
     meta, tensors = read_sharded(path) if is_sharded(path) else read(path)
-    rebuilt = _rebuild(skeleton(model, meta, str(path)), meta, tensors, str(path))
+    rebuilt = rebuild(skeleton(model, meta, str(path)), meta, tensors, str(path))
     if "modules" in meta:  # written since the check exists: the skeleton's layers must match
         _check_modules(json.loads(meta["modules"]), module_types(rebuilt), str(path))
     return rebuilt
@@ -177,101 +170,8 @@ def _check_modules(saved: Any, got: dict[str, str], where: str) -> None:
         )
 
 
-def read(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Read and verify a checkpoint: header, format version, tensors and checksum.
-
-    Args:
-        path: the checkpoint file.
-
-    Returns:
-        ``(metadata, tensors)``.
-
-    Raises:
-        CheckpointError: naming what is wrong with the file.
-    """
-    if Path(path).is_dir():
-        raise CheckpointError(f"{path} is a folder; give the .safetensors file qb.save wrote")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
-    meta = _header_metadata(data, str(path))
-    if _FORMAT_KEY not in meta:
-        raise CheckpointError(
-            f"{path}: a safetensors file without quantbalance metadata (keys: "
-            f"{sorted(meta) or 'none'}); it was not written by quantbalance.deploy.save"
-        )
-    try:
-        version = int(meta[_FORMAT_KEY])
-    except ValueError:
-        raise CheckpointError(f"{path}: format {meta[_FORMAT_KEY]!r} is not an integer") from None
-    if version < FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {version} (quantbalance "
-            f"{meta.get('quantbalance.version', '?')}) predates quantized weights as module "
-            f"state; this quantbalance reads format {FORMAT_VERSION}. Re-save it: load it with "
-            "the quantbalance that wrote it, or quantize the model again, then qb.save"
-        )
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {version} (quantbalance "
-            f"{meta.get('quantbalance.version', '?')}) is newer than this quantbalance reads "
-            f"(format <= {FORMAT_VERSION}); upgrade quantbalance"
-        )
-    try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors data ({e})") from None
-    got = checksum(tensors, meta)
-    if got != meta.get("checksum"):
-        raise CheckpointError(
-            f"{path}: checksum mismatch (stored {meta.get('checksum')!r}, computed {got!r}); "
-            "the file was altered or corrupted after it was written"
-        )
-    return meta, tensors
-
-
-def checksum(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
-    """The checkpoint checksum (see the module docstring for the exact byte order).
-
-    Args:
-        tensors: name -> tensor as stored.
-        meta: the metadata (its ``checksum`` entry is ignored).
-
-    Returns:
-        ``"sha256:<hex>"``.
-    """
-    h = hashlib.sha256()
-    rest = {k: v for k, v in meta.items() if k != "checksum"}
-    h.update(json.dumps(rest, sort_keys=True).encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + h.hexdigest()
-
-
-def _header_metadata(data: bytes, where: str) -> dict[str, str]:
-    if len(data) < 8:
-        raise CheckpointError(f"{where}: {len(data)} bytes, truncated (no safetensors header)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise CheckpointError(
-            f"{where}: header of {n} bytes does not fit in the file's {len(data)} bytes; the "
-            "file is truncated or not a safetensors file"
-        )
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{where}: unreadable safetensors header ({e})") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return dict(meta) if isinstance(meta, dict) else {}
-
-
 def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The model's state dict (each tensor once) and the metadata describing how to rebuild."""
-    import quantbalance
-
     _check_rebuildable(qmodel)
     layers = {name: _layer_meta(name, mod) for name, mod in quantized_layers(qmodel)}
     aliases = _identical_qweights(qmodel)
@@ -291,7 +191,7 @@ def _collect(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]
     plan = getattr(qmodel, "qb_plan", None)
     meta = {
         _FORMAT_KEY: str(FORMAT_VERSION),
-        "quantbalance.version": quantbalance.__version__,
+        "quantbalance.version": __version__,
         "torch.version": torch.__version__,
         "plan": plan.to_json() if plan is not None else "null",
         "layers": json.dumps(layers, sort_keys=True),
@@ -332,8 +232,6 @@ def _identical_qweights(qmodel: nn.Module) -> dict[str, str]:
 
 def _check_rebuildable(qmodel: nn.Module) -> None:
     """Refuse modules a float skeleton cannot rebuild (run-time SmoothQuant divisions)."""
-    from quantbalance.algorithms.smoothquant import ScaledActivation, SmoothInput
-
     for name, mod in qmodel.named_modules():
         if isinstance(mod, ScaledActivation | SmoothInput):
             raise CheckpointError(
@@ -366,101 +264,3 @@ def _act_config(name: str, act: ActQuantizer | None) -> dict[str, Any] | None:
         "mode": act.mode,
         "observer": act.observer_name,
     }
-
-
-def _rebuild(
-    skeleton: nn.Module, meta: dict[str, str], tensors: dict[str, torch.Tensor], where: str
-) -> nn.Module:
-    from quantbalance.plan import Plan
-    from quantbalance.quantize import QuantizationInfo
-    from quantbalance.transform import fold_batchnorm
-
-    layers: dict[str, Any] = json.loads(meta["layers"])
-    aliases: dict[str, str] = json.loads(meta["aliases"])
-    info = json.loads(meta["info"])
-    model = copy.deepcopy(skeleton).eval()
-    folded = fold_batchnorm(model) if info.get("folded") else []
-    want = [tuple(p) for p in info.get("folded", [])]
-    if want and sorted(folded) != sorted(want):
-        raise CheckpointError(
-            f"{where}: the checkpoint folded BatchNorm pairs {want}, the skeleton folds {folded}"
-        )
-    state = dict(tensors)
-    state.update({k: state[v] for k, v in aliases.items() if v in state})
-    for name, spec in layers.items():
-        _install_layer(model, name, spec, state, where)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{where}: the skeleton does not match the checkpoint: {e}") from None
-    _retie(model, aliases)
-    plan = Plan(**json.loads(meta["plan"])) if meta.get("plan", "null") != "null" else None
-    if plan is not None:
-        model.qb_plan = plan
-        model.qb_info = QuantizationInfo.from_dict(plan, info)
-    return model
-
-
-def _install_layer(
-    model: nn.Module, name: str, spec: dict[str, Any], state: dict[str, torch.Tensor], where: str
-) -> None:
-    """Put the quantized layer ``name`` into the skeleton, built from the checkpoint's tensors."""
-    from quantbalance.transform import replace_module
-
-    parts = {p: state[k] for p in PARTS if (k := f"{name}.qweight_{p}") in state}
-    try:
-        qt = QuantizedTensor.from_parts(parts, spec["qweight"])
-    except CheckpointError as e:
-        raise CheckpointError(f"{where}: layer {name!r}: {e}") from None
-    mod = _skeleton_layer(model, name, spec, qt, where)
-    act = None
-    if spec["act"] is not None:
-        a = spec["act"]
-        act = ActQuantizer.frozen(Scheme(**a["scheme"]), a["mode"], a["observer"])
-    qtype = quantized_type(mod)
-    assert qtype is not None
-    new = qtype.from_float(mod, qt, act)
-    if spec.get("input_smooth"):
-        key = f"{name}.input_smooth"
-        if key not in state:
-            raise CheckpointError(f"{where}: layer {name!r} has no tensor {key}")
-        new.set_input_smooth(torch.ones_like(state[key]))
-    replace_module(model, name, new)
-
-
-def _skeleton_layer(
-    model: nn.Module, name: str, spec: dict[str, Any], qt: QuantizedTensor, where: str
-) -> nn.Module:
-    try:
-        mod = model.get_submodule(name)
-    except AttributeError:
-        raise CheckpointError(
-            f"{where}: quantized layer {name!r} does not exist in the skeleton "
-            f"({type(model).__name__})"
-        ) from None
-    qtype = quantized_type(mod)
-    if qtype is None or qtype.__name__ != spec["module"]:
-        raise CheckpointError(
-            f"{where}: layer {name!r} is a {type(mod).__name__} in the skeleton; the checkpoint "
-            f"stores a {spec['module']} quantized from a {spec['float_type']}"
-        )
-    shape = tuple(weight_matrix(mod).shape)
-    if shape != tuple(qt.shape):
-        raise CheckpointError(
-            f"{where}: layer {name!r}: skeleton weight shape {shape}, checkpoint weight shape "
-            f"{tuple(qt.shape)}"
-        )
-    return mod
-
-
-def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
-    """Make every aliased parameter/buffer the same object as its canonical tensor again."""
-    for alias, canon in aliases.items():
-        src_mod, _, src_leaf = canon.rpartition(".")
-        dst_mod, _, dst_leaf = alias.rpartition(".")
-        src = model.get_submodule(src_mod)
-        dst = model.get_submodule(dst_mod)
-        if src_leaf in src._parameters and dst_leaf in dst._parameters:
-            dst._parameters[dst_leaf] = src._parameters[src_leaf]
-        elif src_leaf in src._buffers and dst_leaf in dst._buffers:
-            dst._buffers[dst_leaf] = src._buffers[src_leaf]

@@ -124,7 +124,7 @@ def _int_codes(w: Scheme) -> bool:
     """Signed symmetric uniform per-output-channel codes that fit in int8."""
     g = w.granularity
     return (
-        w.kind == "uniform" and w.signed and w.symmetric and 2 <= w.bits <= 8
+        w.format_kind.integer and w.signed and w.symmetric and 2 <= w.bits <= 8
         and isinstance(g, PerChannel) and g.axis == 0
     )  # fmt: skip
 
@@ -132,7 +132,7 @@ def _int_codes(w: Scheme) -> bool:
 def _int8_act(d: LayerDesc, modes: tuple[type, ...]) -> bool:
     a = d.activation
     return (
-        a is not None and a.kind == "uniform" and a.bits == 8 and isinstance(a.granularity, modes)
+        a is not None and a.format_kind.integer and a.bits == 8 and isinstance(a.granularity, modes)
     )
 
 
@@ -157,7 +157,7 @@ def _match_int8_weight(d: LayerDesc) -> bool:
 def _match_int4(d: LayerDesc) -> bool:
     w, g = d.weight, d.weight.granularity
     return (
-        d.layer == "Linear" and d.activation is None and w.kind == "uniform" and w.bits == 4
+        d.layer == "Linear" and d.activation is None and w.format_kind.integer and w.bits == 4
         and isinstance(g, PerGroup) and g.axis in (-1, 1) and g.size in (32, 64, 128, 256)
         and d.in_features % g.size == 0 and d.out_features % 16 == 0
     )  # fmt: skip

@@ -95,7 +95,7 @@ def dq_parts(
         affine integer form (nf4, codebook, fp8, 1-bit).
     """
     s = qt.scheme
-    if s.kind != "uniform" or s.bits == 1 or qt.scale is None:
+    if not s.format_kind.affine(s) or qt.scale is None:
         return None
     u = qt.codes().to(torch.int32)
     scale = qt.scale.float()

@@ -120,12 +120,12 @@ class ShardedWriter:
         Returns:
             The checkpoint folder.
         """
-        import quantbalance
         from quantbalance.deploy.checkpoint import _FORMAT_KEY, FORMAT_VERSION
+        from quantbalance.version import __version__
 
         meta = {
             _FORMAT_KEY: str(FORMAT_VERSION),
-            "quantbalance.version": quantbalance.__version__,
+            "quantbalance.version": __version__,
             "torch.version": torch.__version__,
             "plan": plan.to_json() if plan is not None else "null",
             "layers": json.dumps(self.layers, sort_keys=True),

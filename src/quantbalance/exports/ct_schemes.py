@@ -76,7 +76,7 @@ def quant_args(
 
     if s.kind == "fp8_e4m3":
         kind = {"type": "float", "num_bits": 8, "symmetric": True}
-    elif s.kind == "uniform" and s.bits >= 2:
+    elif s.format_kind.affine(s):
         kind = {"type": "int", "num_bits": s.bits, "symmetric": s.symmetric}
     else:
         raise NoFormError(
@@ -119,7 +119,7 @@ def weight_tensors(m: QuantModule, args: Any) -> dict[str, torch.Tensor]:
     else:
         scale = scale.reshape(rows, -1)
     out = {"weight": w, "weight_scale": scale}
-    if s.kind == "uniform" and not s.symmetric:
+    if s.format_kind.has_zero_point(s):
         assert qt.zero_point is not None
         out["weight_zero_point"] = _zp_signed(qt.zero_point.reshape(scale.shape), s)
     return out

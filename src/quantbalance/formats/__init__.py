@@ -10,12 +10,12 @@ from quantbalance.formats.granularity import (
     grid_shape,
     to_blocks,
 )
+from quantbalance.formats.kinds import qparams_from_range
 from quantbalance.formats.nonuniform import NF4_TABLE, kmeans_codebook
 from quantbalance.formats.qtensor import QuantizedTensor
 from quantbalance.formats.quantize import check_finite, fake_quantize, quantize_tensor
 from quantbalance.formats.scheme import Scheme
 from quantbalance.formats.ste import ste, ste_round
-from quantbalance.formats.uniform import qparams_from_range
 
 __all__ = [
     "NF4_TABLE",

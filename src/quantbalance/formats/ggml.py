@@ -65,7 +65,9 @@ def ggml_type_name(scheme: Scheme, shape: tuple[int, ...]) -> str | None:
     'Q4_0'
     """
     g = scheme.granularity
-    if scheme.kind != "uniform" or scheme.scale_dtype != "float16" or not isinstance(g, PerGroup):
+    if not scheme.format_kind.integer or scheme.scale_dtype != "float16":
+        return None
+    if not isinstance(g, PerGroup):
         return None
     if g.size != BLOCK or g.axis % len(shape) != len(shape) - 1 or shape[-1] % BLOCK:
         return None

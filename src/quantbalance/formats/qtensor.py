@@ -1,17 +1,7 @@
 """QuantizedTensor: packed codes + parameters + the scheme that made them + the original shape.
 
-Stored fields and their byte cost (``n`` = number of elements, ``B`` = number of blocks,
-``s`` = bytes of the scale dtype, ``b`` = bits):
-
-=================  ===========================  =============================================
-kind               tensors                      ``nbytes``
-=================  ===========================  =============================================
-uniform symmetric  packed, scale                ``ceil(n·b/8) + B·s``
-uniform asym.      packed, scale, zero_point    ``ceil(n·b/8) + B·s + B`` (zero point int8/uint8)
-nf4                packed, scale (absmax)       ``ceil(n·4/8) + B·s`` (table is a constant)
-codebook           packed, codebook             ``ceil(n·b/8) + B·2^b·s``
-fp8_*              packed (float8 bits), scale  ``n + B·s``
-=================  ===========================  =============================================
+Which tensors each kind stores and their exact byte cost: the table in ``formats.kinds``
+(``FormatKind.nbytes`` computes it without quantizing).
 """
 
 from __future__ import annotations
@@ -23,8 +13,9 @@ from typing import Any
 
 import torch
 
+import quantbalance.formats.granularity as granularity
+import quantbalance.formats.packing as packing
 from quantbalance.errors import CheckpointError
-from quantbalance.formats import granularity, packing
 from quantbalance.formats.granularity import (
     PerTensor,
     chunk_slices,
@@ -32,11 +23,9 @@ from quantbalance.formats.granularity import (
     from_blocks,
     to_blocks,
 )
-from quantbalance.formats.nonuniform import NF4_TABLE
 from quantbalance.formats.scheme import Scheme
-from quantbalance.formats.uniform import SCALE_DTYPES, dequantize_affine
+from quantbalance.formats.uniform import SCALE_DTYPES
 
-FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 FORMAT_VERSION = 1
 
 
@@ -121,22 +110,18 @@ class QuantizedTensor:
         def part(p: torch.Tensor) -> torch.Tensor:
             return p[rows] if p.dim() and rows != slice(None) else p
 
-        if s.kind == "codebook":
+        kind = s.format_kind
+        if kind.learns_table:
             assert self.codebook is not None
             blocks, _ = to_blocks(u.long(), gran)
             table = part(self.codebook).float().reshape(blocks.shape[0], -1)
             return from_blocks(torch.gather(table, 1, blocks), shape, gran)
         assert self.scale is not None
         scale = expand_params(part(self.scale).float(), shape, gran)
-        if s.kind == "nf4":
-            return NF4_TABLE.to(u.device)[u.long()] * scale
-        if s.kind in FP8_DTYPES:
-            return u.view(FP8_DTYPES[s.kind]).float() * scale
-        q = u.to(torch.int32) + s.qmin
         zp = None
         if self.zero_point is not None:
             zp = expand_params(part(self.zero_point).to(torch.int32), shape, gran)
-        return dequantize_affine(q, scale, zp, s)
+        return kind.decode(u, scale, zp, s)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         out = {"packed": self.packed}
@@ -252,7 +237,8 @@ class QuantizedTensor:
                 f"packed codes: {self.packed.numel()} {self.packed.dtype} values, expected "
                 f"{want_packed} uint8 for {self.numel} elements of {self.scheme.bits} bits"
             )
-        if self.scheme.kind == "codebook":
+        kind = self.scheme.format_kind
+        if kind.learns_table:
             want = (*grid, self.scheme.n_levels)
             if self.codebook is None or tuple(self.codebook.shape) != want:
                 got = None if self.codebook is None else tuple(self.codebook.shape)
@@ -265,8 +251,9 @@ class QuantizedTensor:
             raise CheckpointError(
                 f"scale dtype {self.scale.dtype}, expected {self.scheme.scale_dtype}"
             )
-        needs_zp = self.scheme.kind == "uniform" and not self.scheme.symmetric
-        if needs_zp and (self.zero_point is None or tuple(self.zero_point.shape) != grid):
+        if kind.has_zero_point(self.scheme) and (
+            self.zero_point is None or tuple(self.zero_point.shape) != grid
+        ):
             raise CheckpointError(f"zero_point missing or not of shape {grid}")
 
     def __repr__(self) -> str:

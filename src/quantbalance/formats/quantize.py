@@ -9,9 +9,10 @@ from typing import Protocol
 
 import torch
 
+import quantbalance.formats.granularity as granularity
+import quantbalance.formats.packing as packing
 from quantbalance.args import checked
 from quantbalance.errors import ConfigError, NonFiniteError, UnsupportedError
-from quantbalance.formats import granularity, packing
 from quantbalance.formats.granularity import (
     PerTensor,
     chunk_slices,
@@ -19,18 +20,12 @@ from quantbalance.formats.granularity import (
     grid_shape,
     to_blocks,
 )
-from quantbalance.formats.nonuniform import NF4_TABLE, kmeans_codebook, nearest_code
-from quantbalance.formats.qtensor import FP8_DTYPES, QuantizedTensor
+from quantbalance.formats.kinds import qparams_from_range
+from quantbalance.formats.nonuniform import kmeans_codebook
+from quantbalance.formats.qtensor import QuantizedTensor
 from quantbalance.formats.scheme import Scheme
 from quantbalance.formats.ste import ste
-from quantbalance.formats.uniform import (
-    FP8_MAX,
-    SCALE_DTYPES,
-    qparams_from_range,
-    quantize_affine,
-    round_values,
-    store_scale,
-)
+from quantbalance.formats.uniform import SCALE_DTYPES, round_values
 
 
 class RangeObserver(Protocol):
@@ -106,9 +101,11 @@ def quantize_tensor(
     zp = None
     codebook = None
     scale = None
-    if scheme.kind == "codebook":
+    if scheme.format_kind.learns_table:
         if observer is not None:
-            raise ConfigError("kind='codebook' learns its table by k-means; pass observer=None")
+            raise ConfigError(
+                f"kind='{scheme.kind}' learns its table by k-means; pass observer=None"
+            )
         blocks, mask = to_blocks(x.detach().float(), gran)
         w = None
         if weights is not None:
@@ -161,7 +158,7 @@ def _uniform_codes(
         s, z = observer.qparams(scheme)
         params = s.reshape(grid), None if z is None else z.reshape(grid)
     elif isinstance(gran, PerTensor):
-        s, z = _block_params(x.float().reshape(1, -1), None, scheme)
+        s, z = scheme.format_kind.block_qparams(x.float().reshape(1, -1), None, scheme)
         params = s.reshape(grid), None if z is None else z.reshape(grid)
     limit = x.numel() if scheme.rounding == "stochastic" else granularity.CHUNK_ELEMENTS
     codes = torch.empty(shape, dtype=torch.uint8, device=x.device)
@@ -183,7 +180,7 @@ def _uniform_codes(
     for piece, out_piece, rows in pieces:
         blocks, mask = to_blocks(piece.float(), gran)
         if params is None:
-            s, z = _block_params(blocks, mask, scheme)
+            s, z = scheme.format_kind.block_qparams(blocks, mask, scheme)
             scales.append(s)
             if z is not None:
                 zps.append(z)
@@ -193,7 +190,7 @@ def _uniform_codes(
             if z is not None:
                 z = z[rows].reshape(-1) if z.dim() else z.reshape(-1)
         zcol = None if z is None else z.unsqueeze(1)
-        u = _encode(blocks, s.unsqueeze(1), zcol, scheme, generator)
+        u = scheme.format_kind.encode(blocks, s.unsqueeze(1), zcol, scheme, generator)
         out_piece.copy_(from_blocks(u.to(torch.uint8), tuple(piece.shape), gran))
     if params is not None:
         s_all, z_all = params
@@ -205,33 +202,6 @@ def _uniform_codes(
     if z_all is not None:
         zp = z_all.to(torch.int8 if scheme.signed else torch.uint8).reshape(grid)
     return codes, scale, zp
-
-
-def _block_params(
-    blocks: torch.Tensor, mask: torch.Tensor | None, scheme: Scheme
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Flat per-block scale and zero point from the blocks' values (min/max; binary: mean |x|)."""
-    if scheme.kind == "uniform" and scheme.bits == 1:
-        real = blocks.abs() if mask is None else blocks.abs() * mask
-        count = blocks.shape[1] if mask is None else mask.sum(1)
-        return store_scale(real.sum(1) / count, scheme), None
-    return qparams_from_range(blocks.amin(1), blocks.amax(1), scheme)
-
-
-def _encode(
-    blocks: torch.Tensor,
-    scale: torch.Tensor,
-    zp: torch.Tensor | None,
-    scheme: Scheme,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """Unsigned codes of ``blocks`` (N, L) for uniform / nf4 / fp8 schemes."""
-    if scheme.kind == "nf4":
-        return nearest_code(blocks / scale, NF4_TABLE)
-    if scheme.kind in FP8_DTYPES:
-        fmax = FP8_MAX[scheme.kind]
-        return (blocks / scale).clamp(-fmax, fmax).to(FP8_DTYPES[scheme.kind]).view(torch.uint8)
-    return quantize_affine(blocks, scale, zp, scheme, generator) - scheme.qmin
 
 
 @checked
@@ -258,7 +228,7 @@ def fake_quantize(
         Tensor like ``x`` holding values on the quantization grid.
     """
     _check_input(x, "fake_quantize input")
-    if scheme.kind != "uniform" or scheme.bits == 1:
+    if not scheme.format_kind.affine(scheme):
         return ste(x, quantize_tensor(x.detach(), scheme, generator=generator).dequantize())
     gran = scheme.granularity
     blocks, _ = to_blocks(x, gran)

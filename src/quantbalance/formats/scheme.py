@@ -7,22 +7,21 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from quantbalance.formats.config import FrozenConfig
 from quantbalance.formats.granularity import Granularity, PerChannel, describe
-
-Kind = Literal["uniform", "nf4", "codebook", "fp8_e4m3", "fp8_e5m2"]
+from quantbalance.formats.kinds import KINDS, FormatKind
 
 
 class Scheme(FrozenConfig):
     """A validated, immutable quantization scheme.
 
     Args:
-        bits: code width. 1–8 for ``uniform`` and ``codebook`` (1-bit uniform = binary weights
-            ``±scale``), 4 for ``nf4``, 8 for the fp8 kinds.
-        kind: ``uniform`` (affine integer grid), ``nf4`` (normal-float table), ``codebook``
-            (k-means lookup table per block), ``fp8_e4m3`` / ``fp8_e5m2`` (float8, block scale).
+        bits: code width, 1–8; a kind may fix it (``nf4``: 4, fp8: 8, ``fp4_e2m1``: 4).
+        kind: the format kind's name, one of ``formats.kinds.KINDS`` (``uniform``: affine
+            integer grid; ``nf4``, ``codebook``, ``fp8_e4m3``/``fp8_e5m2``, ``fp4_e2m1``: see
+            ``formats.kinds``).
         symmetric: uniform only. True: zero point fixed (0 for signed codes), range ``±absmax``.
             False: range ``[min(x.min, 0), max(x.max, 0)]`` with an integer zero point.
         signed: uniform only. Codes in ``[-2^(b-1), 2^(b-1)-1]`` (True) or ``[0, 2^b-1]`` (False).
@@ -36,7 +35,7 @@ class Scheme(FrozenConfig):
     """
 
     bits: int = Field(ge=1, le=8)
-    kind: Kind = "uniform"
+    kind: str = "uniform"
     symmetric: bool = True
     signed: bool = True
     granularity: Granularity = Field(default_factory=PerChannel)
@@ -44,18 +43,22 @@ class Scheme(FrozenConfig):
     scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     positional: ClassVar[tuple[str, ...]] = ("bits",)
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; accepted: {', '.join(KINDS)}")
+        return kind
+
     @model_validator(mode="after")
     def _check_combination(self) -> Scheme:
-        if self.kind == "nf4" and self.bits != 4:
-            raise ValueError(f"kind='nf4' needs bits=4, got bits={self.bits}")
-        if self.kind.startswith("fp8") and self.bits != 8:
-            raise ValueError(f"kind='{self.kind}' needs bits=8, got bits={self.bits}")
-        if self.kind == "uniform" and self.bits == 1 and not self.symmetric:
-            raise ValueError(
-                "bits=1 uniform is binary (±scale) and must be symmetric; "
-                "use symmetric=True or bits>=2"
-            )
+        self.format_kind.check(self)
         return self
+
+    @property
+    def format_kind(self) -> FormatKind:
+        """The object holding this scheme's kind's behaviour (``formats.kinds``)."""
+        return KINDS[self.kind]
 
     @property
     def qmin(self) -> int:
@@ -75,10 +78,4 @@ class Scheme(FrozenConfig):
     @property
     def label(self) -> str:
         """Short name for tables, e.g. ``int8-per-channel``, ``int4-g128-asym``, ``nf4-g64``."""
-        gran = describe(self.granularity)
-        if self.kind == "uniform":
-            base = f"{'int' if self.signed else 'uint'}{self.bits}-{gran}"
-            return base if self.symmetric else f"{base}-asym"
-        if self.kind == "codebook":
-            return f"lut{self.bits}-{gran}"
-        return f"{self.kind}-{gran}"
+        return self.format_kind.label(self, describe(self.granularity))

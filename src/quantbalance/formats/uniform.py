@@ -25,12 +25,15 @@ Worked example (8-bit asymmetric unsigned, x in [-1.0, 3.0]): ``scale = 4.0 / 25
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from quantbalance.errors import NumericsError, UnsupportedError
-from quantbalance.formats.scheme import Scheme
+from quantbalance.errors import NumericsError
 
-FP8_MAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
+if TYPE_CHECKING:  # annotations only: scheme.py -> kinds.py -> this module
+    from quantbalance.formats.scheme import Scheme
+
 SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -71,42 +74,6 @@ def _check_range(scale: torch.Tensor, scheme: Scheme, dt: torch.dtype) -> None:
             f"{torch.finfo(dt).max:.4g}); the tensor's values are too large for this scheme: use "
             "scale_dtype='float32' (or 'bfloat16'), or keep the layer float"
         )
-
-
-def qparams_from_range(
-    lo: torch.Tensor, hi: torch.Tensor, scheme: Scheme
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scale and zero point that make the codes cover ``[lo, hi]``.
-
-    Args:
-        lo: per-block minimum (any shape).
-        hi: per-block maximum (same shape).
-        scheme: a ``uniform``, ``nf4`` or fp8 scheme.
-
-    Returns:
-        ``(scale, zero_point)``: float32 scale; int32 zero point for asymmetric uniform schemes,
-        else None (implied: 0, or ``2^(b-1)`` for unsigned symmetric codes).
-    """
-    lo = lo.float()
-    hi = hi.float()
-    absmax = torch.maximum(lo.abs(), hi.abs())
-    if scheme.kind == "nf4":
-        return store_scale(absmax, scheme), None
-    if scheme.kind in FP8_MAX:
-        return store_scale(absmax / FP8_MAX[scheme.kind], scheme), None
-    if scheme.kind != "uniform":
-        raise UnsupportedError(
-            f"kind='{scheme.kind}' has no range-based parameters; accepted: uniform, nf4, fp8_*"
-        )
-    if scheme.bits == 1:
-        return store_scale(absmax / 2, scheme), None
-    if scheme.symmetric:
-        return store_scale(absmax / ((scheme.qmax - scheme.qmin) / 2), scheme), None
-    lo = torch.clamp(lo, max=0.0)
-    hi = torch.clamp(hi, min=0.0)
-    scale = store_scale((hi - lo) / (scheme.qmax - scheme.qmin), scheme)
-    zp = torch.round(scheme.qmin - lo / scale).clamp(scheme.qmin, scheme.qmax).to(torch.int32)
-    return scale, zp
 
 
 def implied_zero_point(scheme: Scheme) -> int:

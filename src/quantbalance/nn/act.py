@@ -11,7 +11,7 @@ from quantbalance.calibration import make_observer
 from quantbalance.errors import CalibrationError
 from quantbalance.formats import Scheme, fake_quantize
 from quantbalance.formats.granularity import to_blocks
-from quantbalance.formats.uniform import qparams_from_range
+from quantbalance.formats.kinds import qparams_from_range
 
 
 class ActQuantizer(nn.Module):

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+import quantbalance.report.plots as plots
 from quantbalance.hardware import detect
 from quantbalance.io import atomic_write_text
-from quantbalance.report import plots
 
 log = logging.getLogger(__name__)
 

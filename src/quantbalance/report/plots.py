@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -120,6 +121,45 @@ def pareto_plot(r: dict[str, Any], axis: str) -> str:
         ax.plot(
             [x_of(p) for p in line], [y_of(p) for p in line], color="#2e86de", lw=1.2, alpha=0.7
         )
+    _plot_presets(ax, r, x_of, y_of, clipped)
+    f = r["float"]
+    ax.scatter(x_of(f), y_of(f), marker="D", s=46, color="#2c3e50", label="float", zorder=4)
+    c = r["chosen"]
+    ax.scatter(
+        x_of(c),
+        y_of(c),
+        marker="*",
+        s=260,
+        color="#e74c3c",
+        edgecolors="white",
+        linewidths=0.8,
+        label="chosen",
+        zorder=5,
+        clip_on=False,
+    )
+    _finish_axes(ax, r, axis, (lo, hi))
+    return _png(fig)
+
+
+def _finish_axes(ax: Any, r: dict[str, Any], axis: str, ylim: tuple[float, float]) -> None:
+    """Budget line, limits, labels, grid, legend and title of a Pareto plot."""
+    _budget_line(ax, r, axis)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("model size (MB)" if axis == "bytes" else "predicted latency (ms)")
+    ax.set_ylabel(f"{r['metric']} (search split)")
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    ax.set_title(f"{r['metric']} vs {'size' if axis == 'bytes' else 'latency'}", fontsize=11)
+
+
+def _plot_presets(
+    ax: Any,
+    r: dict[str, Any],
+    x_of: Callable[[dict[str, Any]], float],
+    y_of: Callable[[dict[str, Any]], float],
+    clipped: Callable[[dict[str, Any]], bool],
+) -> None:
+    """Uniform presets as labelled crosses; those outside the range as edge triangles."""
     n_edge = 0
     for p in r["presets"]:
         edge = clipped(p)
@@ -144,29 +184,6 @@ def pareto_plot(r: dict[str, Any], axis: str) -> str:
             fontsize=8,
             color="#444",
         )
-    f = r["float"]
-    ax.scatter(x_of(f), y_of(f), marker="D", s=46, color="#2c3e50", label="float", zorder=4)
-    c = r["chosen"]
-    ax.scatter(
-        x_of(c),
-        y_of(c),
-        marker="*",
-        s=260,
-        color="#e74c3c",
-        edgecolors="white",
-        linewidths=0.8,
-        label="chosen",
-        zorder=5,
-        clip_on=False,
-    )
-    _budget_line(ax, r, axis)
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel("model size (MB)" if axis == "bytes" else "predicted latency (ms)")
-    ax.set_ylabel(f"{r['metric']} (search split)")
-    ax.grid(alpha=0.25)
-    ax.legend(fontsize=8, loc="best", framealpha=0.9)
-    ax.set_title(f"{r['metric']} vs {'size' if axis == 'bytes' else 'latency'}", fontsize=11)
-    return _png(fig)
 
 
 def _budget_line(ax: Any, r: dict[str, Any], axis: str) -> None:

@@ -9,7 +9,8 @@ from quantbalance.search.cache import Cache, default_cache_dir
 from quantbalance.search.costs import CostTable, LatencyModel, layer_nbytes
 from quantbalance.search.latency import TorchLatencyModel
 from quantbalance.search.pareto import PlanPoint
-from quantbalance.search.search import Budget, SearchResult, search
+from quantbalance.search.result import Budget, SearchResult
+from quantbalance.search.search import search
 from quantbalance.search.sensitivity import (
     SensitivityTable,
     default_candidates,

@@ -41,6 +41,7 @@ from torch import nn
 
 from quantbalance.errors import ConfigError
 from quantbalance.io import atomic_write_text
+from quantbalance.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ CACHE_VERSION = 2
 
 
 def _versions() -> dict[str, str]:
-    from quantbalance import __version__
 
     return {"quantbalance": __version__, "torch": torch.__version__}
 

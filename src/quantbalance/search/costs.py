@@ -19,12 +19,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from quantbalance.evaluate import model_nbytes
 from quantbalance.formats import quantize_tensor
 from quantbalance.hardware import detect
 from quantbalance.lowering import lower_spec
 from quantbalance.nn import weight_matrix
 from quantbalance.plan import LayerSpec, Plan
 from quantbalance.progress import steps
+from quantbalance.search.cache import data_hash, machine_id
 from quantbalance.transform import quantizable_layers
 
 log = logging.getLogger(__name__)
@@ -200,16 +202,45 @@ def measure_costs(
     Returns:
         The CostTable.
     """
-    from quantbalance.evaluate import model_nbytes
-    from quantbalance.search.cache import data_hash, machine_id
-
     names = list(options)
     shapes = input_shapes(model, names, example_inputs)
     missing = [n for n in names if n not in shapes]
     if missing:
         log.warning("example_inputs never reach %s; their latency counts as 0", missing[:5])
+    nbytes = _bytes_per_layer(model, options, cache, model_key, progress)
+    mach = machine_id()
+    latency = _latency_per_layer(model, options, shapes, latency_model, cache, model_key, mach)
+    whole_key = {
+        "model": model_key,
+        "data": data_hash([example_inputs]),
+        "machine": mach,
+        "engine": latency_model.name,
+    }
+    timer = getattr(latency_model, "model_latency_ms", None)
+    timer = timer if callable(timer) else time_model
+    whole = float(cache.get_or("model_latency", whole_key, lambda: timer(model, example_inputs)))
+    float_sum = sum(latency[n][k] for n in names for k, s in options[n].items() if s is None)
+    return CostTable(
+        nbytes=nbytes,
+        latency_ms=latency,
+        input_shapes=shapes,
+        rest_bytes=model_nbytes(model) - _float_weight_bytes(model, names),
+        rest_latency_ms=max(0.0, whole - float_sum),
+        model_latency_ms=whole,
+        engine=latency_model.name,
+    )
+
+
+def _bytes_per_layer(
+    model: nn.Module,
+    options: dict[str, dict[str, LayerSpec | None]],
+    cache: Any,
+    model_key: str,
+    progress: bool,
+) -> dict[str, dict[str, int]]:
+    """Exact bytes of each layer under each option (cached per model, layer, target, spec)."""
     nbytes: dict[str, dict[str, int]] = {}
-    for n in steps(names, "search: bytes per layer", enabled=progress):
+    for n in steps(list(options), "search: bytes per layer", enabled=progress):
         mod = model.get_submodule(n)
         nbytes[n] = {
             k: int(
@@ -226,7 +257,20 @@ def measure_costs(
             )
             for k, s in options[n].items()
         }
-    mach = machine_id()
+    return nbytes
+
+
+def _latency_per_layer(
+    model: nn.Module,
+    options: dict[str, dict[str, LayerSpec | None]],
+    shapes: dict[str, Any],
+    latency_model: LatencyModel,
+    cache: Any,
+    model_key: str,
+    mach: str,
+) -> dict[str, dict[str, float]]:
+    """Milliseconds of each layer under each option (cached; missing ones timed together)."""
+    names = list(options)
     sig = getattr(latency_model, "signature", None)
     keys, items = [], []
     for n in names:
@@ -247,16 +291,11 @@ def measure_costs(
     latency: dict[str, dict[str, float]] = {n: dict.fromkeys(options[n], 0.0) for n in names}
     for (n, k, _), v in zip(keys, got, strict=True):
         latency[n][k] = float(v)
-    whole_key = {
-        "model": model_key,
-        "data": data_hash([example_inputs]),
-        "machine": mach,
-        "engine": latency_model.name,
-    }
-    timer = getattr(latency_model, "model_latency_ms", None)
-    timer = timer if callable(timer) else time_model
-    whole = float(cache.get_or("model_latency", whole_key, lambda: timer(model, example_inputs)))
-    float_sum = sum(latency[n][k] for n in names for k, s in options[n].items() if s is None)
+    return latency
+
+
+def _float_weight_bytes(model: nn.Module, names: list[str]) -> int:
+    """Bytes of the layers' float weights, each shared tensor once."""
     seen: set[int] = set()
     float_w = 0
     for n in names:
@@ -264,15 +303,7 @@ def measure_costs(
         if w.data_ptr() not in seen:
             seen.add(w.data_ptr())
             float_w += w.numel() * w.element_size()
-    return CostTable(
-        nbytes=nbytes,
-        latency_ms=latency,
-        input_shapes=shapes,
-        rest_bytes=model_nbytes(model) - float_w,
-        rest_latency_ms=max(0.0, whole - float_sum),
-        model_latency_ms=whole,
-        engine=latency_model.name,
-    )
+    return float_w
 
 
 def with_algorithm(plan: Plan, algorithm: str) -> Plan:

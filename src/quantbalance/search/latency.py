@@ -30,7 +30,7 @@ from torch import nn
 
 from quantbalance.deploy.kernels import Kernel, LayerDesc, choose, engine_dtype
 from quantbalance.formats import quantize_tensor
-from quantbalance.formats.uniform import qparams_from_range
+from quantbalance.formats.kinds import qparams_from_range
 from quantbalance.hardware import Hardware, detect
 from quantbalance.lowering import lower_spec
 from quantbalance.nn import REGISTRY, ActQuantizer, engine_layer, weight_matrix

@@ -1,4 +1,6 @@
-"""Quantization-aware training with learned step sizes (LSQ, Esser et al. 2020).
+"""qb.qat: quantization-aware training with learned step sizes (LSQ, Esser et al. 2020).
+
+A workflow above ``qb.quantize`` (which it starts from), not an algorithm step.
 
 ``qat`` starts from post-training quantization (round to nearest, calibrated activation ranges),
 replaces each planned layer by a fake-quantized twin whose weight and static activation scales
@@ -25,15 +27,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from quantbalance.algorithms.adaround import FixedObserver
 from quantbalance.args import checked
-from quantbalance.calibration import call_model, check_calib_data
+from quantbalance.calibration import FixedObserver, call_model, check_calib_data
 from quantbalance.errors import CalibrationError, ConfigError
 from quantbalance.formats import Scheme, fake_quantize, quantize_tensor
 from quantbalance.formats.uniform import store_scale
 from quantbalance.nn import ActQuantizer, QuantModule, quantized_type, weight_matrix
 from quantbalance.nn.layout import from_matrix, layout_of, to_matrix
 from quantbalance.plan import LayerSpec, Plan
+from quantbalance.quantize import as_plan, quantize
+from quantbalance.transform import fold_batchnorm, quantizable_layers, replace_module
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
 
 
 def _learnable(scheme: Scheme | None) -> bool:
-    return scheme is not None and scheme.kind == "uniform" and scheme.bits >= 2
+    return scheme is not None and scheme.format_kind.affine(scheme)
 
 
 def _qp(scheme: Scheme) -> float:
@@ -189,9 +192,6 @@ def qat(
         >>> type(q[0]).__name__
         'QLinear'
     """
-    from quantbalance.quantize import as_plan, quantize
-    from quantbalance.transform import fold_batchnorm, quantizable_layers, replace_module
-
     if (steps is None) == (epochs is None) or (steps or epochs or 0) <= 0:
         raise ConfigError(f"qat: give exactly one of steps or epochs, > 0 (got {steps}, {epochs})")
     if calib_data is None:

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 import quantbalance as qb
-from quantbalance.deploy import bench_engines, bench_result, benchmark
-from quantbalance.deploy.bench_engines import Engine, Runner
-from quantbalance.deploy.bench_onnx import bench_onnx, onnx_inputs
-from quantbalance.deploy.bench_result import BenchResult, BenchRow, add_ratios, time_interleaved
-from quantbalance.deploy.benchmark import take
+from quantbalance.bench import benchmark
+from quantbalance.bench import engines as bench_engines
+from quantbalance.bench import result as bench_result
+from quantbalance.bench.benchmark import take
+from quantbalance.bench.engines import Engine, Runner
+from quantbalance.bench.onnx_file import bench_onnx, onnx_inputs
+from quantbalance.bench.result import BenchResult, BenchRow, add_ratios, time_interleaved
 from quantbalance.errors import CheckpointError, ConfigError
 from quantbalance.hardware import detect
 from quantbalance.tasks import load_for_bench

@@ -1,0 +1,123 @@
+"""Rebuilding a quantized model from checkpoint tensors on a float skeleton."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantbalance.errors import CheckpointError
+from quantbalance.formats import QuantizedTensor, Scheme
+from quantbalance.nn import PARTS, ActQuantizer, quantized_type, weight_matrix
+from quantbalance.plan import Plan
+from quantbalance.quantize_steps import QuantizationInfo
+from quantbalance.transform import fold_batchnorm, replace_module
+
+
+def rebuild(
+    skeleton: nn.Module, meta: dict[str, str], tensors: dict[str, torch.Tensor], where: str
+) -> nn.Module:
+    """Install the checkpoint's quantized layers and tensors into a copy of the skeleton.
+
+    Args:
+        skeleton: the float model (deep-copied, never modified).
+        meta: the checkpoint metadata (``layers``, ``aliases``, ``info``, ``plan``).
+        tensors: the stored tensors by state-dict name (ties once; ``aliases`` names the rest).
+        where: the file, for errors.
+
+    Returns:
+        The quantized model in eval mode (with ``qb_plan``/``qb_info`` when a Plan was stored).
+
+    Raises:
+        CheckpointError: the skeleton does not match the checkpoint.
+    """
+    layers: dict[str, Any] = json.loads(meta["layers"])
+    aliases: dict[str, str] = json.loads(meta["aliases"])
+    info = json.loads(meta["info"])
+    model = copy.deepcopy(skeleton).eval()
+    folded = fold_batchnorm(model) if info.get("folded") else []
+    want = [tuple(p) for p in info.get("folded", [])]
+    if want and sorted(folded) != sorted(want):
+        raise CheckpointError(
+            f"{where}: the checkpoint folded BatchNorm pairs {want}, the skeleton folds {folded}"
+        )
+    state = dict(tensors)
+    state.update({k: state[v] for k, v in aliases.items() if v in state})
+    for name, spec in layers.items():
+        _install_layer(model, name, spec, state, where)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: the skeleton does not match the checkpoint: {e}") from None
+    _retie(model, aliases)
+    plan = Plan(**json.loads(meta["plan"])) if meta.get("plan", "null") != "null" else None
+    if plan is not None:
+        model.qb_plan = plan
+        model.qb_info = QuantizationInfo.from_dict(plan, info)
+    return model
+
+
+def _install_layer(
+    model: nn.Module, name: str, spec: dict[str, Any], state: dict[str, torch.Tensor], where: str
+) -> None:
+    """Put the quantized layer ``name`` into the skeleton, built from the checkpoint's tensors."""
+    parts = {p: state[k] for p in PARTS if (k := f"{name}.qweight_{p}") in state}
+    try:
+        qt = QuantizedTensor.from_parts(parts, spec["qweight"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: layer {name!r}: {e}") from None
+    mod = _skeleton_layer(model, name, spec, qt, where)
+    act = None
+    if spec["act"] is not None:
+        a = spec["act"]
+        act = ActQuantizer.frozen(Scheme(**a["scheme"]), a["mode"], a["observer"])
+    qtype = quantized_type(mod)
+    assert qtype is not None
+    new = qtype.from_float(mod, qt, act)
+    if spec.get("input_smooth"):
+        key = f"{name}.input_smooth"
+        if key not in state:
+            raise CheckpointError(f"{where}: layer {name!r} has no tensor {key}")
+        new.set_input_smooth(torch.ones_like(state[key]))
+    replace_module(model, name, new)
+
+
+def _skeleton_layer(
+    model: nn.Module, name: str, spec: dict[str, Any], qt: QuantizedTensor, where: str
+) -> nn.Module:
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        raise CheckpointError(
+            f"{where}: quantized layer {name!r} does not exist in the skeleton "
+            f"({type(model).__name__})"
+        ) from None
+    qtype = quantized_type(mod)
+    if qtype is None or qtype.__name__ != spec["module"]:
+        raise CheckpointError(
+            f"{where}: layer {name!r} is a {type(mod).__name__} in the skeleton; the checkpoint "
+            f"stores a {spec['module']} quantized from a {spec['float_type']}"
+        )
+    shape = tuple(weight_matrix(mod).shape)
+    if shape != tuple(qt.shape):
+        raise CheckpointError(
+            f"{where}: layer {name!r}: skeleton weight shape {shape}, checkpoint weight shape "
+            f"{tuple(qt.shape)}"
+        )
+    return mod
+
+
+def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Make every aliased parameter/buffer the same object as its canonical tensor again."""
+    for alias, canon in aliases.items():
+        src_mod, _, src_leaf = canon.rpartition(".")
+        dst_mod, _, dst_leaf = alias.rpartition(".")
+        src = model.get_submodule(src_mod)
+        dst = model.get_submodule(dst_mod)
+        if src_leaf in src._parameters and dst_leaf in dst._parameters:
+            dst._parameters[dst_leaf] = src._parameters[src_leaf]
+        elif src_leaf in src._buffers and dst_leaf in dst._buffers:
+            dst._buffers[dst_leaf] = src._buffers[src_leaf]
