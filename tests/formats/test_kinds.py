@@ -12,7 +12,7 @@ from torch import nn
 import quantbalance as qb
 from quantbalance.errors import ConfigError
 from quantbalance.formats.granularity import grid_shape
-from quantbalance.formats.kinds import FP4_MAGNITUDES, KINDS, get_kind
+from quantbalance.formats.kinds import FP4_MAGNITUDES, KINDS, get_kind, stored_nbytes
 
 G32 = qb.PerGroup(size=32)
 SCHEMES = [
@@ -38,6 +38,8 @@ def test_kind_byte_cost_is_exactly_what_quantize_tensor_stores(scheme: qb.Scheme
     qt = qb.quantize_tensor(w, scheme)
     blocks = math.prod(grid_shape(tuple(w.shape), scheme.granularity))
     assert scheme.format_kind.nbytes(w.numel(), blocks, scheme) == qt.nbytes
+    partial = _weight(5, 100)  # groups that do not divide the row: the last block is partial
+    assert stored_nbytes((5, 100), scheme) == qb.quantize_tensor(partial, scheme).nbytes
 
 
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.label)

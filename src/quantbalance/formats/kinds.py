@@ -32,12 +32,14 @@ power-of-two one).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.formats.granularity import grid_shape
 from quantbalance.formats.kind_base import FormatKind, Rng, scale_bytes
 from quantbalance.formats.nonuniform import NF4_TABLE, nearest_code
 from quantbalance.formats.packing import packed_nbytes
@@ -246,3 +248,17 @@ def qparams_from_range(
         else None (implied: 0, or ``2^(b-1)`` for unsigned symmetric codes).
     """
     return get_kind(scheme.kind).range_qparams(lo.float(), hi.float(), scheme)
+
+
+def stored_nbytes(shape: tuple[int, ...], scheme: Scheme) -> int:
+    """Exact bytes ``quantize_tensor`` stores for a tensor of ``shape`` (no quantization run).
+
+    Args:
+        shape: the tensor's shape (a layer's weight matrix).
+        scheme: the scheme.
+
+    Returns:
+        ``QuantizedTensor.nbytes`` of its quantization under ``scheme``.
+    """
+    blocks = math.prod(grid_shape(tuple(shape), scheme.granularity))
+    return get_kind(scheme.kind).nbytes(math.prod(shape), blocks, scheme)

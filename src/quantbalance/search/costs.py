@@ -1,7 +1,8 @@
 """Costs of each layer under each spec: exact bytes and *measured* latency.
 
-Bytes are exact: ``QuantizedTensor.nbytes`` of the weight quantized with
-``formats.quantize_tensor``, plus the activation quantizer's scale and zero point. Latency comes
+Bytes are exact: the ``QuantizedTensor.nbytes`` that quantizing the weight would store, computed
+from its shape by ``formats.kinds.stored_nbytes`` (no quantization run; tested equal for every
+kind), plus the activation quantizer's scale and zero point. Latency comes
 from a pluggable :class:`LatencyModel`; the default, ``search.latency.TorchLatencyModel``, times
 each layer's deployed-form torch kernel on this machine. A plan's predicted latency is the
 measured rest of the model plus the sum of its layers' kernels.
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from quantbalance.evaluate import model_nbytes
-from quantbalance.formats import quantize_tensor
+from quantbalance.formats.kinds import stored_nbytes
 from quantbalance.hardware import detect
 from quantbalance.lowering import lower_spec
 from quantbalance.nn import weight_matrix
@@ -73,7 +74,7 @@ def layer_nbytes(module: nn.Module, spec: LayerSpec | None) -> int:
     spec = lower_spec(spec, type(module).__name__, detect().int8_target)  # as qb.quantize does
     if spec is None or spec.weight is None:
         return w.numel() * w.element_size()
-    n = quantize_tensor(weight_matrix(module).float(), spec.weight).nbytes
+    n = stored_nbytes(tuple(weight_matrix(module).shape), spec.weight)  # no quantization run
     if spec.activation is not None and not isinstance(module, nn.Embedding):
         n += ACT_QUANTIZER_BYTES
     return n
