@@ -32,6 +32,24 @@ W4G64 = qb.Plan(
 )
 
 
+def test_dequantized_layers_with_int8_inputs_compile_to_one_graph() -> None:
+    # Conv2d with dynamic inputs has no int8 kernel: it runs its simulated forward, whose
+    # fake_quantize is a type-checked public function. Reading the type hints under
+    # torch.compile broke the engine's graph at every such layer (fashion: 8 graphs).
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    q = qb.quantize(net, "w8a8-dynamic", progress=False)
+    e = to_torch_engine(q, compile=False, dtype=torch.float32)
+    assert e.qb_engine_kernels == {"dequant": 2}
+    with torch.inference_mode():
+        ex = torch._dynamo.explain(e)(x)
+    assert (ex.graph_count, ex.graph_break_count) == (1, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(e, fullgraph=True)(x), q(x), atol=1e-5, rtol=0)
+    with pytest.raises(qb.ArgumentError, match="scheme"):  # still checked when called eagerly
+        qb.formats.fake_quantize(x, "w8", 1.0, 0)
+
+
 @pytest.mark.isa
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN int8 kernels")
 @pytest.mark.parametrize("plan", ["w8a8", "w8a8-dynamic"])

@@ -65,3 +65,37 @@ def test_bytes_follow_the_lowering_quantize_applies(monkeypatch: pytest.MonkeyPa
     with torch.no_grad():
         q = qb.quantize(nn.Sequential(lin), "w8a8", calib_data=[torch.randn(4, 64)], progress=False)
     assert qb.model_nbytes(q) == costs.layer_nbytes(lin, spec) + 32 * 4  # + the float bias
+
+
+def test_auto_mode_times_what_the_compiled_engine_fuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The engine runs compiled: layers that quantize their input are timed compiled (the
+    # quantization fuses), one-kernel layers eager, the rest of the model from the compiled
+    # float engine.
+    from quantbalance.deploy import torch_engine
+    from quantbalance.search import latency
+
+    lin, emb = nn.Linear(32, 32), nn.Embedding(10, 32)
+    w8a8, int8w = qb.preset("w8a8").layers["re:.*"], qb.preset("int8-weight").layers["re:.*"]
+    assert latency.fuses_input(lin, w8a8) and latency.fuses_input(emb, w8a8) is False
+    assert not latency.fuses_input(lin, int8w) and not latency.fuses_input(lin, None)
+    built, real_build = [], latency.build_kernel
+    monkeypatch.setattr(
+        latency, "build_kernel",
+        lambda m, s, sh, compile=False: built.append((s, compile)) or real_build(m, s, sh),
+    )  # fmt: skip
+    m = TorchLatencyModel(repeats=1, warmup=1, min_sample_s=0.0)
+    items = [("a", lin, w8a8, (8, 32)), ("b", lin, int8w, (8, 32)), ("c", lin, None, (8, 32))]
+    m.latency_many(items)
+    assert built == [(w8a8, True), (int8w, False), (None, False)]
+    compiled = []
+    real = torch_engine.compile_isolated
+    monkeypatch.setattr(
+        torch_engine, "compile_isolated", lambda mod: compiled.append(mod) or real(mod)
+    )
+    assert m.model_latency_ms(nn.Sequential(lin, nn.GELU()), torch.randn(8, 32)) > 0
+    assert len(compiled) == 1
+    eager = TorchLatencyModel(repeats=1, warmup=1, compile=False)
+    assert eager.model_latency_ms(nn.Sequential(lin), torch.randn(8, 32)) > 0 and len(compiled) == 1
+    assert len({m.name, eager.name, TorchLatencyModel(compile=True).name}) == 3
+    with pytest.raises(qb.ConfigError, match="compile='yes'; accepted"):
+        TorchLatencyModel(compile="yes")  # type: ignore[arg-type]
