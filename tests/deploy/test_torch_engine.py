@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -136,3 +138,29 @@ def test_compiled_engines_keep_separate_compile_caches() -> None:
     assert e.qb_engine_kernels == {INT8_WEIGHT: 3}
     with torch.no_grad():
         assert cos(e(x), net(x)) > 0.999
+
+
+def test_capability_held_processes_get_their_own_inductor_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    # inductor's cache is not keyed on ATEN_CPU_CAPABILITY: kernels compiled natively gave NaNs
+    # in a process held to avx2 (and intermittent crashes); a fresh cache computed right.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from quantbalance.deploy.torch_engine import separate_inductor_cache
+
+    default = os.path.abspath(default_cache_dir())
+    for cap, before, after in (
+        ("avx2", None, f"{default}-avx2"),
+        ("AVX2", default, f"{default}-avx2"),
+        ("avx2", str(tmp_path), str(tmp_path)),  # the user's own folder stays
+        ("", None, None),
+    ):
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", cap)
+        if before is None:
+            monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        else:
+            monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", before)
+        changed = separate_inductor_cache()
+        assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == after
+        assert changed == (after if after not in (before, None) else None)

@@ -19,6 +19,7 @@ from quantbalance.cli.options import (
     BatchSizeOpt,
     ColumnOpt,
     DataOpt,
+    HardwareOpt,
     HfOpt,
     HfTaskOpt,
     LabelsOpt,
@@ -30,6 +31,7 @@ from quantbalance.cli.options import (
     data_options,
 )
 from quantbalance.errors import ConfigError, QuantBalanceError
+from quantbalance.lowering import targeted
 
 
 def make_console() -> Console:
@@ -389,6 +391,7 @@ def search_command(
         str | None,
         typer.Option("--target", help="torch|ort|tensorrt|vllm|llama.cpp: only its exact schemes"),
     ] = None,
+    hardware: HardwareOpt = "auto",
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
@@ -397,7 +400,7 @@ def search_command(
     opts = data_options(data, column, labels, metric, num_samples, n_calib, seq_len, batch_size,
                         seed, hf_task)  # fmt: skip
     try:
-        res, path = run_search(
+        res, path = targeted(run_search, hardware)(
             out,
             task=task,
             model=model,

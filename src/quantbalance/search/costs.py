@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from quantbalance.formats import quantize_tensor
-from quantbalance.hardware import detect
-from quantbalance.lowering import lower_spec
+from quantbalance.lowering import lower_spec, plan_target
 from quantbalance.nn import weight_matrix
 from quantbalance.plan import LayerSpec, Plan
 from quantbalance.progress import steps
@@ -68,7 +67,7 @@ def layer_nbytes(module: nn.Module, spec: LayerSpec | None) -> int:
         Bytes of the stored weight (+ the activation quantizer's parameters).
     """
     w = module.weight.detach()
-    spec = lower_spec(spec, type(module).__name__, detect().int8_target)  # as qb.quantize does
+    spec = lower_spec(spec, type(module).__name__, plan_target())  # as qb.quantize does
     if spec is None or spec.weight is None:
         return w.numel() * w.element_size()
     n = quantize_tensor(weight_matrix(module).float(), spec.weight).nbytes
@@ -218,7 +217,7 @@ def measure_costs(
                     {
                         "model": model_key,
                         "layer": n,
-                        "target": detect().int8_target,
+                        "target": plan_target(),
                         "spec": s.model_dump_json() if s else None,
                     },
                     lambda m=mod, s=s: layer_nbytes(m, s),

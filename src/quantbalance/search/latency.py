@@ -46,7 +46,7 @@ from quantbalance.errors import ConfigError
 from quantbalance.formats import quantize_tensor
 from quantbalance.formats.uniform import qparams_from_range
 from quantbalance.hardware import Hardware, detect
-from quantbalance.lowering import lower_spec
+from quantbalance.lowering import lower_spec, plan_target
 from quantbalance.nn import REGISTRY, ActQuantizer, engine_layer, weight_matrix
 from quantbalance.plan import LayerSpec
 from quantbalance.progress import steps
@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 
 def _lowered(module: nn.Module, spec: LayerSpec | None, hw: Hardware) -> LayerSpec | None:
-    return lower_spec(spec, type(module).__name__, hw.int8_target)
+    """The spec as ``qb.quantize`` lowers it for the Plans' target (``lowering.plan_target``)."""
+    return lower_spec(spec, type(module).__name__, plan_target())
 
 
 def kernel_for(
@@ -227,7 +228,7 @@ class TorchLatencyModel:
         # Timings depend on the kernels chosen here: caches keyed on the name stay apart.
         dt = str(engine_dtype(hw)).removeprefix("torch.")
         mode = {True: "/compiled", False: "/eager", "auto": "/fused"}[compile]
-        self.name = f"torch-cpu/{hw.int8_target}/{dt}{mode}"
+        self.name = f"torch-cpu/{hw.int8_target}/{dt}{mode}"  # the plan target is in the sig
         self.compile = compile
         self.repeats = repeats
         self.warmup = warmup

@@ -37,7 +37,7 @@ from quantbalance.errors import ConfigError, QuantBalanceError
 from quantbalance.evaluate import model_nbytes
 from quantbalance.evaluate.guards import SQNR_FLOOR_DB
 from quantbalance.formats.config import FrozenConfig
-from quantbalance.lowering import for_hardware
+from quantbalance.lowering import for_hardware, hardware_argument, plan_target
 from quantbalance.plan import PRESETS, Plan, preset
 from quantbalance.progress import phase, steps
 from quantbalance.search.cache import (
@@ -223,6 +223,7 @@ def _groups(names: list[str], groups: Sequence[Sequence[str]] | None) -> list[li
 
 
 @checked
+@hardware_argument
 def search(
     model: nn.Module,
     task_or: Any,
@@ -247,6 +248,7 @@ def search(
     executor: str | Executor | None = None,
     target: str | None = None,
     sqnr_floor_db: float = SQNR_FLOOR_DB,
+    hardware: Literal["auto", "vnni", "avx2"] = "auto",
 ) -> SearchResult:
     """Find the per-layer precision that meets ``budget`` at the least cost.
 
@@ -283,6 +285,9 @@ def search(
             ``candidates`` is None.
         sqnr_floor_db: the chosen Plan's layers whose output SQNR is below this (dB), or whose
             output has NaN/inf, are named in the message and in ``info["numerics"]``.
+        hardware: the int8 target every Plan is quantized, costed and evaluated for
+            (``Plan.hardware``): ``auto`` (this machine), ``vnni`` or ``avx2`` (see
+            ``qb.quantize``); latencies are still timed on this machine's kernels.
 
     Returns:
         The :class:`SearchResult`.
@@ -325,6 +330,7 @@ def search(
         "data": data_hash(src.calib_data),
         "algorithm": algorithm,
         "options": options_in_force(),
+        "target": plan_target(),
     }
     ev = PlanEvaluator(model, src, hold, cache, keys)
     reference = ev.reference()  # before any cache lookup: every measurement is keyed by it
