@@ -203,6 +203,7 @@ def run_search(
     onnx: str | None = None,
     data: Any = None,
     target: str | None = None,
+    deployed: bool = False,
 ) -> tuple[Any, Path]:
     """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
 
@@ -231,6 +232,7 @@ def run_search(
         data: ``cli.loading.DataOptions`` (``--data`` etc.) for ``hf``/``onnx``/a bare model.
         target: deployment engine whose exact schemes are the candidates (see
             ``search.targets``).
+        deployed: also time the chosen Plan and float as deployed here (``search.deployed``).
 
     Returns:
         ``(SearchResult, path of report.html)``.
@@ -282,6 +284,10 @@ def run_search(
     )
     if "data" in src.info:  # a user's data: how it was split, in the report
         res.info["data"] = src.info["data"] | _split_sizes(src, held, sens)
+    if deployed:
+        from quantbalance.search.deployed import measure_deployed
+
+        res.info["deployed"] = measure_deployed(src.model, res, src.calib_data, src.example_inputs)
     with con.status("writing the report"):
         path = write_report(res, out, model=src.model, calib_data=src.calib_data)
         res.plan.save(out / "plan.json")
@@ -307,6 +313,10 @@ def show_result(res: Any, path: Path, out: Path, con: Console | None = None) -> 
     """
     con = con or console
     con.print(results_table(res))
+    if res.info.get("deployed"):
+        from quantbalance.search.deployed import deployed_table
+
+        con.print(deployed_table(res.info["deployed"]))
     data = res.info.get("data")
     if data:
         con.print(
