@@ -53,13 +53,14 @@ def test_float_layers_and_equal_layers_share_timings() -> None:
 
 
 def test_bytes_follow_the_lowering_quantize_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantbalance import lowering
     from quantbalance.hardware import from_sources
     from quantbalance.search import costs
 
     lin, spec = nn.Linear(64, 32), qb.preset("w8a8").layers["re:.*"]
     for flags, code_bytes in (("avx2", 64 * 32 * 7 // 8), ("avx2 avx512f avx512_vnni", 64 * 32)):
         hw = from_sources("x86_64", f"flags : {flags}\n", {}, "AVX2")
-        monkeypatch.setattr(costs, "detect", lambda hw=hw: hw)
+        monkeypatch.setattr(lowering, "detect", lambda hw=hw: hw)
         assert costs.layer_nbytes(lin, spec) == code_bytes + 32 * 4 + costs.ACT_QUANTIZER_BYTES
     monkeypatch.undo()
     with torch.no_grad():
