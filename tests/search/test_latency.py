@@ -100,3 +100,22 @@ def test_auto_mode_times_what_the_compiled_engine_fuses(monkeypatch: pytest.Monk
     assert len({m.name, eager.name, TorchLatencyModel(compile=True).name}) == 3
     with pytest.raises(qb.ConfigError, match="compile='yes'; accepted"):
         TorchLatencyModel(compile="yes")  # type: ignore[arg-type]
+
+
+def test_a_layer_or_model_that_does_not_compile_is_timed_eager(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from quantbalance.deploy import torch_engine
+
+    def broken(mod: nn.Module) -> nn.Module:
+        def fail(*a: object) -> None:
+            raise RuntimeError("inductor said no")
+
+        return fail  # type: ignore[return-value]
+
+    monkeypatch.setattr(torch_engine, "compile_isolated", broken)
+    m = TorchLatencyModel(repeats=1, warmup=1, min_sample_s=0.0)
+    lin, w8a8 = nn.Linear(32, 32), qb.preset("w8a8").layers["re:.*"]
+    assert m.latency_many([("a", lin, w8a8, (8, 32))])[0] > 0
+    assert m.model_latency_ms(nn.Sequential(lin), torch.randn(8, 32)) > 0
+    assert caplog.text.count("did not compile (inductor said no); timed eager") == 2

@@ -200,6 +200,15 @@ def _signature(module: nn.Module, spec: LayerSpec | None, shape: Sequence[int]) 
     )
 
 
+def _warm(fn: Callable[[], Any], warmup: int) -> tuple[Callable[[], Any], float]:
+    """Run ``fn`` ``warmup`` times (compiling it), then once timed: ``(fn, seconds)``."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    return fn, max(time.perf_counter() - t0, 1e-7)
+
+
 class TorchLatencyModel:
     """Measures each layer's deployed-form kernel in torch on this machine (see module doc).
 
@@ -265,10 +274,14 @@ class TorchLatencyModel:
 
         dtype = engine_dtype(detect())
         engine = to_torch_engine(model, compile=False).to(dtype)
-        if self.compile is not False:
-            engine = compile_isolated(engine)
+        batch = _cast(example_inputs, dtype)
         with torch.inference_mode():
-            return time_model(engine, _cast(example_inputs, dtype), repeats=self.repeats)
+            if self.compile is not False:
+                try:
+                    return time_model(compile_isolated(engine), batch, repeats=self.repeats)
+                except Exception as e:  # torch.compile fails with many exception types
+                    log.warning("latency: the float model did not compile (%s); timed eager", e)
+            return time_model(engine, batch, repeats=self.repeats)
 
     def latency_many(
         self, items: Sequence[tuple[str, nn.Module, LayerSpec | None, tuple[int, ...]]]
@@ -295,12 +308,13 @@ class TorchLatencyModel:
         fns, loops = {}, {}
         for sig, (m, s, sh) in steps(list(todo.items()), "latency: build layer kernels"):
             comp = self.compile is True or (self.compile == "auto" and fuses_input(m, s))
-            fn = build_kernel(m, s, tuple(sh), compile=comp)
-            for _ in range(self.warmup):
-                fn()
-            t0 = time.perf_counter()
-            fn()
-            one = max(time.perf_counter() - t0, 1e-7)
+            try:
+                fn, one = _warm(build_kernel(m, s, tuple(sh), compile=comp), self.warmup)
+            except Exception as e:  # torch.compile fails with many exception types
+                if not comp:
+                    raise
+                log.warning("latency: %s did not compile (%s); timed eager", sig, e)
+                fn, one = _warm(build_kernel(m, s, tuple(sh)), self.warmup)
             fns[sig], loops[sig] = fn, max(1, math.ceil(self.min_sample_s / one))
         samples: dict[str, list[float]] = {sig: [] for sig in fns}
         for _ in steps(range(self.repeats), f"latency: time {len(fns)} kernels"):
