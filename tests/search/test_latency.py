@@ -84,7 +84,7 @@ def test_auto_mode_times_what_the_compiled_engine_fuses(monkeypatch: pytest.Monk
         latency, "build_kernel",
         lambda m, s, sh, compile=False: built.append((s, compile)) or real_build(m, s, sh),
     )  # fmt: skip
-    m = TorchLatencyModel(repeats=1, warmup=1, min_sample_s=0.0)
+    m = TorchLatencyModel(repeats=1, warmup=1, min_sample_s=0.0, compile="auto")
     items = [("a", lin, w8a8, (8, 32)), ("b", lin, int8w, (8, 32)), ("c", lin, None, (8, 32))]
     m.latency_many(items)
     assert built == [(w8a8, True), (int8w, False), (None, False)]
@@ -100,6 +100,12 @@ def test_auto_mode_times_what_the_compiled_engine_fuses(monkeypatch: pytest.Monk
     assert len({m.name, eager.name, TorchLatencyModel(compile=True).name}) == 3
     with pytest.raises(qb.ConfigError, match="compile='yes'; accepted"):
         TorchLatencyModel(compile="yes")  # type: ignore[arg-type]
+    for env, mode in (("auto", "/fused"), ("0", "/eager"), ("1", "/compiled")):
+        monkeypatch.setenv("QB_LATENCY_COMPILE", env)
+        assert TorchLatencyModel().name.endswith(mode)
+    monkeypatch.setenv("QB_LATENCY_COMPILE", "yes")
+    with pytest.raises(qb.ConfigError, match="QB_LATENCY_COMPILE='yes'; accepted: auto, 1, 0"):
+        TorchLatencyModel()
 
 
 def test_a_layer_or_model_that_does_not_compile_is_timed_eager(
@@ -114,7 +120,7 @@ def test_a_layer_or_model_that_does_not_compile_is_timed_eager(
         return fail  # type: ignore[return-value]
 
     monkeypatch.setattr(torch_engine, "compile_isolated", broken)
-    m = TorchLatencyModel(repeats=1, warmup=1, min_sample_s=0.0)
+    m = TorchLatencyModel(repeats=1, warmup=1, min_sample_s=0.0, compile="auto")
     lin, w8a8 = nn.Linear(32, 32), qb.preset("w8a8").layers["re:.*"]
     assert m.latency_many([("a", lin, w8a8, (8, 32))])[0] > 0
     assert m.model_latency_ms(nn.Sequential(lin), torch.randn(8, 32)) > 0

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -200,6 +201,25 @@ def _signature(module: nn.Module, spec: LayerSpec | None, shape: Sequence[int]) 
     )
 
 
+def default_compile() -> bool | Literal["auto"]:
+    """``TorchLatencyModel``'s default ``compile``: ``$QB_LATENCY_COMPILE``, else ``"auto"``.
+
+    ``QB_LATENCY_COMPILE=0`` times everything eager: no compilation (seconds saved per search on
+    small models, e.g. in unit tests), but int8-activation layers are then over-predicted.
+
+    Returns:
+        ``"auto"``, True or False.
+
+    Raises:
+        ConfigError: the variable holds anything else.
+    """
+    v = os.environ.get("QB_LATENCY_COMPILE", "auto").strip().lower()
+    modes: dict[str, bool | Literal["auto"]] = {"auto": "auto", "1": True, "0": False}
+    if v not in modes:
+        raise ConfigError(f"QB_LATENCY_COMPILE={v!r}; accepted: auto, 1, 0")
+    return modes[v]
+
+
 def _warm(fn: Callable[[], Any], warmup: int) -> tuple[Callable[[], Any], float]:
     """Run ``fn`` ``warmup`` times (compiling it), then once timed: ``(fn, seconds)``."""
     for _ in range(warmup):
@@ -221,7 +241,8 @@ class TorchLatencyModel:
             compilation per distinct kernel), other layers eager, the rest of the model from
             the compiled float engine (see the module doc); ``True``: every layer compiled too;
             ``False``: all eager (no compilation; over-predicts int8-activation layers and the
-            elementwise ops that the engine fuses).
+            elementwise ops that the engine fuses). None: ``$QB_LATENCY_COMPILE`` (``auto``,
+            ``1`` or ``0``), else ``"auto"``.
     """
 
     def __init__(
@@ -229,8 +250,9 @@ class TorchLatencyModel:
         repeats: int = 7,
         warmup: int = 2,
         min_sample_s: float = 0.002,
-        compile: bool | Literal["auto"] = "auto",
+        compile: bool | Literal["auto"] | None = None,
     ) -> None:
+        compile = default_compile() if compile is None else compile
         if compile not in (True, False, "auto"):
             raise ConfigError(f"compile={compile!r}; accepted: 'auto', True, False")
         hw = detect()
