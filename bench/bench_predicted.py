@@ -7,9 +7,9 @@ Usage: OMP_WAIT_POLICY=PASSIVE python bench/bench_predicted.py [--task minilm|fa
 For each preset (and the chosen Plan of a search, ``--plan``) on the task's example batch:
 
 * predicted: the search's cost model, ``search.costs.measure_costs`` with the default
-  ``TorchLatencyModel`` (each layer's torch-engine module timed alone, eager, plus the rest of
-  the model), exactly as ``quantbalance search`` predicts it; and the same with each module
-  compiled (``TorchLatencyModel(compile=True)``), as the engine runs it;
+  ``TorchLatencyModel`` (each layer's torch-engine module timed alone: compiled where it
+  quantizes its input, eager elsewhere; plus the rest of the compiled float model), exactly as
+  ``quantbalance search`` predicts it; and the all-eager model (``compile=False``) beside it;
 * measured: the deployed torch engine (``to_torch_engine``, compiled) timed in the same process,
   interleaved with the float engines (``quantbalance.bench.benchmark``);
 * ratios: predicted / measured (target 0.8–1.2), and measured / the fastest float engine on the
@@ -26,7 +26,7 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -47,13 +47,16 @@ from quantbalance.transform import fold_batchnorm, quantizable_layers
 FLOAT_ENGINES = ("float", "bf16", "bf16-compile", "ort-float", "engine-float")
 
 
-def predictions(task: Task, plans: dict[str, Plan], compile: bool = False) -> dict[str, float]:
+def predictions(
+    task: Task, plans: dict[str, Plan], compile: bool | Literal["auto"] = "auto"
+) -> dict[str, float]:
     """The search's predicted latency (ms) of each Plan and of the float model.
 
     Args:
         task: the task (model and example batch).
         plans: name -> Plan.
-        compile: time the layer modules compiled (``TorchLatencyModel(compile=True)``).
+        compile: ``TorchLatencyModel(compile=...)``: ``"auto"`` (the search's default) or
+            False (all eager).
 
     Returns:
         name -> predicted milliseconds (``float`` included).
@@ -108,6 +111,7 @@ def run(
         The JSON-ready result.
     """
     torch.set_num_threads(threads)
+    load0 = os.getloadavg()[0]
     task = load_for_bench(task_name)
     plans = {p: as_plan(p) for p in presets}
     registry = {**ENGINES, "engine-float": Engine("float torch engine", _float_engine)}
@@ -118,7 +122,7 @@ def run(
         registry["chosen"] = _plan_engine(chosen)
         engines.append("chosen")
     predicted = predictions(task, plans)
-    compiled = predictions(task, plans, compile=True)
+    eager = predictions(task, plans, compile=False)
     b = bm._batch_len(task.example_inputs)
     res = bm.benchmark(
         task, engines=engines, presets=presets, batch_sizes=[b], rounds=rounds,
@@ -134,14 +138,15 @@ def run(
         rows.append({
             "plan": name, "engine": engine, "predicted_ms": predicted[name], "measured_ms": ms,
             "predicted_over_measured": predicted[name] / ms if ms else None,
-            "predicted_compiled_ms": compiled[name],
-            "compiled_over_measured": compiled[name] / ms if ms else None,
+            "predicted_eager_ms": eager[name],
+            "eager_over_measured": eager[name] / ms if ms else None,
             "vs_fastest_float": ms / ref_ms if ms and ref_ms else None,
             "metrics": r.metrics, "note": r.skipped or r.note,
         })  # fmt: skip
     return {
         "task": task_name, "batch": b, "rounds": rounds, "threads": threads,
         "fastest_float": ref, "fastest_float_ms": ref_ms, "hardware": detect().to_dict(),
+        "load_avg_start": load0,
         "load_avg": os.getloadavg()[0], "rows": rows, "benchmark": res.to_dict(),
     }  # fmt: skip
 
@@ -161,17 +166,18 @@ def markdown(result: dict[str, Any]) -> str:
 
     lines = [
         f"{result['task']}, batch {result['batch']}, {result['threads']} threads; fastest float "
-        f"engine: {result['fastest_float']} ({f(result['fastest_float_ms'], '.1f')} ms)",
+        f"engine: {result['fastest_float']} ({f(result['fastest_float_ms'], '.1f')} ms); load "
+        f"{result.get('load_avg_start', 0):.1f} at the start, {result['load_avg']:.1f} at the end",
         "",
-        "| plan | predicted ms (eager / compiled kernels) | measured ms | predicted / measured "
-        "(eager / compiled) | × fastest float | note |",
+        "| plan | predicted ms (search default / all eager) | measured ms | predicted / "
+        "measured (default / eager) | × fastest float | note |",
         "|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['plan']} | {f(r['predicted_ms'], '.1f')} / "
-            f"{f(r['predicted_compiled_ms'], '.1f')} | {f(r['measured_ms'], '.1f')} | "
-            f"{f(r['predicted_over_measured'], '.2f')} / {f(r['compiled_over_measured'], '.2f')} | "
+            f"{f(r['predicted_eager_ms'], '.1f')} | {f(r['measured_ms'], '.1f')} | "
+            f"{f(r['predicted_over_measured'], '.2f')} / {f(r['eager_over_measured'], '.2f')} | "
             f"{f(r['vs_fastest_float'], '.2f')} | {r['note']} |"
         )
     return "\n".join(lines)

@@ -32,6 +32,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
+
 from quantbalance.errors import ArgumentError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -178,6 +180,11 @@ def checked(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            # Traced by torch.compile (e.g. fake_quantize inside an engine's forward): reading
+            # the hints breaks the graph at every layer; these calls come from the library's
+            # own modules, whose arguments were checked when they were built.
+            return fn(*args, **kwargs)
         if "hints" not in state:
             state["hints"] = {k: v for k, v in _hints(fn).items() if k != "return"}
         try:

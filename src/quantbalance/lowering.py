@@ -8,7 +8,12 @@ therefore gives 7-bit weights to every layer whose int8 kernel would meet int8 a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from quantbalance.errors import ConfigError
 from quantbalance.hardware import SATURATING_WEIGHT_ABSMAX, Int8Target, detect
@@ -70,5 +75,117 @@ def for_hardware(plan: Plan, hardware: str | None) -> Plan:
     if hardware == "auto":
         if plan.hardware is not None:
             return plan
-        hardware = detect().int8_target
+        hardware = plan_target()
     return plan.model_copy(update={"hardware": hardware})
+
+
+_TARGET: contextvars.ContextVar[Int8Target | None] = contextvars.ContextVar(
+    "quantbalance_int8_target", default=None
+)
+
+
+def plan_target() -> Int8Target:
+    """The int8 target that Plans without one are quantized, costed and timed for.
+
+    Returns:
+        The target set by :func:`targeting` (e.g. ``qb.search(hardware="vnni")``), else this
+        machine's (:attr:`quantbalance.hardware.Hardware.int8_target`).
+    """
+    return _TARGET.get() or detect().int8_target
+
+
+def check_hardware(hardware: Any) -> Int8Target | None:
+    """Validate a ``hardware`` argument.
+
+    Args:
+        hardware: ``auto`` (or None), ``vnni`` or ``avx2``.
+
+    Returns:
+        The explicit target, or None for ``auto``.
+
+    Raises:
+        ConfigError: any other value.
+    """
+    if hardware is None or hardware == "auto":
+        return None
+    if hardware not in HARDWARE_CHOICES:
+        raise ConfigError(
+            f"hardware={hardware!r}; accepted: 'auto' (this machine), 'vnni' (CPUs with VNNI/AMX "
+            "int8 dot products: full-range int8 weights) or 'avx2' (x86 without VNNI: 7-bit "
+            "weights where activations are int8)"
+        )
+    return cast(Int8Target, hardware)
+
+
+@contextlib.contextmanager
+def targeting(hardware: str | None) -> Iterator[Int8Target]:
+    """Quantize, cost and time Plans for ``hardware`` inside the block (this thread/task).
+
+    Args:
+        hardware: ``auto``/None (this machine), ``vnni`` or ``avx2``.
+
+    Yields:
+        The target in force.
+    """
+    token = _TARGET.set(check_hardware(hardware) or _TARGET.get())
+    try:
+        yield plan_target()
+    finally:
+        _TARGET.reset(token)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def targeted(fn: F, hardware: str | None) -> F:
+    """``fn`` run under :func:`targeting` ``hardware`` (the CLI's ``--hardware``).
+
+    Args:
+        fn: any function.
+        hardware: ``auto``/None, ``vnni`` or ``avx2`` (checked now).
+
+    Returns:
+        The wrapped function.
+    """
+    check_hardware(hardware)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with targeting(hardware):
+            return fn(*args, **kwargs)
+
+    return cast(F, run)
+
+
+def hardware_argument(fn: F) -> F:
+    """Run ``fn`` under :func:`targeting` its ``hardware`` argument (e.g. ``qb.search``).
+
+    A target other than this machine's cannot travel to other processes: with an ``executor``
+    other than ``serial`` it is refused.
+
+    Args:
+        fn: a function with a ``hardware`` parameter (and optionally ``executor``).
+
+    Returns:
+        The wrapped function.
+    """
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError:
+            return fn(*args, **kwargs)  # the caller's own check names what is wrong
+        hw = check_hardware(bound.arguments.get("hardware")) or _TARGET.get()
+        ex = bound.arguments.get("executor")
+        if hw not in (None, detect().int8_target) and ex not in (None, "serial"):
+            raise ConfigError(
+                f"hardware={hw!r} differs from this machine's int8 target "
+                f"({detect().int8_target!r}) and cannot be sent to executor={ex!r}: run the "
+                "search with executor='serial', or on a machine of the target's kind"
+            )
+        with targeting(hw):
+            return fn(*args, **kwargs)
+
+    return cast(F, wrapper)

@@ -146,6 +146,7 @@ def test_demo_runs_the_cli_search_path_and_says_where_the_report_is(  # type: ig
     assert "quantbalance search --task minilm --max-drop 1%" in text
     assert f"report: {tmp_path / 'demo' / 'report.html'}" in text.replace("\n", "")
     assert "w8a8-dynamic" in text and "…" not in text
+    assert "deployed latency: quantbalance torch engine" in text  # measured next to predicted
     rows = json.loads((tmp_path / "demo" / "weight_schemes.json").read_text())
     assert rows == [{"scheme": "int8"}]
 

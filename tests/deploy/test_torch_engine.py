@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -30,6 +32,26 @@ W4G64 = qb.Plan(
         )
     }
 )
+
+
+def test_dequantized_layers_with_int8_inputs_compile_to_one_graph() -> None:
+    # Conv2d with dynamic inputs has no int8 kernel: it runs its simulated forward, whose
+    # fake_quantize is a type-checked public function. Reading the type hints under
+    # torch.compile broke the engine's graph at every such layer (fashion: 8 graphs).
+    from quantbalance.deploy.torch_engine import compile_isolated
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    q = qb.quantize(net, "w8a8-dynamic", progress=False)
+    e = to_torch_engine(q, compile=False, dtype=torch.float32)
+    assert e.qb_engine_kernels == {"dequant": 2}
+    with torch.inference_mode():
+        ex = torch._dynamo.explain(e)(x)
+    assert (ex.graph_count, ex.graph_break_count) == (1, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(compile_isolated(e)(x), q(x), atol=1e-5, rtol=0)
+    with pytest.raises(qb.ArgumentError, match="scheme"):  # still checked when called eagerly
+        qb.formats.fake_quantize(x, "w8", 1.0, 0)
 
 
 @pytest.mark.isa
@@ -72,6 +94,7 @@ def test_user_model_is_untouched_and_fallbacks_are_counted() -> None:
 
 
 @pytest.mark.isa
+@pytest.mark.isa  # failed/crashed under AVX2 when inductor reused natively compiled kernels
 def test_session_auto_picks_the_measured_fastest_engine() -> None:
     net = mlp()
     x = torch.randn(4, 16, 64)
@@ -102,6 +125,7 @@ def test_hf_attention_is_fused_and_still_matches() -> None:
     assert keep.config._attn_implementation == "eager"
 
 
+@pytest.mark.isa  # compiled under ATEN_CPU_CAPABILITY=avx2: its own inductor cache (NaN before)
 def test_compiled_engines_keep_separate_compile_caches() -> None:
     from quantbalance.deploy.torch_engine import compile_isolated
 
@@ -118,3 +142,29 @@ def test_compiled_engines_keep_separate_compile_caches() -> None:
     assert e.qb_engine_kernels == {INT8_WEIGHT: 3}
     with torch.no_grad():
         assert cos(e(x), net(x)) > 0.999
+
+
+def test_capability_held_processes_get_their_own_inductor_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    # inductor's cache is not keyed on ATEN_CPU_CAPABILITY: kernels compiled natively gave NaNs
+    # in a process held to avx2 (and intermittent crashes); a fresh cache computed right.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from quantbalance.deploy.torch_engine import separate_inductor_cache
+
+    default = os.path.abspath(default_cache_dir())
+    for cap, before, after in (
+        ("avx2", None, f"{default}-avx2"),
+        ("AVX2", default, f"{default}-avx2"),
+        ("avx2", str(tmp_path), str(tmp_path)),  # the user's own folder stays
+        ("", None, None),
+    ):
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", cap)
+        if before is None:
+            monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        else:
+            monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", before)
+        changed = separate_inductor_cache()
+        assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == after
+        assert changed == (after if after not in (before, None) else None)

@@ -53,15 +53,75 @@ def test_float_layers_and_equal_layers_share_timings() -> None:
 
 
 def test_bytes_follow_the_lowering_quantize_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantbalance import lowering
     from quantbalance.hardware import from_sources
     from quantbalance.search import costs
 
     lin, spec = nn.Linear(64, 32), qb.preset("w8a8").layers["re:.*"]
     for flags, code_bytes in (("avx2", 64 * 32 * 7 // 8), ("avx2 avx512f avx512_vnni", 64 * 32)):
         hw = from_sources("x86_64", f"flags : {flags}\n", {}, "AVX2")
-        monkeypatch.setattr(costs, "detect", lambda hw=hw: hw)
+        monkeypatch.setattr(lowering, "detect", lambda hw=hw: hw)
         assert costs.layer_nbytes(lin, spec) == code_bytes + 32 * 4 + costs.ACT_QUANTIZER_BYTES
     monkeypatch.undo()
     with torch.no_grad():
         q = qb.quantize(nn.Sequential(lin), "w8a8", calib_data=[torch.randn(4, 64)], progress=False)
     assert qb.model_nbytes(q) == costs.layer_nbytes(lin, spec) + 32 * 4  # + the float bias
+
+
+def test_auto_mode_times_what_the_compiled_engine_fuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The engine runs compiled: layers that quantize their input are timed compiled (the
+    # quantization fuses), one-kernel layers eager, the rest of the model from the compiled
+    # float engine.
+    from quantbalance.deploy import torch_engine
+    from quantbalance.search import latency
+
+    lin, emb = nn.Linear(32, 32), nn.Embedding(10, 32)
+    w8a8, int8w = qb.preset("w8a8").layers["re:.*"], qb.preset("int8-weight").layers["re:.*"]
+    assert latency.fuses_input(lin, w8a8) and latency.fuses_input(emb, w8a8) is False
+    assert not latency.fuses_input(lin, int8w) and not latency.fuses_input(lin, None)
+    built, real_build = [], latency.build_kernel
+    monkeypatch.setattr(
+        latency, "build_kernel",
+        lambda m, s, sh, compile=False: built.append((s, compile)) or real_build(m, s, sh),
+    )  # fmt: skip
+    m = TorchLatencyModel(repeats=1, warmup=1, min_sample_s=0.0, compile="auto")
+    items = [("a", lin, w8a8, (8, 32)), ("b", lin, int8w, (8, 32)), ("c", lin, None, (8, 32))]
+    m.latency_many(items)
+    assert built == [(w8a8, True), (int8w, False), (None, False)]
+    compiled = []
+    real = torch_engine.compile_isolated
+    monkeypatch.setattr(
+        torch_engine, "compile_isolated", lambda mod: compiled.append(mod) or real(mod)
+    )
+    assert m.model_latency_ms(nn.Sequential(lin, nn.GELU()), torch.randn(8, 32)) > 0
+    assert len(compiled) == 1
+    eager = TorchLatencyModel(repeats=1, warmup=1, compile=False)
+    assert eager.model_latency_ms(nn.Sequential(lin), torch.randn(8, 32)) > 0 and len(compiled) == 1
+    assert len({m.name, eager.name, TorchLatencyModel(compile=True).name}) == 3
+    with pytest.raises(qb.ConfigError, match="compile='yes'; accepted"):
+        TorchLatencyModel(compile="yes")  # type: ignore[arg-type]
+    for env, mode in (("auto", "/fused"), ("0", "/eager"), ("1", "/compiled")):
+        monkeypatch.setenv("QB_LATENCY_COMPILE", env)
+        assert TorchLatencyModel().name.endswith(mode)
+    monkeypatch.setenv("QB_LATENCY_COMPILE", "yes")
+    with pytest.raises(qb.ConfigError, match="QB_LATENCY_COMPILE='yes'; accepted: auto, 1, 0"):
+        TorchLatencyModel()
+
+
+def test_a_layer_or_model_that_does_not_compile_is_timed_eager(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from quantbalance.deploy import torch_engine
+
+    def broken(mod: nn.Module) -> nn.Module:
+        def fail(*a: object) -> None:
+            raise RuntimeError("inductor said no")
+
+        return fail  # type: ignore[return-value]
+
+    monkeypatch.setattr(torch_engine, "compile_isolated", broken)
+    m = TorchLatencyModel(repeats=1, warmup=1, min_sample_s=0.0, compile="auto")
+    lin, w8a8 = nn.Linear(32, 32), qb.preset("w8a8").layers["re:.*"]
+    assert m.latency_many([("a", lin, w8a8, (8, 32))])[0] > 0
+    assert m.model_latency_ms(nn.Sequential(lin), torch.randn(8, 32)) > 0
+    assert caplog.text.count("did not compile (inductor said no); timed eager") == 2

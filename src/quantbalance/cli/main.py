@@ -17,6 +17,7 @@ from quantbalance.cli.options import (
     BatchSizeOpt,
     ColumnOpt,
     DataOpt,
+    HardwareOpt,
     HfOpt,
     HfTaskOpt,
     LabelsOpt,
@@ -29,6 +30,7 @@ from quantbalance.cli.options import (
 )
 from quantbalance.errors import QuantBalanceError
 from quantbalance.io import atomic_write_text
+from quantbalance.lowering import targeted
 from quantbalance.plan import PRESETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -137,6 +139,7 @@ def quantize(
         list[str] | None,
         typer.Option("--export", help="also write OUT/<plan>/ as qb|onnx|compressed-tensors|gguf"),
     ] = None,
+    hardware: HardwareOpt = "auto",
 ) -> None:
     """Quantize a model with one or more presets (or a Plan file) and compare with float.
 
@@ -161,7 +164,8 @@ def quantize(
     try:
         names = [str(plan)] if plan else (preset or ["w8a8"])
         hook = exporter(export, out, hf, console) if export else None
-        result = quantize_and_compare(names, task, model, hf, algorithm, console, onnx, opts, hook)
+        run = targeted(quantize_and_compare, hardware)
+        result = run(names, task, model, hf, algorithm, console, onnx, opts, hook)
         path = atomic_write_text(out / "result.json", json.dumps(_jsonable(result), indent=1))
     except QuantBalanceError as e:
         _fail(e)

@@ -33,6 +33,15 @@ NCalibOpt = Annotated[int | None, typer.Option("--n-calib", help="calibration sa
 SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="tokens per text")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="samples per batch")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="shuffle seed of the data split")]
+HardwareOpt = Annotated[
+    str,
+    typer.Option(
+        "--hardware",
+        help="int8 target the Plans are quantized for: auto (this machine), vnni (CPUs with "
+        "VNNI/AMX: full-range int8 weights) or avx2 (x86 without VNNI: 7-bit weights where "
+        "activations are int8)",
+    ),
+]
 
 
 def data_options(

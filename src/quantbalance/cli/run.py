@@ -69,7 +69,7 @@ def quantize_and_compare(
             c = compare(src.model, q, src)
         result["plans"][plan.name] = c.to_dict() | {
             "quantize_s": q_s,
-            "plan": plan.model_dump(mode="json"),
+            "plan": getattr(q, "qb_plan", plan).model_dump(mode="json"),  # with its int8 target
             "unsupported": q.qb_info.unsupported,
             "kept_float": q.qb_info.kept_float,
         }

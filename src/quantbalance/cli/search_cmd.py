@@ -17,6 +17,7 @@ from quantbalance.cli.options import (
     BatchSizeOpt,
     ColumnOpt,
     DataOpt,
+    HardwareOpt,
     HfOpt,
     HfTaskOpt,
     LabelsOpt,
@@ -29,6 +30,7 @@ from quantbalance.cli.options import (
 )
 from quantbalance.cli.search_show import console, make_console, results_table, show_result
 from quantbalance.errors import ConfigError, QuantBalanceError
+from quantbalance.lowering import targeted
 
 __all__ = [
     "console",
@@ -163,6 +165,7 @@ def run_search(
     onnx: str | None = None,
     data: Any = None,
     target: str | None = None,
+    deployed: bool = False,
 ) -> tuple[Any, Path]:
     """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
 
@@ -191,6 +194,7 @@ def run_search(
         data: ``cli.loading.DataOptions`` (``--data`` etc.) for ``hf``/``onnx``/a bare model.
         target: deployment engine whose exact schemes are the candidates (see
             ``search.targets``).
+        deployed: also time the chosen Plan and float as deployed here (``search.deployed``).
 
     Returns:
         ``(SearchResult, path of report.html)``.
@@ -242,6 +246,10 @@ def run_search(
     )
     if "data" in src.info:  # a user's data: how it was split, in the report
         res.info["data"] = src.info["data"] | _split_sizes(src, held, sens)
+    if deployed:
+        from quantbalance.search.deployed import measure_deployed
+
+        res.info["deployed"] = measure_deployed(src.model, res, src.calib_data, src.example_inputs)
     with con.status("writing the report"):
         path = write_report(res, out, model=src.model, calib_data=src.calib_data)
         res.plan.save(out / "plan.json")
@@ -314,6 +322,7 @@ def search_command(
         str | None,
         typer.Option("--target", help="torch|ort|tensorrt|vllm|llama.cpp: only its exact schemes"),
     ] = None,
+    hardware: HardwareOpt = "auto",
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
@@ -322,7 +331,7 @@ def search_command(
     opts = data_options(data, column, labels, metric, num_samples, n_calib, seq_len, batch_size,
                         seed, hf_task)  # fmt: skip
     try:
-        res, path = run_search(
+        res, path = targeted(run_search, hardware)(
             out,
             task=task,
             model=model,

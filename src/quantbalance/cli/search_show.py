@@ -72,6 +72,10 @@ def show_result(res: Any, path: Path, out: Path, con: Console | None = None) -> 
     """
     con = con or console
     con.print(results_table(res))
+    if res.info.get("deployed"):
+        from quantbalance.search.deployed import deployed_table
+
+        con.print(deployed_table(res.info["deployed"]))
     data = res.info.get("data")
     if data:
         con.print(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import types
 from typing import Any, Literal
 
@@ -140,7 +141,36 @@ def compile_isolated(model: nn.Module) -> nn.Module:
     Returns:
         The compiled module (attribute access falls through to ``model``).
     """
+    separate_inductor_cache()
     return torch.compile(_Isolated(model), dynamic=False)
+
+
+def separate_inductor_cache() -> str | None:
+    """Give processes run with ``ATEN_CPU_CAPABILITY`` an inductor code cache of their own.
+
+    torch 2.13's inductor does not key its on-disk cache on ``ATEN_CPU_CAPABILITY``: a process
+    held to ``avx2`` on an AVX-512 CPU reuses kernels compiled by a native process (and the
+    reverse), and computes wrong values (measured: NaN outputs, max abs error 0.99 on a small
+    MLP) or crashes. A fresh cache gives the right values. So when the variable is set and the
+    cache folder is inductor's default, the folder becomes ``<default>-<capability>``.
+
+    Returns:
+        The cache folder set, or None when nothing changed.
+    """
+    cap = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if not cap or cap == "default":
+        return None
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    default = os.path.abspath(default_cache_dir())
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) != default:
+        return None  # the user's own folder
+    folder = f"{default}-{cap}"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    log.info(
+        "ATEN_CPU_CAPABILITY=%s: inductor cache in %s (not shared with native runs)", cap, folder
+    )
+    return folder
 
 
 def _cast_inputs(module: nn.Module, args: tuple[Any, ...], dtype: torch.dtype) -> tuple[Any, ...]:

@@ -38,12 +38,17 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.errors import ConfigError, NumericsError, UnsupportedError
 from quantbalance.formats.granularity import grid_shape
 from quantbalance.formats.kind_base import FormatKind, Rng, scale_bytes
 from quantbalance.formats.nonuniform import NF4_TABLE, nearest_code
 from quantbalance.formats.packing import packed_nbytes
-from quantbalance.formats.uniform import dequantize_affine, quantize_affine, store_scale
+from quantbalance.formats.uniform import (
+    SCALE_DTYPES,
+    dequantize_affine,
+    quantize_affine,
+    store_scale,
+)
 
 if TYPE_CHECKING:  # annotations only: scheme.py imports this module
     from quantbalance.formats.scheme import Scheme
@@ -262,3 +267,32 @@ def stored_nbytes(shape: tuple[int, ...], scheme: Scheme) -> int:
     """
     blocks = math.prod(grid_shape(tuple(shape), scheme.granularity))
     return get_kind(scheme.kind).nbytes(math.prod(shape), blocks, scheme)
+
+
+def storable(x: Tensor, scheme: Scheme) -> bool:
+    """Whether quantizing ``x`` under ``scheme`` keeps every scale within its storage dtype.
+
+    A scale beyond it (an fp16 scale over 65504) is refused by quantization
+    (``NumericsError``); a search drops such a candidate for the layer instead. The check uses
+    the whole tensor's range, which bounds every block's scale (exact for symmetric schemes, a
+    safe bound for asymmetric ones); it quantizes nothing.
+
+    Args:
+        x: the tensor (a layer's weight matrix).
+        scheme: the scheme.
+
+    Returns:
+        True if the scales (or codebook values) fit ``scheme.scale_dtype``.
+    """
+    dt = SCALE_DTYPES[scheme.scale_dtype]
+    if dt == torch.float32 or x.numel() == 0:
+        return True
+    lo, hi = x.min().float().reshape(1), x.max().float().reshape(1)
+    kind = get_kind(scheme.kind)
+    if not kind.range_based:  # stored table values lie within the tensor's range
+        return float(torch.maximum(lo.abs(), hi.abs())) <= torch.finfo(dt).max
+    try:
+        kind.range_qparams(lo, hi, scheme)
+    except NumericsError:
+        return False
+    return True

@@ -166,6 +166,19 @@ def _drop_txt(d: float | None, r: dict[str, Any]) -> str:
     return f"{100 * d:.3f} %" if b["kind"] != "drop" or b["relative"] else f"{d:.4g}"
 
 
+def _deployed_card(d: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The measured deployed latency of the chosen Plan (``search.deployed``), if taken."""
+    if not d:
+        return []
+    return [(
+        "measured latency (deployed)",
+        f"{d['chosen_ms']:.1f} ms <span class=k2>({d['float_ms'] / d['chosen_ms']:.2f}× float "
+        f"{d['float_ms']:.1f} ms; predicted / measured "
+        f"{d['predicted_chosen_ms'] / d['chosen_ms']:.2f}; {_e(d['engine'])} on "
+        f"{_e(d['cpu'])}, {_e(d['isa'])}, {d['threads']} threads)</span>",
+    )]  # fmt: skip
+
+
 def _summary(r: dict[str, Any]) -> str:
     c, f, m = r["chosen"], r["float"], r["metric"]
     ok = r["met_budget"]
@@ -186,6 +199,7 @@ def _summary(r: dict[str, Any]) -> str:
             f"{c['latency_ms']:.1f} ms <span class=k2>"
             f"({f['latency_ms'] / max(c['latency_ms'], 1e-9):.2f}×)</span>",
         ),
+        *_deployed_card(r.get("info", {}).get("deployed")),
         (f"{m} (search)", f"{_f((c.get('metrics') or {}).get(m))}"),
         (f"{m} (held out)", f"{_f(hold.get(m))}"),
     ]

@@ -4,14 +4,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from quantbalance.errors import ConfigError, PlanError
 from quantbalance.formats import PerChannel, Scheme
+from quantbalance.formats.kinds import storable
+from quantbalance.nn import weight_matrix
 from quantbalance.plan import PRESET_SPECS, LayerSpec
 from quantbalance.transform import quantizable_layers
+
+log = logging.getLogger(__name__)
 
 Options = dict[str, LayerSpec | None]
 Candidates = Sequence[LayerSpec | None] | Options | Callable[[str, nn.Module], Options] | None
@@ -123,5 +128,22 @@ def layer_options(
             opts = {k: s and s.model_copy(update={"algorithm": algorithm}) for k, s in opts.items()}
         if isinstance(mod, nn.Embedding):
             opts = {k: s for k, s in opts.items() if s is None or s.weight is not None}
-        out[n] = opts
+        out[n] = _storable(n, mod, opts)
     return out
+
+
+def _storable(name: str, module: nn.Module, opts: Options) -> Options:
+    """``opts`` without the specs whose weight scales would overflow their storage dtype."""
+    kept: Options = {}
+    for key, spec in opts.items():
+        if spec is None or spec.weight is None or storable(weight_matrix(module), spec.weight):
+            kept[key] = spec
+        else:
+            log.warning(
+                "layer %r: candidate %s dropped: its %s scales cannot hold this weight's range "
+                "(the quantized weight would be inf/NaN)",
+                name,
+                key,
+                spec.weight.scale_dtype,
+            )
+    return kept

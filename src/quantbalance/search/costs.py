@@ -22,8 +22,7 @@ from torch import nn
 
 from quantbalance.evaluate import model_nbytes
 from quantbalance.formats.kinds import stored_nbytes
-from quantbalance.hardware import detect
-from quantbalance.lowering import lower_spec
+from quantbalance.lowering import lower_spec, plan_target
 from quantbalance.nn import weight_matrix
 from quantbalance.plan import LayerSpec, Plan
 from quantbalance.progress import steps
@@ -71,7 +70,7 @@ def layer_nbytes(module: nn.Module, spec: LayerSpec | None) -> int:
         Bytes of the stored weight (+ the activation quantizer's parameters).
     """
     w = module.weight.detach()
-    spec = lower_spec(spec, type(module).__name__, detect().int8_target)  # as qb.quantize does
+    spec = lower_spec(spec, type(module).__name__, plan_target())  # as qb.quantize does
     if spec is None or spec.weight is None:
         return w.numel() * w.element_size()
     n = stored_nbytes(tuple(weight_matrix(module).shape), spec.weight)  # no quantization run
@@ -250,7 +249,7 @@ def _bytes_per_layer(
                     {
                         "model": model_key,
                         "layer": n,
-                        "target": detect().int8_target,
+                        "target": plan_target(),
                         "spec": s.model_dump_json() if s else None,
                     },
                     lambda m=mod, s=s: layer_nbytes(m, s),

@@ -10,9 +10,22 @@ would not run on an integer kernel here (e.g. full-range int8 on a CPU without V
 the fallback it gets.
 
 Layers with the same shape and kernel are timed once; all kernels are timed in interleaved
-rounds and the median is kept, which keeps ratios honest on a shared machine. Eager modules are
-timed (the engine compiles them, fusing the activation quantization into its producer): the
-prediction is slightly pessimistic for int8 layers.
+rounds and the median is kept, which keeps ratios honest on a shared machine.
+
+The engine runs the whole network under ``torch.compile``, and the model of cost follows it
+(``compile="auto"``, the default):
+
+* a layer that quantizes its input (int8 activations: the oneDNN kernels, or the dequantized
+  form of a layer with quantized inputs) runs several ops around its kernel (scale, round,
+  clamp, cast) that the compiler fuses: its module is timed compiled. Timed eager, such layers
+  were predicted 2.2-3.4x slower than deployed (minilm, batch 32);
+* weight-only kernels and float layers are one kernel call: timed eager (the compiler runs the
+  same kernel; compiling them would only cost compilations);
+* the time outside the quantizable layers (attention, norms, activations, residual adds) comes
+  from the whole float model *compiled* as the engine runs it, minus its float layers. Taken
+  eager, it held every elementwise op that the engine fuses (ReLU, residual adds, norms in the
+  engine dtype), and every plan of a small CNN was over-predicted by that difference (fashion,
+  batch 64: w8a8 predicted 1.8-2.9x its deployed time).
 """
 
 from __future__ import annotations
@@ -20,19 +33,21 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from quantbalance.deploy.kernels import Kernel, LayerDesc, choose, engine_dtype
+from quantbalance.errors import ConfigError
 from quantbalance.formats import quantize_tensor
 from quantbalance.formats.kinds import qparams_from_range
 from quantbalance.hardware import Hardware, detect
-from quantbalance.lowering import lower_spec
+from quantbalance.lowering import lower_spec, plan_target
 from quantbalance.nn import REGISTRY, ActQuantizer, engine_layer, weight_matrix
 from quantbalance.plan import LayerSpec
 from quantbalance.progress import steps
@@ -41,7 +56,8 @@ log = logging.getLogger(__name__)
 
 
 def _lowered(module: nn.Module, spec: LayerSpec | None, hw: Hardware) -> LayerSpec | None:
-    return lower_spec(spec, type(module).__name__, hw.int8_target)
+    """The spec as ``qb.quantize`` lowers it for the Plans' target (``lowering.plan_target``)."""
+    return lower_spec(spec, type(module).__name__, plan_target())
 
 
 def kernel_for(
@@ -153,6 +169,24 @@ def build_kernel(
     return lambda: mod(x)
 
 
+def fuses_input(module: nn.Module, spec: LayerSpec | None, hw: Hardware | None = None) -> bool:
+    """Whether the engine's module for this layer quantizes its input (ops the compiler fuses).
+
+    Args:
+        module: the float layer.
+        spec: the spec or None.
+        hw: the machine (default: this one).
+
+    Returns:
+        True for layers with quantized activations (not embeddings, whose inputs are indices).
+    """
+    spec = _lowered(module, spec, hw or detect())
+    return (
+        spec is not None and spec.weight is not None and spec.activation is not None
+        and not isinstance(module, nn.Embedding)
+    )  # fmt: skip
+
+
 def _signature(module: nn.Module, spec: LayerSpec | None, shape: Sequence[int]) -> str:
     conv = ""
     if isinstance(module, nn.Conv1d | nn.Conv2d):
@@ -167,6 +201,34 @@ def _signature(module: nn.Module, spec: LayerSpec | None, shape: Sequence[int]) 
     )
 
 
+def default_compile() -> bool | Literal["auto"]:
+    """``TorchLatencyModel``'s default ``compile``: ``$QB_LATENCY_COMPILE``, else ``"auto"``.
+
+    ``QB_LATENCY_COMPILE=0`` times everything eager: no compilation (seconds saved per search on
+    small models, e.g. in unit tests), but int8-activation layers are then over-predicted.
+
+    Returns:
+        ``"auto"``, True or False.
+
+    Raises:
+        ConfigError: the variable holds anything else.
+    """
+    v = os.environ.get("QB_LATENCY_COMPILE", "auto").strip().lower()
+    modes: dict[str, bool | Literal["auto"]] = {"auto": "auto", "1": True, "0": False}
+    if v not in modes:
+        raise ConfigError(f"QB_LATENCY_COMPILE={v!r}; accepted: auto, 1, 0")
+    return modes[v]
+
+
+def _warm(fn: Callable[[], Any], warmup: int) -> tuple[Callable[[], Any], float]:
+    """Run ``fn`` ``warmup`` times (compiling it), then once timed: ``(fn, seconds)``."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    return fn, max(time.perf_counter() - t0, 1e-7)
+
+
 class TorchLatencyModel:
     """Measures each layer's deployed-form kernel in torch on this machine (see module doc).
 
@@ -174,17 +236,30 @@ class TorchLatencyModel:
         repeats: timed rounds (median kept).
         warmup: untimed calls per kernel before timing.
         min_sample_s: each sample loops a kernel until it lasts at least this long.
-        compile: time each module under ``torch.compile``, as the engine runs it (closer to the
-            deployed latency; one compilation per distinct kernel).
+        compile: how layers and the rest of the model are timed: ``"auto"`` (default) as the
+            compiled engine runs them: layers that quantize their input compiled (one
+            compilation per distinct kernel), other layers eager, the rest of the model from
+            the compiled float engine (see the module doc); ``True``: every layer compiled too;
+            ``False``: all eager (no compilation; over-predicts int8-activation layers and the
+            elementwise ops that the engine fuses). None: ``$QB_LATENCY_COMPILE`` (``auto``,
+            ``1`` or ``0``), else ``"auto"``.
     """
 
     def __init__(
-        self, repeats: int = 7, warmup: int = 2, min_sample_s: float = 0.002, compile: bool = False
+        self,
+        repeats: int = 7,
+        warmup: int = 2,
+        min_sample_s: float = 0.002,
+        compile: bool | Literal["auto"] | None = None,
     ) -> None:
+        compile = default_compile() if compile is None else compile
+        if compile not in (True, False, "auto"):
+            raise ConfigError(f"compile={compile!r}; accepted: 'auto', True, False")
         hw = detect()
         # Timings depend on the kernels chosen here: caches keyed on the name stay apart.
         dt = str(engine_dtype(hw)).removeprefix("torch.")
-        self.name = f"torch-cpu/{hw.int8_target}/{dt}" + ("/compiled" if compile else "")
+        mode = {True: "/compiled", False: "/eager", "auto": "/fused"}[compile]
+        self.name = f"torch-cpu/{hw.int8_target}/{dt}{mode}"  # the plan target is in the sig
         self.compile = compile
         self.repeats = repeats
         self.warmup = warmup
@@ -206,7 +281,8 @@ class TorchLatencyModel:
         return self.latency_many([(layer_name, module, spec, example_input_shape)])[0]
 
     def model_latency_ms(self, model: nn.Module, example_inputs: Any) -> float:
-        """The float model as the torch engine runs its float parts (engine dtype, SDPA), eager.
+        """The float model as the torch engine runs it (engine dtype, SDPA; compiled unless
+        ``compile=False``).
 
         Args:
             model: the float model.
@@ -215,13 +291,19 @@ class TorchLatencyModel:
         Returns:
             Median milliseconds of one forward pass.
         """
-        from quantbalance.deploy.torch_engine import to_torch_engine
+        from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
         from quantbalance.search.costs import time_model
 
         dtype = engine_dtype(detect())
         engine = to_torch_engine(model, compile=False).to(dtype)
+        batch = _cast(example_inputs, dtype)
         with torch.inference_mode():
-            return time_model(engine, _cast(example_inputs, dtype))
+            if self.compile is not False:
+                try:
+                    return time_model(compile_isolated(engine), batch, repeats=self.repeats)
+                except Exception as e:  # torch.compile fails with many exception types
+                    log.warning("latency: the float model did not compile (%s); timed eager", e)
+            return time_model(engine, batch, repeats=self.repeats)
 
     def latency_many(
         self, items: Sequence[tuple[str, nn.Module, LayerSpec | None, tuple[int, ...]]]
@@ -247,12 +329,14 @@ class TorchLatencyModel:
     def _measure(self, todo: dict[str, tuple[nn.Module, Any, Any]]) -> dict[str, float]:
         fns, loops = {}, {}
         for sig, (m, s, sh) in steps(list(todo.items()), "latency: build layer kernels"):
-            fn = build_kernel(m, s, tuple(sh), compile=self.compile)
-            for _ in range(self.warmup):
-                fn()
-            t0 = time.perf_counter()
-            fn()
-            one = max(time.perf_counter() - t0, 1e-7)
+            comp = self.compile is True or (self.compile == "auto" and fuses_input(m, s))
+            try:
+                fn, one = _warm(build_kernel(m, s, tuple(sh), compile=comp), self.warmup)
+            except Exception as e:  # torch.compile fails with many exception types
+                if not comp:
+                    raise
+                log.warning("latency: %s did not compile (%s); timed eager", sig, e)
+                fn, one = _warm(build_kernel(m, s, tuple(sh)), self.warmup)
             fns[sig], loops[sig] = fn, max(1, math.ceil(self.min_sample_s / one))
         samples: dict[str, list[float]] = {sig: [] for sig in fns}
         for _ in steps(range(self.repeats), f"latency: time {len(fns)} kernels"):

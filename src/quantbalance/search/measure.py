@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from quantbalance.hardware import Int8Target
+from quantbalance.lowering import lower_spec, plan_target
 from quantbalance.plan import LayerSpec, Plan
 from quantbalance.search.evaluator import Source
 from quantbalance.search.proxies import build_qmodule, proxies
@@ -29,6 +31,8 @@ class Measure:
         stats: per-layer calibration statistics (proxies).
         q: per-layer quantization inputs (``search.proxies.calibrate``).
         fast: layer -> key -> whether the candidate is plain round to nearest (swap a module).
+        target: the int8 target the layers are quantized for (``Plan.hardware``; None: the
+            measuring process's ``lowering.plan_target()``).
     """
 
     model: nn.Module
@@ -37,6 +41,7 @@ class Measure:
     stats: dict[str, Any]
     q: dict[str, Any]
     fast: dict[str, dict[str, bool]]
+    target: Int8Target | None = None
 
 
 def measure_layer(
@@ -54,15 +59,18 @@ def measure_layer(
     n, k, s, want_proxy, evaluate = item
     t0 = time.perf_counter()
     fast = job.fast[n][k]
+    target = job.target or plan_target()
     if fast:
         mod = job.base.get_submodule(n)
-        qmod = build_qmodule(job.base, n, s, job.q)
+        # as qb.quantize lowers it for the target (7-bit weights under int8 inputs on avx2)
+        low = lower_spec(s, type(mod).__name__, target)
+        qmod = build_qmodule(job.base, n, low if low is not None else s, job.q)
         target = job.base
         replace_module(job.base, n, qmod)
     else:
         from quantbalance.quantize import quantize
 
-        plan = Plan(layers={n: s}, name=f"{n}:{k}")
+        plan = Plan(layers={n: s}, name=f"{n}:{k}", hardware=target)
         target = quantize(job.model, plan, job.src.calib_data, progress=False)
         mod, qmod = job.base.get_submodule(n), target.get_submodule(n)
     try:

@@ -28,6 +28,7 @@ from torch import nn
 from quantbalance.args import checked
 from quantbalance.errors import ConfigError
 from quantbalance.evaluate.guards import SQNR_FLOOR_DB
+from quantbalance.lowering import hardware_argument
 from quantbalance.progress import phase
 from quantbalance.search.costs import LatencyModel
 from quantbalance.search.executor import Executor
@@ -49,6 +50,7 @@ __all__ = ["Budget", "SearchResult", "search"]
 
 
 @checked
+@hardware_argument
 def search(
     model: nn.Module,
     task_or: Any,
@@ -73,6 +75,7 @@ def search(
     executor: str | Executor | None = None,
     target: str | None = None,
     sqnr_floor_db: float = SQNR_FLOOR_DB,
+    hardware: Literal["auto", "vnni", "avx2"] = "auto",
 ) -> SearchResult:
     """Find the per-layer precision that meets ``budget`` at the least cost.
 
@@ -109,6 +112,9 @@ def search(
             ``candidates`` is None.
         sqnr_floor_db: the chosen Plan's layers whose output SQNR is below this (dB), or whose
             output has NaN/inf, are named in the message and in ``info["numerics"]``.
+        hardware: the int8 target every Plan is quantized, costed and evaluated for
+            (``Plan.hardware``): ``auto`` (this machine), ``vnni`` or ``avx2`` (see
+            ``qb.quantize``); latencies are still timed on this machine's kernels.
 
     Returns:
         The :class:`SearchResult`.

@@ -25,6 +25,7 @@ from torch import nn
 from quantbalance.algorithms import parse_algorithm
 from quantbalance.algorithms.base import options_in_force
 from quantbalance.args import checked
+from quantbalance.lowering import plan_target
 from quantbalance.plan import LayerSpec
 from quantbalance.progress import steps
 from quantbalance.search.cache import Cache, data_hash, default_cache_dir, model_hash
@@ -254,12 +255,13 @@ def run_sensitivity(
     """
     dkey = data_hash(src.calib_data)
     opts = options_in_force()
+    target = plan_target()  # the specs are quantized as lowered for it
     ekey = {"eval": src.eval_id, "reference": reference_key(reference)}
     pairs = [(n, k, s) for n, o in options.items() for k, s in o.items() if s is not None]
 
     def key(n: str, s: LayerSpec, with_eval: bool) -> dict[str, Any]:
         k = {"model": mkey, "layer": n, "spec": s.model_dump(mode="json"), "data": dkey}
-        k["options"] = opts
+        k["options"], k["target"] = opts, target
         return {**k, **ekey} if with_eval else k
 
     proxy = {(n, k): cache.get("proxy", key(n, s, False)) for n, k, s in pairs}
@@ -274,7 +276,7 @@ def run_sensitivity(
         if not state:
             batches = src.calib_data or [src.example_inputs]
             stats, q = calibrate(base, options, batches, progress)
-            state["job"] = Measure(model, base, src, stats, q, fast)
+            state["job"] = Measure(model, base, src, stats, q, fast, target)
         return state["job"]  # type: ignore[no-any-return]
 
     def record(n: str, k: str, s: LayerSpec, p: dict | None, value: dict | None) -> None:

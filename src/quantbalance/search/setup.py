@@ -12,6 +12,7 @@ from torch import nn
 
 from quantbalance.algorithms.base import options_in_force
 from quantbalance.errors import ConfigError
+from quantbalance.lowering import plan_target
 from quantbalance.plan import PRESETS, LayerSpec, Plan, preset
 from quantbalance.search.cache import Cache, data_hash, default_cache_dir, model_hash
 from quantbalance.search.costs import with_algorithm
@@ -111,6 +112,7 @@ class SearchSetup:
             "data": data_hash(src.calib_data),
             "algorithm": algorithm,
             "options": options_in_force(),
+            "target": plan_target(),
         }
         evaluator = PlanEvaluator(model, src, hold, cache, keys)
         reference = evaluator.reference()  # before any cache lookup: measurements key on it

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from quantbalance.hardware import detect
+from quantbalance.lowering import plan_target
 from quantbalance.plan import Plan
 from quantbalance.progress import log as progress_log
 from quantbalance.search.costs import CostTable
@@ -43,7 +43,7 @@ def solution_plan(sol: Solution, names: list[str], options: dict[str, dict], nam
         The Plan.
     """
     layers = {n: options[n][k] for n, k in zip(names, sol.keys, strict=True)}
-    return Plan(name=name, layers=layers, hardware=detect().int8_target)
+    return Plan(name=name, layers=layers, hardware=plan_target())
 
 
 class Verifier:
