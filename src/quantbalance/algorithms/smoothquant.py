@@ -40,8 +40,9 @@ from quantbalance.algorithms.base import OptionsSlot, QuantContext, register_alg
 from quantbalance.algorithms.mapping import ScaleGroup, find_scale_groups, fold_scales
 from quantbalance.calibration import capture, make_observer
 from quantbalance.calibration.sequential import find_blocks
-from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.errors import UnsupportedError
 from quantbalance.formats import fake_quantize, qparams_from_range, quantize_tensor
+from quantbalance.options import SmoothQuantOptions
 from quantbalance.plan import LayerSpec, preset
 from quantbalance.transform import replace_module
 
@@ -58,24 +59,6 @@ EXTRA_GROUPS: dict[str, tuple[tuple[str, Kind, tuple[str, ...]], ...]] = {
         ("intermediate.intermediate_act_fn", "act", ("output.dense",)),
     ),
 }
-
-
-@dataclass(frozen=True)
-class SmoothQuantOptions:
-    """Options of the ``smoothquant`` step (Plan: ``algorithm_args={"smoothquant": {...}}``).
-
-    Attributes:
-        alpha: migration strength in [0, 1], or ``None`` / ``"auto"`` (per-group search over
-            :data:`ALPHAS`, keeping no smoothing when nothing beats it).
-    """
-
-    alpha: float | str | None = None
-
-    def __post_init__(self) -> None:
-        a = self.alpha
-        ok_number = isinstance(a, int | float) and not isinstance(a, bool) and 0.0 <= a <= 1.0
-        if not (a is None or a == "auto" or ok_number):
-            raise ConfigError(f"SmoothQuant alpha={a!r}; accepted: a number in [0, 1] or 'auto'")
 
 
 _SLOT = OptionsSlot(SmoothQuantOptions, "SmoothQuant", "smoothquant")
