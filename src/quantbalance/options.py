@@ -131,16 +131,23 @@ def algorithm_names() -> list[str]:
     return sorted({*BUILTIN_ALGORITHMS, *_REGISTERED})
 
 
-def register_name(name: str, options: type[AlgorithmOptions] | None = None) -> None:
-    """Accept ``name`` as a step (and its options) in Plans; ``register_algorithm`` calls it.
+def register_name(name: str) -> None:
+    """Accept ``name`` as a step in Plans (``algorithms.register_algorithm`` calls it).
 
     Args:
         name: the step's name.
-        options: its options class, if it takes options.
     """
     _REGISTERED.add(name)
-    if options is not None:
-        OPTIONS[name] = options
+
+
+def register_options(name: str, options: type[AlgorithmOptions]) -> None:
+    """Validate ``algorithm_args[name]`` with ``options`` (``algorithms.base.OptionsSlot``).
+
+    Args:
+        name: the step's name.
+        options: its options class.
+    """
+    OPTIONS[name] = options
 
 
 def check_algorithm(spec: str) -> list[str]:

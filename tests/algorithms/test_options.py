@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 from typing import Any
 
@@ -145,3 +146,8 @@ def test_a_registered_step_is_accepted_by_plans(monkeypatch: pytest.MonkeyPatch)
         pass
 
     assert qb.LayerSpec(weight=W4, algorithm="mine+gptq").algorithm == "mine+gptq"
+
+
+def test_doctests_run() -> None:
+    res = doctest.testmod(options)
+    assert res.attempted >= 2 and res.failed == 0

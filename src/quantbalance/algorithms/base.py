@@ -22,9 +22,15 @@ from typing import Any, Generic, TypeVar
 from torch import nn
 
 from quantbalance.calibration.offload import BlockHooks
-from quantbalance.errors import CalibrationError, ConfigError
+from quantbalance.errors import CalibrationError
 from quantbalance.formats import QuantizedTensor
-from quantbalance.options import AlgorithmOptions, options_for, register_name
+from quantbalance.options import (
+    AlgorithmOptions,
+    check_algorithm,
+    options_for,
+    register_name,
+    register_options,
+)
 from quantbalance.plan import LayerSpec
 
 T = TypeVar("T", bound=AlgorithmOptions)
@@ -126,7 +132,7 @@ def register_algorithm(name: str, needs_data: bool = False) -> Callable[[Step], 
 
 
 def parse_algorithm(spec: str) -> list[str]:
-    """Split ``"a+b"`` into registered step names.
+    """Split ``"a+b"`` into registered step names (the check ``LayerSpec`` runs).
 
     Args:
         spec: algorithm string.
@@ -134,14 +140,7 @@ def parse_algorithm(spec: str) -> list[str]:
     Returns:
         The step names in order.
     """
-    steps = [s.strip() for s in spec.split("+") if s.strip()]
-    unknown = [s for s in steps if s not in ALGORITHMS]
-    if not steps or unknown:
-        raise ConfigError(
-            f"unknown algorithm {spec!r}; accepted: {', '.join(sorted(ALGORITHMS))} "
-            "(combine with '+', e.g. 'awq+gptq')"
-        )
-    return steps
+    return check_algorithm(spec)
 
 
 #: name -> OptionsSlot of every algorithm step with context-local options.
@@ -197,7 +196,7 @@ class OptionsSlot(Generic[T]):
         self.label = label
         self.name = name or cls.algorithm
         self._var: ContextVar[T | None] = ContextVar(f"quantbalance_{label}", default=None)
-        register_name(self.name, cls)
+        register_options(self.name, cls)
         OPTION_SLOTS[self.name] = self
 
     def for_spec(self, spec: LayerSpec) -> T:
