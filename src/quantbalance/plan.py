@@ -28,7 +28,6 @@ from quantbalance.hardware import Int8Target
 from quantbalance.lowering import lower_spec
 from quantbalance.options import check_algorithm, checked_args
 
-ALGORITHMS_HINT = "rtn (more in quantbalance.algorithms)"
 #: What ``re:`` keys match by default: the torch class a layer behaves as (subclasses included,
 #: transformers' ``Conv1D`` as ``Linear``); embeddings only when named or listed.
 WEIGHT_LAYER_TYPES = (
@@ -46,7 +45,8 @@ class LayerSpec(FrozenConfig):
         act_observer: observer for static activation ranges (``minmax``, ``ema``, ``percentile``,
             ``mse``, ``entropy``).
         weight_observer: observer for weight ranges (``minmax`` or ``mse``).
-        algorithm: name of the weight algorithm (``rtn`` = round to nearest).
+        algorithm: the weight algorithm's steps, joined by ``+`` (``rtn`` = round to nearest,
+            ``smoothquant+gptq``); each must be a known step (``options.algorithm_names()``).
         algorithm_args: algorithm name -> its options for this layer, e.g.
             ``{"gptq": {"damp": 0.02, "act_order": False}, "awq": {"clip": False}}``. They
             override the context-local options (``gptq_options``/``awq_options``) field by
