@@ -14,6 +14,7 @@ a test keeps :data:`BUILTIN_ALGORITHMS` equal to it).
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
@@ -164,8 +165,12 @@ def check_algorithm(spec: str) -> list[str]:
     unknown = [s for s in steps if s not in known]
     if not steps or unknown:
         which = f"unknown algorithm {unknown[0]!r}" if unknown else "no algorithm"
+        where = f" in {spec!r}" if len(steps) != 1 else ""
+        close = difflib.get_close_matches(unknown[0], known, n=1) if unknown else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
-            f"{which} in {spec!r}; accepted: {', '.join(known)} (combine with '+', e.g. 'awq+gptq')"
+            f"{which}{where}{hint}; accepted: {', '.join(known)} "
+            "(combine with '+', e.g. 'awq+gptq')"
         )
     return steps
 

@@ -48,8 +48,8 @@ def test_known_algorithms_and_combinations_build(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "match"),
     [
-        ("gptqq", r"unknown algorithm 'gptqq' in 'gptqq'; accepted: adaround, awq, "
-                  r"bias_correction, cle, gptq, rtn, smoothquant \(combine with '\+'"),
+        ("gptqq", r"unknown algorithm 'gptqq' \(did you mean 'gptq'\?\); accepted: adaround, "
+                  r"awq, bias_correction, cle, gptq, rtn, smoothquant \(combine with '\+'"),
         ("smoothquant+magic", r"unknown algorithm 'magic' in 'smoothquant\+magic'; accepted"),
         ("+", r"no algorithm in '\+'; accepted: adaround"),
     ],
