@@ -282,7 +282,8 @@ def smooth_model(
         absmax = torch.maximum(lo.abs(), hi.abs())
         a_g: float | str = alpha
         if specs is not None and head in specs and specs[head].algorithm_args.get("smoothquant"):
-            a_g = _SLOT.for_spec(specs[head]).alpha or "auto"
+            a_spec = _SLOT.for_spec(specs[head]).alpha
+            a_g = "auto" if a_spec is None else a_spec  # 0.0 is a strength, not "auto"
         choice: float | None = None if a_g == "auto" else float(a_g)
         if a_g == "auto":
             spec = (specs or {}).get(head) or default
@@ -311,7 +312,7 @@ def smoothquant(ctx: QuantContext) -> None:
     """
     data = ctx.require_data("smoothquant")
     layers = set(ctx.layers_for("smoothquant"))
-    alpha = _SLOT.current().alpha or "auto"
+    alpha = "auto" if _SLOT.current().alpha is None else _SLOT.current().alpha
     chosen = smooth_model(ctx.model, data, alpha, layers, ctx.specs, ctx.progress)  # type: ignore[arg-type]
     ctx.log["smoothquant"] = {"alpha": chosen}
 
