@@ -11,7 +11,6 @@ Plans save to and load from JSON or YAML, and print as a per-layer table.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import re
@@ -27,58 +26,13 @@ from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Sche
 from quantbalance.formats.config import FrozenConfig
 from quantbalance.hardware import Int8Target
 from quantbalance.lowering import lower_spec
+from quantbalance.options import check_algorithm, checked_args
 
-ALGORITHMS_HINT = "rtn (more in quantbalance.algorithms)"
 #: What ``re:`` keys match by default: the torch class a layer behaves as (subclasses included,
 #: transformers' ``Conv1D`` as ``Linear``); embeddings only when named or listed.
 WEIGHT_LAYER_TYPES = (
     "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
 )  # fmt: skip
-
-#: Algorithm name -> the frozen dataclass of options its step accepts in
-#: ``LayerSpec.algorithm_args`` (registered by ``quantbalance.algorithms.base.OptionsSlot``).
-ALGORITHM_OPTIONS: dict[str, type] = {}
-
-
-def algorithm_options(cls: type, algorithm: str, args: dict[str, Any], base: Any = None) -> Any:
-    """Options of ``algorithm`` from plain (JSON/YAML) values, checked field by field.
-
-    Args:
-        cls: the algorithm's frozen options dataclass.
-        algorithm: its name (for messages).
-        args: field -> value (lists become tuples where the field holds a tuple).
-        base: options to start from (default: the dataclass defaults).
-
-    Returns:
-        The options instance.
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(args) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown {algorithm} option(s) {unknown}; accepted: {', '.join(fields)}")
-    values = {}
-    for key, value in args.items():
-        default = fields[key].default
-        if isinstance(default, tuple) and isinstance(value, list | tuple):
-            value = tuple(value)
-        if not _fits(value, default):
-            raise ConfigError(
-                f"{algorithm} option {key}={value!r}: expected a {type(default).__name__}"
-            )
-        values[key] = value
-    start = base if base is not None else cls()
-    return dataclasses.replace(start, **values)
-
-
-def _fits(value: Any, default: Any) -> bool:
-    """Whether a plain value suits an option whose default is ``default``."""
-    if default is None:  # e.g. ``bool | None``: the options class checks it
-        return True
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, int | float)
-    return isinstance(value, type(default))
 
 
 class LayerSpec(FrozenConfig):
@@ -91,11 +45,13 @@ class LayerSpec(FrozenConfig):
         act_observer: observer for static activation ranges (``minmax``, ``ema``, ``percentile``,
             ``mse``, ``entropy``).
         weight_observer: observer for weight ranges (``minmax`` or ``mse``).
-        algorithm: name of the weight algorithm (``rtn`` = round to nearest).
+        algorithm: the weight algorithm's steps, joined by ``+`` (``rtn`` = round to nearest,
+            ``smoothquant+gptq``); each must be a known step (``options.algorithm_names()``).
         algorithm_args: algorithm name -> its options for this layer, e.g.
             ``{"gptq": {"damp": 0.02, "act_order": False}, "awq": {"clip": False}}``. They
             override the context-local options (``gptq_options``/``awq_options``) field by
-            field; names are checked against each algorithm's options. Entries for algorithms
+            field; each entry is validated by the algorithm's options class
+            (``quantbalance.options``: ``GPTQOptions``, ``AWQOptions``, ...). Entries for algorithms
             the layer does not run are kept but unused (``quantize(algorithm=...)`` may pick
             them).
     """
@@ -108,17 +64,16 @@ class LayerSpec(FrozenConfig):
     algorithm: str = "rtn"
     algorithm_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    @field_validator("algorithm")
+    @classmethod
+    def _check_algorithm(cls, v: str) -> str:
+        check_algorithm(v)
+        return v
+
     @field_validator("algorithm_args")
     @classmethod
     def _check_algorithm_args(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for name, args in v.items():
-            if name not in ALGORITHM_OPTIONS:
-                raise ValueError(
-                    f"algorithm_args names {name!r}, which has no options; algorithms with "
-                    f"options: {', '.join(sorted(ALGORITHM_OPTIONS)) or '(none registered)'}"
-                )
-            algorithm_options(ALGORITHM_OPTIONS[name], name, args)
-        return v
+        return checked_args(v)
 
     def __hash__(self) -> int:
         return hash(self.model_dump_json())

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import quantbalance as qb
-from quantbalance.algorithms import adaround as ada_mod
 from quantbalance.algorithms.adaround import AdaRoundConfig, adaround, rectified_sigmoid
 from quantbalance.errors import CalibrationError
 from quantbalance.nn import QConv2d, QLinear
@@ -57,11 +56,11 @@ def cnn_batches() -> list[torch.Tensor]:
     return [torch.randn(16, 1, 6, 6, generator=g) for _ in range(2)]
 
 
-def test_adaround_step_quantizes_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ada_mod, "DEFAULT_CONFIG", AdaRoundConfig(iters=200))
+def test_adaround_step_quantizes_every_layer() -> None:
     m = tiny_cnn()
     x = torch.cat(cnn_batches())
-    plan = qb.Plan(layers={"re:.*": qb.LayerSpec(weight=qb.Scheme(3))})
+    spec = qb.LayerSpec(weight=qb.Scheme(3), algorithm_args={"adaround": {"iters": 200}})
+    plan = qb.Plan(layers={"re:.*": spec})
     q = qb.quantize(m, plan, cnn_batches(), algorithm="adaround", progress=False)
     assert isinstance(q[0], QConv2d) and isinstance(q[6], QLinear)
     assert set(q.qb_info.algorithm_log["adaround"]["output_mse"]) == {"0", "3", "6"}

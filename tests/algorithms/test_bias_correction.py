@@ -45,8 +45,7 @@ def test_mean_output_error_near_zero() -> None:
     assert set(bc.qb_info.algorithm_log["bias_correction"]["max_abs_delta"]) == {"0", "2"}
 
 
-def test_composes_after_cle_and_adaround(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ada_mod, "DEFAULT_CONFIG", ada_mod.AdaRoundConfig(iters=100))
+def test_composes_after_cle_and_adaround() -> None:
     torch.manual_seed(0)
     m = nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(),
@@ -55,7 +54,8 @@ def test_composes_after_cle_and_adaround(monkeypatch: pytest.MonkeyPatch) -> Non
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(8, 1, 6, 6, generator=g) for _ in range(2)]
     plan = qb.preset("w4a8")
-    q = qb.quantize(m, plan, calib, algorithm="cle+adaround+bias_correction", progress=False)
+    with ada_mod.adaround_options(iters=100):
+        q = qb.quantize(m, plan, calib, algorithm="cle+adaround+bias_correction", progress=False)
     assert isinstance(q[0], QConv2d)
     assert {"cle", "adaround", "bias_correction"} <= set(q.qb_info.algorithm_log)
 

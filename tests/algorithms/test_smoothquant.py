@@ -106,5 +106,8 @@ def test_alpha_from_plan_algorithm_args_and_bad_alpha() -> None:
     with smoothquant_options(alpha=0.3):
         q = qb.quantize(bert, "w8a8", bert_batches(), "smoothquant", progress=False)
     assert set(q.qb_info.algorithm_log["smoothquant"]["alpha"].values()) == {0.3}
+    with smoothquant_options(alpha=0.0):  # a strength of 0 (no migration), not "auto"
+        q = qb.quantize(bert, "w8a8", bert_batches(), "smoothquant", progress=False)
+    assert set(q.qb_info.algorithm_log["smoothquant"]["alpha"].values()) == {0.0}
     with pytest.raises(ConfigError, match="alpha"):
         qb.LayerSpec(**{**w8a8.model_dump(), "algorithm_args": {"smoothquant": {"alpha": 2}}})

@@ -22,19 +22,19 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from quantbalance.algorithms.base import QuantContext, register_algorithm
+from quantbalance.algorithms.base import OptionsSlot, QuantContext, register_algorithm
 from quantbalance.algorithms.cle import LAYERS, RELU_FUNCS
 from quantbalance.calibration import FixedObserver, capture, make_observer
 from quantbalance.formats import QuantizedTensor, Scheme, fake_quantize, quantize_tensor
 from quantbalance.formats.granularity import expand_params
 from quantbalance.formats.uniform import implied_zero_point
 from quantbalance.nn import from_matrix, layout_of, plain_forward, weight_matrix
+from quantbalance.options import AdaRoundOptions
 from quantbalance.plan import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -42,30 +42,15 @@ log = logging.getLogger(__name__)
 ZETA, GAMMA = 1.1, -0.1
 
 
-@dataclass(frozen=True)
-class AdaRoundConfig:
-    """AdaRound's optimisation settings (defaults sized for a CPU).
+#: The ``adaround`` step's options (the former name of :class:`AdaRoundOptions`, kept).
+AdaRoundConfig = AdaRoundOptions
 
-    Attributes:
-        iters: optimisation steps per layer.
-        batch: samples (images, or rows of a Linear's input) per step.
-        lr: Adam learning rate for ``V``.
-        reg: weight ``λ`` of the rounding regulariser.
-        beta: start and end of the annealed ``β``.
-        warmup: fraction of ``iters`` without the regulariser.
-        seed: sampling seed.
-    """
+_SLOT = OptionsSlot(AdaRoundOptions, "AdaRound", "adaround")
 
-    iters: int = 1000
-    batch: int = 32
-    lr: float = 1e-2
-    reg: float = 0.01
-    beta: tuple[float, float] = (20.0, 2.0)
-    warmup: float = 0.2
-    seed: int = 0
-
-
-DEFAULT_CONFIG = AdaRoundConfig()
+#: The options in force (defaults outside any ``adaround_options`` block).
+current_adaround_options = _SLOT.current
+#: ``with adaround_options(iters=200):`` sets options for the ``adaround`` step (context-local).
+adaround_options = _SLOT.override
 
 
 def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
@@ -104,7 +89,7 @@ def adaround(
     forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    config: AdaRoundConfig = AdaRoundConfig(),
+    config: AdaRoundOptions | None = None,
     observer: str = "minmax",
 ) -> QuantizedTensor:
     """Learn the rounding of one weight matrix by layer-output reconstruction.
@@ -115,12 +100,13 @@ def adaround(
         forward: ``forward(x, w2d) -> output`` of the layer (activation included if any).
         inputs: (N, ...) layer inputs ``x̂`` (sampled along the first dimension).
         targets: (N, ...) float outputs ``f(W x)``.
-        config: optimisation settings.
+        config: optimisation settings (None: :func:`current_adaround_options`).
         observer: weight range observer (``minmax`` or ``mse``).
 
     Returns:
         The quantized weight with the observer's scale and the learned codes.
     """
+    config = config or current_adaround_options()
     scale, zp = weight_qparams(w, scheme, observer)
     shape = tuple(w.shape)
     s = expand_params(scale.float(), shape, scheme.granularity)
@@ -269,7 +255,7 @@ def _supported(spec: LayerSpec, mod: nn.Module) -> bool:
 
 
 @register_algorithm("adaround", needs_data=True)
-def adaround_step(ctx: QuantContext, config: AdaRoundConfig | None = None) -> None:
+def adaround_step(ctx: QuantContext, config: AdaRoundOptions | None = None) -> None:
     """Plan step ``adaround``: learned rounding, layer by layer, in model order.
 
     Each layer's input ``x̂`` is captured with the earlier layers' quantized weights in place.
@@ -277,10 +263,10 @@ def adaround_step(ctx: QuantContext, config: AdaRoundConfig | None = None) -> No
 
     Args:
         ctx: the quantization context (fills ``ctx.qweights``).
-        config: optimisation settings (default :data:`DEFAULT_CONFIG`).
+        config: optimisation settings for every layer; None: :func:`adaround_options`, then
+            each layer's ``LayerSpec.algorithm_args["adaround"]``.
     """
     data = ctx.require_data("adaround")
-    config = config or DEFAULT_CONFIG
     relu = followed_by_relu(ctx.model)
     errors = {}
     for name, mod in ctx.layers_for("adaround").items():
@@ -300,7 +286,8 @@ def adaround_step(ctx: QuantContext, config: AdaRoundConfig | None = None) -> No
         fwd = _layer_forward(mod, name in relu)
         y = torch.relu(y) if name in relu else y
         w = weight_matrix(mod)
-        qt = adaround(w, spec.weight, fwd, x_q, y, config, spec.weight_observer)
+        opts = config or _SLOT.for_spec(spec)
+        qt = adaround(w, spec.weight, fwd, x_q, y, opts, spec.weight_observer)
         ctx.qweights[name] = qt
         with torch.no_grad():
             err = float((fwd(x_q, qt.dequantize()) - y).pow(2).mean())

@@ -31,7 +31,7 @@ from torch import nn
 from quantbalance.algorithms.base import OptionsSlot, QuantContext, register_algorithm
 from quantbalance.algorithms.mapping import FAMILIES, ScaleGroup, find_scale_groups, fold_scales
 from quantbalance.calibration.sequential import BlockHooks, InputStatsCollector, run_sequential
-from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.errors import UnsupportedError
 from quantbalance.formats import (
     PerChannel,
     PerGroup,
@@ -42,35 +42,9 @@ from quantbalance.formats import (
 )
 from quantbalance.formats.granularity import expand_params
 from quantbalance.nn import plain_forward
+from quantbalance.options import AWQOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AWQOptions:
-    """Options of the ``awq`` step; set them with :func:`awq_options`.
-
-    Attributes:
-        n_grid: ``α`` takes ``n_grid + 1`` values ``0, 1/n_grid, ..., 1``.
-        clip: run the clipping search.
-        max_shrink: smallest clipping ratio is ``1 - max_shrink``.
-        clip_grid: clipping ratios tried: ``1 - i / clip_grid`` down to ``1 - max_shrink``.
-        no_clip: layer-name suffixes never clipped (attention queries/keys: their errors are
-            amplified by the softmax, which the per-layer error does not see).
-    """
-
-    n_grid: int = 20
-    clip: bool = True
-    max_shrink: float = 0.5
-    clip_grid: int = 20
-    no_clip: tuple[str, ...] = ("q_proj", "k_proj", "query", "key")
-
-    def __post_init__(self) -> None:
-        if self.n_grid < 1 or self.clip_grid < 1 or not 0 <= self.max_shrink < 1:
-            raise ConfigError(
-                f"AWQ needs n_grid >= 1, clip_grid >= 1 and 0 <= max_shrink < 1, got "
-                f"{self.n_grid}, {self.clip_grid}, {self.max_shrink}"
-            )
 
 
 _SLOT = OptionsSlot(AWQOptions, "AWQ", "awq")

@@ -16,17 +16,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from quantbalance.calibration.offload import BlockHooks
-from quantbalance.errors import CalibrationError, ConfigError
+from quantbalance.errors import CalibrationError
 from quantbalance.formats import QuantizedTensor
-from quantbalance.plan import ALGORITHM_OPTIONS, LayerSpec, algorithm_options
+from quantbalance.options import (
+    AlgorithmOptions,
+    check_algorithm,
+    options_for,
+    register_name,
+    register_options,
+)
+from quantbalance.plan import LayerSpec
 
-T = TypeVar("T")
+T = TypeVar("T", bound=AlgorithmOptions)
 
 
 @dataclass
@@ -104,7 +111,7 @@ NEEDS_DATA: set[str] = set()
 
 
 def register_algorithm(name: str, needs_data: bool = False) -> Callable[[Step], Step]:
-    """Register an algorithm step under ``name``.
+    """Register an algorithm step under ``name`` (Plans then accept the name).
 
     Args:
         name: the name used in Plans and on the CLI.
@@ -116,6 +123,7 @@ def register_algorithm(name: str, needs_data: bool = False) -> Callable[[Step], 
 
     def deco(fn: Step) -> Step:
         ALGORITHMS[name] = fn
+        register_name(name)
         if needs_data:
             NEEDS_DATA.add(name)
         return fn
@@ -124,7 +132,7 @@ def register_algorithm(name: str, needs_data: bool = False) -> Callable[[Step], 
 
 
 def parse_algorithm(spec: str) -> list[str]:
-    """Split ``"a+b"`` into registered step names.
+    """Split ``"a+b"`` into registered step names (the check ``LayerSpec`` runs).
 
     Args:
         spec: algorithm string.
@@ -132,14 +140,7 @@ def parse_algorithm(spec: str) -> list[str]:
     Returns:
         The step names in order.
     """
-    steps = [s.strip() for s in spec.split("+") if s.strip()]
-    unknown = [s for s in steps if s not in ALGORITHMS]
-    if not steps or unknown:
-        raise ConfigError(
-            f"unknown algorithm {spec!r}; accepted: {', '.join(sorted(ALGORITHMS))} "
-            "(combine with '+', e.g. 'awq+gptq')"
-        )
-    return steps
+    return check_algorithm(spec)
 
 
 #: name -> OptionsSlot of every algorithm step with context-local options.
@@ -152,7 +153,7 @@ def options_in_force() -> dict[str, dict[str, Any]]:
     Returns:
         step name -> its options' fields.
     """
-    return {name: asdict(slot.current()) for name, slot in sorted(OPTION_SLOTS.items())}
+    return {name: slot.current().model_dump() for name, slot in sorted(OPTION_SLOTS.items())}
 
 
 def options_snapshot() -> dict[str, Any]:
@@ -177,24 +178,25 @@ def apply_options(snapshot: dict[str, Any]) -> None:
 class OptionsSlot(Generic[T]):
     """Context-local options of one algorithm step (no global state).
 
-    ``slot.current()`` gives the options in force (the dataclass defaults outside any block);
+    ``slot.current()`` gives the options in force (the class defaults outside any block);
     ``with slot.override(field=value):`` sets some of them for the calls inside the block;
-    ``slot.for_spec(spec)`` adds a layer's ``LayerSpec.algorithm_args[name]`` on top.
+    ``slot.for_spec(spec)`` adds a layer's ``LayerSpec.algorithm_args[name]`` on top. Every
+    one of them is an instance of the step's options class, validated the same way.
 
-    Creating the slot registers ``cls`` as the options a Plan may give under ``name``.
+    Creating the slot registers ``cls`` as the options a Plan may give under its step name.
 
     Args:
-        cls: a frozen dataclass of options (validated in its ``__post_init__``).
-        label: algorithm name used in error messages (e.g. ``GPTQ``).
-        name: the step's registered name (default: ``label`` in lower case).
+        cls: the step's options (an :class:`~quantbalance.options.AlgorithmOptions`).
+        label: algorithm name used in messages (e.g. ``GPTQ``).
+        name: the step's registered name (default: ``cls.algorithm``).
     """
 
     def __init__(self, cls: type[T], label: str, name: str | None = None) -> None:
         self.cls = cls
         self.label = label
-        self.name = name or label.lower()
+        self.name = name or cls.algorithm
         self._var: ContextVar[T | None] = ContextVar(f"quantbalance_{label}", default=None)
-        ALGORITHM_OPTIONS[self.name] = cls
+        register_options(self.name, cls)
         OPTION_SLOTS[self.name] = self
 
     def for_spec(self, spec: LayerSpec) -> T:
@@ -209,7 +211,7 @@ class OptionsSlot(Generic[T]):
         args = spec.algorithm_args.get(self.name)
         if not args:
             return self.current()
-        return algorithm_options(self.cls, self.name, args, self.current())  # type: ignore[no-any-return]
+        return options_for(self.name, args, self.current())  # type: ignore[no-any-return]
 
     def current(self) -> T:
         """The options in force.
@@ -224,18 +226,13 @@ class OptionsSlot(Generic[T]):
         """Options used inside a ``with`` block.
 
         Args:
-            **overrides: fields of the options dataclass.
+            **overrides: fields of the options class (validated by it: unknown or wrong-typed
+                fields raise a ConfigError naming the accepted ones).
 
         Returns:
             A context manager yielding the options in force.
         """
-        fields = self.cls.__dataclass_fields__  # type: ignore[attr-defined]
-        unknown = set(overrides) - set(fields)
-        if unknown:
-            raise ConfigError(
-                f"unknown {self.label} option(s) {sorted(unknown)}; accepted: {', '.join(fields)}"
-            )
-        opts = replace(self.current(), **overrides)  # type: ignore[type-var]
+        opts: T = options_for(self.name, overrides, self.current())
         token = self._var.set(opts)
         try:
             yield opts

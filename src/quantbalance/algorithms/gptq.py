@@ -34,27 +34,12 @@ from quantbalance.errors import ConfigError, UnsupportedError
 from quantbalance.formats import PerChannel, PerGroup, QuantizedTensor, Scheme, check_finite
 from quantbalance.formats.kinds import KINDS
 from quantbalance.nn import weight_matrix
+from quantbalance.options import GPTQOptions
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_KINDS = tuple(name for name, fmt in KINDS.items() if fmt.gptq)
 ROW_CHUNK = 4096  # rows solved at once when parameters are per row (bounds the temporaries)
-
-
-@dataclass(frozen=True)
-class GPTQOptions:
-    """Options of the ``gptq`` step (see :func:`gptq_solve`); set them with :func:`gptq_options`."""
-
-    block_size: int = 128
-    damp: float = 0.01
-    act_order: bool = True
-    static_groups: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.block_size < 1 or not self.damp >= 0:
-            raise ConfigError(
-                f"GPTQ needs block_size >= 1 and damp >= 0, got {self.block_size}, {self.damp}"
-            )
 
 
 _SLOT = OptionsSlot(GPTQOptions, "GPTQ", "gptq")

@@ -40,8 +40,9 @@ from quantbalance.algorithms.base import OptionsSlot, QuantContext, register_alg
 from quantbalance.algorithms.mapping import ScaleGroup, find_scale_groups, fold_scales
 from quantbalance.calibration import capture, make_observer
 from quantbalance.calibration.sequential import find_blocks
-from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.errors import UnsupportedError
 from quantbalance.formats import fake_quantize, qparams_from_range, quantize_tensor
+from quantbalance.options import SmoothQuantOptions
 from quantbalance.plan import LayerSpec, preset
 from quantbalance.transform import replace_module
 
@@ -58,24 +59,6 @@ EXTRA_GROUPS: dict[str, tuple[tuple[str, Kind, tuple[str, ...]], ...]] = {
         ("intermediate.intermediate_act_fn", "act", ("output.dense",)),
     ),
 }
-
-
-@dataclass(frozen=True)
-class SmoothQuantOptions:
-    """Options of the ``smoothquant`` step (Plan: ``algorithm_args={"smoothquant": {...}}``).
-
-    Attributes:
-        alpha: migration strength in [0, 1], or ``None`` / ``"auto"`` (per-group search over
-            :data:`ALPHAS`, keeping no smoothing when nothing beats it).
-    """
-
-    alpha: float | str | None = None
-
-    def __post_init__(self) -> None:
-        a = self.alpha
-        ok_number = isinstance(a, int | float) and not isinstance(a, bool) and 0.0 <= a <= 1.0
-        if not (a is None or a == "auto" or ok_number):
-            raise ConfigError(f"SmoothQuant alpha={a!r}; accepted: a number in [0, 1] or 'auto'")
 
 
 _SLOT = OptionsSlot(SmoothQuantOptions, "SmoothQuant", "smoothquant")
@@ -299,7 +282,8 @@ def smooth_model(
         absmax = torch.maximum(lo.abs(), hi.abs())
         a_g: float | str = alpha
         if specs is not None and head in specs and specs[head].algorithm_args.get("smoothquant"):
-            a_g = _SLOT.for_spec(specs[head]).alpha or "auto"
+            a_spec = _SLOT.for_spec(specs[head]).alpha
+            a_g = "auto" if a_spec is None else a_spec  # 0.0 is a strength, not "auto"
         choice: float | None = None if a_g == "auto" else float(a_g)
         if a_g == "auto":
             spec = (specs or {}).get(head) or default
@@ -328,7 +312,7 @@ def smoothquant(ctx: QuantContext) -> None:
     """
     data = ctx.require_data("smoothquant")
     layers = set(ctx.layers_for("smoothquant"))
-    alpha = _SLOT.current().alpha or "auto"
+    alpha = "auto" if _SLOT.current().alpha is None else _SLOT.current().alpha
     chosen = smooth_model(ctx.model, data, alpha, layers, ctx.specs, ctx.progress)  # type: ignore[arg-type]
     ctx.log["smoothquant"] = {"alpha": chosen}
 

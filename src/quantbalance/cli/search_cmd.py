@@ -195,11 +195,12 @@ def run_search(
     """
     from quantbalance.report import write_report
     from quantbalance.search import Budget, search
+    from quantbalance.search.result import check_one_limit
 
     con = out_console or console
-    kinds = [x is not None for x in (max_drop, max_bytes, max_latency_ms)]
-    if sum(kinds) != 1:
-        raise ConfigError("give exactly one of --max-drop, --max-bytes, --max-latency-ms")
+    flags = {"--max-drop": max_drop, "--max-bytes": max_bytes, "--max-latency-ms": max_latency_ms}
+    given = [flag for flag, value in flags.items() if value is not None]
+    check_one_limit(given, list(flags), "--max-drop 1%")
     if max_drop is not None:
         d, rel = parse_drop(max_drop)
         budget = Budget(max_drop=d, relative=rel, metric=metric)

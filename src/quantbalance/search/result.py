@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from quantbalance.errors import ConfigError
 from quantbalance.formats.config import FrozenConfig
 from quantbalance.plan import Plan
 from quantbalance.search.costs import CostTable
 from quantbalance.search.pareto import PlanPoint
 from quantbalance.search.sensitivity import SensitivityTable
+
+#: The limits a :class:`Budget` takes exactly one of.
+LIMITS = ("max_drop", "max_bytes", "max_latency_ms")
+
+
+def check_one_limit(
+    given: Sequence[str], names: Sequence[str] = LIMITS, example: str = "Budget(max_drop=0.01)"
+) -> None:
+    """The budget check: exactly one limit (:class:`Budget` runs it; the CLI with its flags).
+
+    Args:
+        given: the limits given, as spelled in ``names``.
+        names: how the caller spells :data:`LIMITS` (the CLI: ``--max-drop`` ...).
+        example: a valid call, for the message.
+    """
+    if len(given) != 1:
+        raise ConfigError(
+            f"give exactly one of {', '.join(names)} (got {', '.join(given) or 'none'}); "
+            f"e.g. {example}"
+        )
 
 
 class Budget(FrozenConfig):
@@ -38,14 +60,7 @@ class Budget(FrozenConfig):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Budget:
-        given = [
-            k for k in ("max_drop", "max_bytes", "max_latency_ms") if getattr(self, k) is not None
-        ]
-        if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of max_drop, max_bytes, max_latency_ms (got "
-                f"{', '.join(given) or 'none'}); e.g. Budget(max_drop=0.01)"
-            )
+        check_one_limit([k for k in LIMITS if getattr(self, k) is not None])
         return self
 
     @property
