@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -15,7 +16,7 @@ X = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
 
 
 def huge_first_layer() -> nn.Module:
-    """Weights so large that an fp16 scale overflows: int8 codes times an inf scale."""
+    """Weights so large that an fp16 scale would overflow (quantization refuses it)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
     with torch.no_grad():
@@ -25,6 +26,16 @@ def huge_first_layer() -> nn.Module:
 
 FP16_SCALES = qb.Plan(layers={"0": qb.LayerSpec(weight=qb.Scheme(8, scale_dtype="float16")),
                               "2": qb.preset("int8-weight").layers["re:.*"]})  # fmt: skip
+
+
+def garbage_first_layer() -> tuple[nn.Module, nn.Module]:
+    """A float model and a quantized one whose first layer's scales are inf (as a corrupted or
+    hand-edited quantized model would be): its output is NaN/inf."""
+    net = huge_first_layer()
+    q = qb.quantize(net, "int8-weight", [X], progress=False)
+    qt = q[0].qweight
+    q[0].qweight = dataclasses.replace(qt, scale=torch.full_like(qt.scale, float("inf")))
+    return net, q
 
 
 def two_bit_first_layer() -> tuple[nn.Module, qb.Plan]:
@@ -37,10 +48,9 @@ def two_bit_first_layer() -> tuple[nn.Module, qb.Plan]:
 
 
 def test_nan_and_inf_outputs_are_named() -> None:
-    net = huge_first_layer()
+    net, q = garbage_first_layer()
     with torch.no_grad():
         assert torch.isfinite(net(X)).all()
-    q = qb.quantize(net, FP16_SCALES, [X], progress=False)
     got = layer_numerics(net, q, [X])
     assert got["0"].nonfinite == got["0"].total == 32 * 16
     bad = problems(got)
@@ -62,8 +72,7 @@ def test_the_sqnr_floor_is_a_parameter() -> None:
 
 
 def test_compare_reports_the_layers() -> None:
-    net = huge_first_layer()
-    q = qb.quantize(net, FP16_SCALES, [X], progress=False)
+    net, q = garbage_first_layer()
 
     def ev(m: nn.Module) -> dict[str, float]:
         with torch.no_grad():
@@ -78,9 +87,9 @@ def test_compare_reports_the_layers() -> None:
 
 
 def test_quantize_check_numerics_raises_naming_the_layer() -> None:
-    net = huge_first_layer()
-    with pytest.raises(qb.NumericsError, match=r"(?s)0: output has 512 NaN/inf"):
-        qb.quantize(net, FP16_SCALES, [X], progress=False, check_numerics=True)
+    net = huge_first_layer()  # an fp16 scale would be inf: refused before any output exists
+    with pytest.raises(qb.NumericsError, match="scale_dtype='float16'"):
+        qb.quantize(net, FP16_SCALES, [X], progress=False)
     q = qb.quantize(net, "int8-weight", [X], progress=False, check_numerics=True)
     assert problems(layer_numerics(net, q, [X])) == {}
     two, plan = two_bit_first_layer()
@@ -90,5 +99,5 @@ def test_quantize_check_numerics_raises_naming_the_layer() -> None:
         qb.quantize(two, plan, [x], progress=False, check_numerics=10.0)
     with pytest.raises(qb.ConfigError, match="check_numerics"):
         qb.quantize(net, "int8-weight", progress=False, check_numerics=True)
-    with pytest.raises(qb.NumericsError):
-        check_numerics(net, qb.quantize(net, FP16_SCALES, [X], progress=False), [X])
+    with pytest.raises(qb.NumericsError, match=r"(?s)0: output has 512 NaN/inf"):
+        check_numerics(*garbage_first_layer(), [X])
