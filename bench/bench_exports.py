@@ -204,7 +204,7 @@ def main() -> None:
     ]
     plan = qb.Plan.load(args.plan) if args.plan else ggml_plan(MIX)
     with tempfile.TemporaryDirectory() as d:
-        rows.append(run(plan, task, windows, Path(d), ["gguf"]))
+        rows.append(run(plan, task, windows, Path(d), ["gguf", "compressed-tensors"]))
         mixed = qb.Plan(name="ct-mixed", layers=CT_MIXED, skip=["re:(.*\\.)?lm_head"])
         rows.append(run(mixed, task, windows, Path(d), ["compressed-tensors"]))
         q4 = qb.Plan(
