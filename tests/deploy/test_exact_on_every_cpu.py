@@ -150,17 +150,8 @@ def test_this_machines_engine_matches_the_simulation_for_full_range_int8() -> No
 def test_int4_kernel_only_takes_output_widths_it_can_pack() -> None:
     # _convert_weight_to_int4pack needs N % 16 == 0: other widths run (and are timed) dequantized
     net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 24)).eval()
-    q = qb.quantize(
-        net,
-        qb.Plan(
-            layers={
-                "re:.*": qb.LayerSpec(
-                    weight=qb.Scheme(4, symmetric=False, granularity=qb.PerGroup(32))
-                )
-            }
-        ),
-        progress=False,
-    )
+    q = qb.quantize(net, qb.Plan(layers={"re:.*": qb.LayerSpec(
+        weight=qb.Scheme(4, symmetric=False, granularity=qb.PerGroup(32)))}), progress=False)
     x = torch.randn(5, 64)
     eng = to_torch_engine(q, compile=False, dtype=torch.float32)
     assert eng.qb_engine_kernels == {"dequant": 1, "int4-pack": 1}
