@@ -6,7 +6,8 @@ Usage:
         [--plan plan.json] [--windows 4] [--out bench/results/exports.json]
 
 Without ``--plan`` the GGUF Plan is a hand-made GGML-native mix (embedding Q4_0, attention Q4_0,
-MLP Q5_0, ``down_proj`` Q8_0, LM head Q8_0).
+MLP Q5_0, ``down_proj`` Q8_0, LM head Q8_0). The Plan is written both as GGUF and as
+compressed-tensors (a GGML mix with a quantized embedding is widened into one config group).
 
 * GGUF: llama.cpp (``llama-cpp-python``, KV cache in F32) evaluates each window; perplexity vs
   the simulated one, and the KL per token. ``--uniform``: also each uniform GGML type (Q4_0,
@@ -204,7 +205,7 @@ def main() -> None:
     ]
     plan = qb.Plan.load(args.plan) if args.plan else ggml_plan(MIX)
     with tempfile.TemporaryDirectory() as d:
-        rows.append(run(plan, task, windows, Path(d), ["gguf"]))
+        rows.append(run(plan, task, windows, Path(d), ["gguf", "compressed-tensors"]))
         mixed = qb.Plan(name="ct-mixed", layers=CT_MIXED, skip=["re:(.*\\.)?lm_head"])
         rows.append(run(mixed, task, windows, Path(d), ["compressed-tensors"]))
         q4 = qb.Plan(

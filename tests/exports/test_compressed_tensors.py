@@ -127,6 +127,29 @@ def test_mixed_folders_transformers_cannot_load_are_said_loudly(llama, tmp_path)
         assert wrong > 1e-3
 
 
+def test_mixed_widths_with_quantized_embeddings_are_widened_into_one_group(llama, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A GGML-style mix (4/5/8-bit symmetric, groups of 32, embedding quantized): one group at
+    8 bits holds the same values, and Transformers loads it exactly (dequantize=True)."""
+    from quantbalance.formats.ggml import GGML_SCHEMES
+
+    model, src, ids = llama
+    spec = {t: qb.LayerSpec(weight=GGML_SCHEMES[t]) for t in ("Q4_0", "Q5_0", "Q8_0")}
+    plan = _plan(spec["Q4_0"], embeddings=True, **{"re:.*down_proj": spec["Q8_0"],
+                                                   "re:.*up_proj": spec["Q5_0"]})  # fmt: skip
+    q = qb.quantize(model, plan, progress=False)
+    res = qb.export(q, tmp_path / "ct", format="compressed-tensors", source=src)
+    qc = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    (group,) = qc["config_groups"].values()
+    assert group["weights"]["num_bits"] == 8 and group["weights"]["group_size"] == 32
+    assert "model.embed_tokens" in group["targets"]
+    assert res.notes[0].startswith("4/5-bit layers stored as 8-bit codes")
+    assert _kl(q, _load(tmp_path / "ct", dequantize=True), ids) <= 1e-6
+    mixed = qb.export(q, tmp_path / "ct-mixed", format="compressed-tensors", source=src,
+                      widen=False)  # fmt: skip
+    assert mixed.notes[0].startswith("NOT loadable exactly by Transformers")
+    assert mixed.files["model.safetensors"] < res.files["model.safetensors"]
+
+
 @pytest.mark.parametrize(
     ("scheme", "match"),
     [

@@ -37,13 +37,20 @@ from quantbalance.exports.registry import ExportResult, file_sizes, register
 from quantbalance.nn import QEmbedding, QuantModule
 
 
-def _layer(name: str, m: nn.Module) -> tuple[Any, dict[str, torch.Tensor], str]:
-    """``(QuantizationScheme, compressed local tensors, format)`` of one quantized layer."""
+def _layer(
+    name: str, m: nn.Module, bits: int | None = None
+) -> tuple[Any, dict[str, torch.Tensor], str]:
+    """``(QuantizationScheme, compressed local tensors, format)`` of one quantized layer.
+
+    ``bits``: store the (symmetric integer) codes at this wider width: the same values.
+    """
     from compressed_tensors.compressors import BaseCompressor
     from compressed_tensors.compressors.format import infer_module_format
     from compressed_tensors.quantization import QuantizationScheme
 
     w_args = quant_args(m.qweight.scheme, tuple(m.weight.shape), name)
+    if bits is not None and bits != w_args.num_bits:
+        w_args = w_args.model_copy(update={"num_bits": bits})
     a_args, a_params = input_args(m, name)
     scheme = QuantizationScheme(targets=[name], weights=w_args, input_activations=a_args)
     float_type = m.float_type if isinstance(m.float_type, type) else nn.Linear
@@ -70,6 +77,29 @@ def _config_groups(schemes: dict[str, Any]) -> tuple[dict[str, Any], str]:
     formats = {g.format for g in groups.values()}
     fmt = formats.pop() if len(formats) == 1 else "mixed-precision"
     return groups, fmt
+
+
+def _widen_to(qmodel: nn.Module) -> int | None:
+    """The one bit width to store every layer at so Transformers 5.24 loads the folder exactly.
+
+    Its ``dequantize=True`` path (the only one that rebuilds quantized embeddings) decodes every
+    layer with the first config group's scheme, so a Plan that mixes bit widths *and* quantizes
+    an embedding cannot be loaded exactly as one group per scheme. When the layers differ only
+    in bit width (symmetric integer weights, same granularity, no activation quantization),
+    ``b``-bit codes stored as ``B``-bit codes (``B`` the widest) are the same values in one
+    config group. None when that is not needed or not possible.
+    """
+    mods = [m for _, m in quant_modules(qmodel)]
+    if not any(isinstance(m, QEmbedding) for m in mods):
+        return None
+    schemes = [m.qweight.scheme for m in mods]
+    if len({s.bits for s in schemes}) < 2 or any(m.input_quantizer is not None for m in mods):
+        return None
+    if any(s.kind != "uniform" or not s.symmetric or s.bits < 2 for s in schemes):
+        return None
+    if len({repr(s.granularity) for s in schemes}) != 1:
+        return None
+    return max(s.bits for s in schemes)
 
 
 def _loading_notes(qmodel: nn.Module, groups: dict[str, Any]) -> list[str]:
@@ -106,6 +136,7 @@ def write_compressed_tensors(
     tokenizer: Any = None,
     fallback: Literal["error", "float"] = "error",
     overwrite: bool = False,
+    widen: bool = True,
 ) -> ExportResult:
     """Write ``qmodel`` as a compressed-tensors Hugging Face folder.
 
@@ -117,6 +148,11 @@ def write_compressed_tensors(
         fallback: ``error`` (a layer with no form raises :class:`NoFormError`) or ``float`` (store
             such a weight-only layer dequantized, exactly as simulated, and say so in notes).
         overwrite: replace an existing folder.
+        widen: when the Plan mixes bit widths of symmetric integer weights with a quantized
+            embedding, store every layer's codes at the widest width in one config group (the
+            same values, more bytes; said in notes), because Transformers 5.24 cannot load such
+            a mix as separate groups exactly. False keeps one group per scheme and says loudly
+            that Transformers cannot load it exactly.
 
     Returns:
         The ExportResult (``layers``: the format of each quantized layer, or ``float``).
@@ -130,9 +166,10 @@ def write_compressed_tensors(
     schemes: dict[str, Any] = {}
     layers: dict[str, str] = {}
     notes: list[str] = []
+    bits = _widen_to(qmodel) if widen else None
     for name, m in quant_modules(qmodel):
         try:
-            schemes[name], packed, layers[name] = _layer(name, m)
+            schemes[name], packed, layers[name] = _layer(name, m, bits)
         except NoFormError as e:
             if fallback == "error" or m.input_quantizer is not None:
                 raise
@@ -145,6 +182,13 @@ def write_compressed_tensors(
         if isinstance(m, nn.Linear | nn.Embedding | QuantModule) and n not in schemes
     ]  # fmt: skip
     groups, fmt = _config_groups(schemes)
+    if bits is not None:
+        narrow = sorted({m.qweight.scheme.bits for _, m in quant_modules(qmodel)} - {bits})
+        notes.append(
+            f"{'/'.join(map(str, narrow))}-bit layers stored as {bits}-bit codes in one config "
+            "group (the same values, more bytes): Transformers 5.24 cannot load a mix of bit "
+            "widths with quantized embeddings exactly; widen=False keeps one group per scheme"
+        )
     notes += _loading_notes(qmodel, groups)
     qcfg = QuantizationConfig(
         config_groups=groups, format=fmt, quantization_status="compressed", ignore=ignore
