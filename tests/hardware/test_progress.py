@@ -49,3 +49,7 @@ def test_search_off_a_terminal_announces_its_six_phases(caplog, tmp_path) -> Non
     phases = [r.getMessage() for r in caplog.records if ": phase " in r.getMessage()]
     assert [p.split(", ", 1)[0] for p in phases] == [f"search: phase {k} of 6" for k in range(1, 7)]
     assert "held-out check" in phases[-1]
+    verify = [r.getMessage() for r in caplog.records if "search: verify:" in r.getMessage()]
+    # a disabled tqdm bar never counts: the lines count themselves (they said "0 of" each time)
+    assert verify and verify == [f"search: verify: {k} of at most 2 evaluations" for k in
+                      range(1, len(verify) + 1)]  # fmt: skip

@@ -77,6 +77,7 @@ class Verifier:
         self.n_evals = 0
         self.objective = "bytes"
         self._bar: Any = None
+        self._bar_done = 0
 
     def _drop(self, metrics: dict[str, float], reference: dict[str, float]) -> float:
         m = self.src.metric
@@ -115,10 +116,11 @@ class Verifier:
             p.kind = purpose
             self.n_evals += purpose == "verify"
             if self._bar is not None:
-                self._bar.update(1)
+                self._bar.update(1)  # a disabled tqdm bar does not count: count here
+                self._bar_done += 1
                 if self._bar.disable and self.progress:  # off a terminal: a log line each
                     progress_log.info("search: verify: %d of at most %s evaluations",
-                                      self._bar.n, self._bar.total)  # fmt: skip
+                                      self._bar_done, self._bar.total)  # fmt: skip
         return p
 
     def holdout(self, p: PlanPoint) -> PlanPoint:
@@ -170,6 +172,7 @@ class Verifier:
             objective: what a drop budget minimises (``bytes`` or ``latency``).
         """
         self.objective = objective
+        self._bar_done = 0
         self._bar = tqdm(
             total=max_evals, desc="verify", disable=not (self.progress and sys.stderr.isatty())
         )
