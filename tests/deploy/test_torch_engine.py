@@ -168,3 +168,19 @@ def test_capability_held_processes_get_their_own_inductor_cache(
         changed = separate_inductor_cache()
         assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == after
         assert changed == (after if after not in (before, None) else None)
+
+
+def test_float_engine_folds_batchnorm_and_leaves_the_model() -> None:
+    """A float model on the engine (the baseline rows) gets its Conv->BatchNorm folded, as ORT
+    folds it and as ``qb.quantize`` does before quantizing."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    e = to_torch_engine(net, compile=False, dtype=torch.float32)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in e.modules())
+    assert isinstance(net[1], nn.BatchNorm2d)  # the user's model is untouched
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(e(x), net(x), rtol=1e-5, atol=1e-5)
