@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import quantbalance as qb
 from quantbalance.errors import ConfigError
-from quantbalance.formats.ggml import GGML_SCHEMES
+from quantbalance.formats.ggml import EXACT, GGML_SCHEMES
 from quantbalance.search.targets import TARGETS, target_candidates
 
 
@@ -90,6 +90,22 @@ def test_llama_cpp_search_plan_exports_exactly(tmp_path) -> None:  # type: ignor
     out = qb.export(q, tmp_path / "m.gguf", format="gguf", source=tmp_path / "src")
     assert set(out.layers.values()) <= set(GGML_SCHEMES)  # nothing fell back
     assert len(out.layers) == sum(k != "float" for k in res.chosen.choice.values())  # type: ignore[union-attr]
+
+
+def test_a_target_brings_its_own_uniform_presets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With --target llama.cpp the presets beside the searched Plans (which may be chosen) are
+    the uniform llama.cpp types, not generic presets llama.cpp cannot run exactly."""
+    model, calib, ev = _llama_task(tmp_path / "src")
+    res = qb.search(model, (calib, ev), qb.Budget(max_drop=0.002), metric="fid",
+                    cache_dir=tmp_path / "cache", latency_model=_Engine(), front_evals=1,
+                    progress=False, target="llama.cpp", max_evals=2)  # fmt: skip
+    assert sorted(p.name for p in res.presets) == [f"uniform-{k}" for k in sorted(EXACT)]
+    for p in res.presets:  # every layer the type fits takes it; the rest stay float
+        assert {s for s in p.plan.layers.values()} == {
+            qb.LayerSpec(weight=GGML_SCHEMES[p.name.removeprefix("uniform-")])
+        }
+    chosen = {k for k in (res.chosen.choice or {}).values()}
+    assert chosen <= {"float", *EXACT}
 
 
 def test_cli_rejects_unknown_target(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from quantbalance.search.evaluator import PlanEvaluator, Source, as_holdout, as_
 from quantbalance.search.executor import Executor, MemoryCache, SerialExecutor, make_executor
 from quantbalance.search.result import Budget
 from quantbalance.search.sensitivity import Candidates, latency_candidates, layer_options
-from quantbalance.search.targets import target_candidates
+from quantbalance.search.targets import target_candidates, target_presets
 from quantbalance.transform import fold_batchnorm, quantizable_layers
 
 
@@ -84,8 +84,6 @@ class SearchSetup:
         Returns:
             The setup.
         """
-        preset_names = list(presets) if presets is not None else list(PRESETS)
-        preset_plans = {n: with_algorithm(preset(n), algorithm) for n in preset_names}
         src = as_source(task_or, metric or budget.metric, higher_is_better, eval_id)
         budget = budget.model_copy(update={"metric": src.metric})
         hold = as_holdout(holdout, src)
@@ -107,6 +105,13 @@ class SearchSetup:
         if candidates is None and objective == "latency":
             candidates = lambda _name, mod: latency_candidates(mod)  # noqa: E731
         options = layer_options(base, names, candidates, algorithm)
+        if presets is None and target not in (None, "torch"):  # the target's uniform types
+            preset_plans = {
+                n: with_algorithm(p, algorithm) for n, p in target_presets(options).items()
+            }
+        else:
+            preset_names = list(presets) if presets is not None else list(PRESETS)
+            preset_plans = {n: with_algorithm(preset(n), algorithm) for n in preset_names}
         keys = {
             "model": mkey,
             "data": data_hash(src.calib_data),

@@ -30,7 +30,8 @@ from torch import nn
 from quantbalance.errors import ConfigError
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Scheme
 from quantbalance.formats.ggml import BLOCK, EXACT, GGML_SCHEMES
-from quantbalance.plan import LayerSpec
+from quantbalance.lowering import plan_target
+from quantbalance.plan import LayerSpec, Plan
 from quantbalance.search.sensitivity import FLOAT, Options, default_candidates, latency_candidates
 
 TARGETS = ("torch", "ort", "tensorrt", "vllm", "llama.cpp")
@@ -108,3 +109,24 @@ def target_candidates(target: str, objective: str = "bytes") -> Callable[[str, n
         raise ConfigError(f"unknown target {target!r}; accepted: {', '.join(TARGETS)}")
     fn = table[target]
     return lambda _name, module: fn(module)
+
+
+def target_presets(options: dict[str, Options]) -> dict[str, Plan]:
+    """The uniform Plans of a target: for each of its schemes, every layer offering it takes it.
+
+    With a ``target``, the presets placed beside the searched Plans (and able to be chosen) are
+    these, not the generic presets: a generic one (e.g. ``w4-g128`` for llama.cpp) is no Plan the
+    target runs exactly, and a uniform llama.cpp type is the baseline a mixed GGUF must beat.
+
+    Args:
+        options: layer -> key -> spec, the target's candidates (``layer_options``).
+
+    Returns:
+        ``uniform-<key>`` -> Plan (layers without that scheme stay float).
+    """
+    keys = sorted({k for o in options.values() for k, s in o.items() if s is not None})
+    out = {}
+    for key in keys:
+        layers = {n: o[key] for n, o in options.items() if o.get(key) is not None}
+        out[f"uniform-{key}"] = Plan(name=f"uniform-{key}", layers=layers, hardware=plan_target())
+    return out
