@@ -43,7 +43,7 @@ from quantbalance.quantize_steps import (
     resolve_layers,
     run_steps,
 )
-from quantbalance.transform import coverage, fold_batchnorm, unsupported_layers
+from quantbalance.transform import coverage, fold_batchnorm, split_attention, unsupported_layers
 
 __all__ = [
     "EAGER_STEPS",
@@ -134,10 +134,12 @@ def quantize(
 
     qmodel = (model if inplace else copy.deepcopy(model)).eval()
     folded = fold_batchnorm(qmodel)
+    attention = split_attention(qmodel)
     specs, candidates, batches = resolve_layers(qmodel, the_plan, strict, calib_data)
     ctx, install, installed = run_steps(qmodel, specs, batches, progress, device)
 
-    info = QuantizationInfo(plan=the_plan, folded=folded, algorithm_log=ctx.log)
+    info = QuantizationInfo(plan=the_plan, folded=folded, attention=attention,
+                            algorithm_log=ctx.log)  # fmt: skip
     for name, spec in specs.items():
         if name not in installed:
             install(name)

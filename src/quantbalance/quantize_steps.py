@@ -46,6 +46,8 @@ class QuantizationInfo:
         unsupported: layers with parameters that have no quantized module (kept in float;
             norms included).
         folded: ``(conv, bn)`` pairs folded before quantization.
+        attention: ``nn.MultiheadAttention`` modules computed from linear layers
+            (``transform.split_attention``) so that their projections are quantized.
         algorithm_log: facts reported by algorithm steps.
         coverage: every weight layer: quantized, float by plan, or unsupported (with why).
     """
@@ -55,6 +57,7 @@ class QuantizationInfo:
     kept_float: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
     folded: list[tuple[str, str]] = field(default_factory=list)
+    attention: list[str] = field(default_factory=list)
     algorithm_log: dict[str, Any] = field(default_factory=dict)
     coverage: Coverage = field(default_factory=Coverage)
 
@@ -70,6 +73,7 @@ class QuantizationInfo:
             "kept_float": self.kept_float,
             "unsupported": self.unsupported,
             "folded": [list(p) for p in self.folded],
+            "attention": self.attention,
             "algorithm_log": self.algorithm_log,
             "coverage": self.coverage.to_dict(),
         }
@@ -91,6 +95,7 @@ class QuantizationInfo:
             kept_float=d.get("kept_float", []),
             unsupported=d.get("unsupported", {}),
             folded=[tuple(p) for p in d.get("folded", [])],
+            attention=list(d.get("attention", [])),
             algorithm_log=d.get("algorithm_log", {}),
             coverage=Coverage.from_dict(d.get("coverage", {})),
         )

@@ -167,18 +167,20 @@ def test_qat_keeps_layouts_and_own_forwards(case: str) -> None:
 
 
 class Attention(nn.Module):
-    """nn.MultiheadAttention (reads its out_proj's weight itself) and a Linear head."""
+    """nn.MultiheadAttention with extra key/value biases (kept as it is) and a Linear head."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True, add_bias_kv=True)
         self.head = nn.Linear(16, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.attn(x, x, x, need_weights=False)[0])
 
 
-def test_multihead_attention_is_reported_not_half_quantized(caplog) -> None:
+def test_unsplittable_multihead_attention_is_reported_not_half_quantized(caplog) -> None:
+    """Plain nn.MultiheadAttention becomes linear layers (tests/transform/test_attention.py);
+    one with add_bias_kv keeps its own forward, which reads out_proj's weight itself."""
     m = make(Attention)
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
     with caplog.at_level("WARNING", logger="quantbalance.quantize"):

@@ -14,7 +14,7 @@ from quantbalance.formats import QuantizedTensor, Scheme
 from quantbalance.nn import PARTS, ActQuantizer, quantized_type, weight_matrix
 from quantbalance.plan import Plan
 from quantbalance.quantize_steps import QuantizationInfo
-from quantbalance.transform import fold_batchnorm, replace_module
+from quantbalance.transform import fold_batchnorm, replace_module, split_attention
 
 
 def rebuild(
@@ -43,6 +43,12 @@ def rebuild(
     if want and sorted(folded) != sorted(want):
         raise CheckpointError(
             f"{where}: the checkpoint folded BatchNorm pairs {want}, the skeleton folds {folded}"
+        )
+    split = split_attention(model) if info.get("attention") else []
+    if sorted(split) != sorted(info.get("attention", [])):
+        raise CheckpointError(
+            f"{where}: the checkpoint computed attention modules {info.get('attention')} from "
+            f"linear layers; the skeleton has {split}"
         )
     state = dict(tensors)
     state.update({k: state[v] for k, v in aliases.items() if v in state})

@@ -16,7 +16,7 @@ from quantbalance.errors import ConfigError
 from quantbalance.evaluate.guards import SQNR_FLOOR_DB, layer_numerics, problems
 from quantbalance.evaluate.size import model_nbytes
 from quantbalance.nn import QuantModule
-from quantbalance.transform import coverage, fold_batchnorm
+from quantbalance.transform import coverage, fold_batchnorm, split_attention
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,10 @@ def compare(
     if batches:
         # Folded layers output what conv+BN did: compare against the float model folded alike.
         ref = float_model
-        if info is not None and info.folded:
+        if info is not None and (info.folded or info.attention):
             ref = copy.deepcopy(float_model).eval()
             fold_batchnorm(ref)
+            split_attention(ref)
         numerics = layer_numerics(ref, qmodel, batches, sqnr_floor_db, names, progress)
     bad = problems(numerics)
     for n, p in bad.items():

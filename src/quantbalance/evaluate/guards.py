@@ -37,7 +37,7 @@ from quantbalance.calibration import capture
 from quantbalance.errors import NumericsError
 from quantbalance.evaluate.sqnr import first_tensor, sqnr
 from quantbalance.nn import QuantModule
-from quantbalance.transform import fold_batchnorm
+from quantbalance.transform import fold_batchnorm, split_attention
 
 #: Default SQNR floor in dB: below it the quantization noise is louder than the signal.
 SQNR_FLOOR_DB = 0.0
@@ -106,9 +106,10 @@ def layer_numerics(
         names = [n for n, m in qmodel.named_modules() if isinstance(m, QuantModule)]
     info = getattr(qmodel, "qb_info", None)
     ref = float_model
-    if info is not None and info.folded:  # folded layers output what conv+BN did
+    if info is not None and (info.folded or info.attention):  # the layers quantize saw
         ref = copy.deepcopy(float_model).eval()
         fold_batchnorm(ref)
+        split_attention(ref)
     with torch.no_grad():
         f_out = _outputs(ref, names, batches, "float outputs", progress)
         q_out = _outputs(qmodel, names, batches, "quantized outputs", progress)

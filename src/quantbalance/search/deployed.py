@@ -25,7 +25,7 @@ from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
 from quantbalance.hardware import Hardware, detect
 from quantbalance.lowering import plan_target
 from quantbalance.progress import log as progress_log
-from quantbalance.transform import fold_batchnorm
+from quantbalance.transform import fold_batchnorm, split_attention
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def measure_deployed(
     chosen = to_torch_engine(q)
     base = copy.deepcopy(model).eval()
     fold_batchnorm(base)
+    split_attention(base)
     plain = compile_isolated(to_torch_engine(base, compile=False).to(dt))
     float_batch = _cast(example_inputs, dt)
     runs = {

@@ -48,7 +48,7 @@ from quantbalance.search.evaluator import (
 from quantbalance.search.executor import Executor, SerialExecutor, make_executor
 from quantbalance.search.measure import Measure, measure_layer
 from quantbalance.search.proxies import calibrate
-from quantbalance.transform import fold_batchnorm, quantizable_layers
+from quantbalance.transform import fold_batchnorm, quantizable_layers, split_attention
 
 __all__ = [
     "FLOAT",
@@ -215,6 +215,7 @@ def sensitivity(
     cache = Cache(default_cache_dir() if cache_dir == "default" else cache_dir)
     base = copy.deepcopy(model).eval()
     fold_batchnorm(base)
+    split_attention(base)
     names = list(layers) if layers is not None else list(quantizable_layers(base))
     options = layer_options(base, names, candidates, algorithm)
     mkey = model_hash(model)

@@ -21,7 +21,7 @@ from quantbalance.search.executor import Executor, MemoryCache, SerialExecutor, 
 from quantbalance.search.result import Budget
 from quantbalance.search.sensitivity import Candidates, latency_candidates, layer_options
 from quantbalance.search.targets import target_candidates, target_presets
-from quantbalance.transform import fold_batchnorm, quantizable_layers
+from quantbalance.transform import fold_batchnorm, quantizable_layers, split_attention
 
 
 @dataclass
@@ -94,6 +94,7 @@ class SearchSetup:
         mkey = model_hash(model)
         base = copy.deepcopy(model).eval()
         fold_batchnorm(base)
+        split_attention(base)
         names = list(quantizable_layers(base))
         if not names:
             raise ConfigError(
