@@ -113,9 +113,8 @@ def _cleaned(
     """``(H + Hᵀ) / 2`` in float64, dead columns cleared, act-order applied: ``(H, perm, dead)``.
 
     The same values as ``H = (H + H.T) / 2; H[dead] = ...; H = H[perm][:, perm]``, built in one
-    float64 copy (tiles symmetrised in place) plus one for each gather of the permutation
-    (``H[perm][:, perm]`` is ``H[perm].T[perm]`` exactly: the symmetrised ``H`` equals its
-    transpose bit for bit).
+    float64 copy (tiles symmetrised in place) plus one for the permuted copy (filled a slice of
+    rows at a time).
     """
     H = hessian.detach().to(torch.float64, copy=True)
     n = H.shape[0]
@@ -130,9 +129,11 @@ def _cleaned(
     H[:, dead] = 0
     H[dead, dead] = 1
     perm = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else None
-    if perm is not None:  # H[perm][:, perm], one row gather at a time (H is symmetric)
-        H = H[perm]
-        H = H.T[perm]
+    if perm is not None:  # H[perm][:, perm], gathered a slice of rows at a time
+        out = torch.empty_like(H)
+        for i in range(0, n, _TILE):
+            out[i : i + _TILE] = H[perm[i : i + _TILE]][:, perm]
+        H = out
     return H, perm, dead
 
 

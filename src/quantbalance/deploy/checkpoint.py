@@ -371,6 +371,7 @@ def _act_config(name: str, act: ActQuantizer | None) -> dict[str, Any] | None:
 def _rebuild(
     skeleton: nn.Module, meta: dict[str, str], tensors: dict[str, torch.Tensor], where: str
 ) -> nn.Module:
+    from quantbalance.deploy.sharded import fill_meta
     from quantbalance.plan import Plan
     from quantbalance.quantize import QuantizationInfo
     from quantbalance.transform import fold_batchnorm
@@ -389,6 +390,7 @@ def _rebuild(
     state.update({k: state[v] for k, v in aliases.items() if v in state})
     for name, spec in layers.items():
         _install_layer(model, name, spec, state, where)
+    fill_meta(model, state, where)  # a meta skeleton (model larger than memory): data from here
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

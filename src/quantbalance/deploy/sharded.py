@@ -109,13 +109,17 @@ class ShardedWriter:
         self.nbytes += sum(t.numel() * t.element_size() for t in named.values())
         log.debug("wrote %s: %d tensors for %r", name, len(named), prefix or "<root>")
 
-    def close(self, plan: Any, info: Any, source: str | None = None) -> Path:
+    def close(
+        self, plan: Any, info: Any, source: str | None = None, modules: dict[str, str] | None = None
+    ) -> Path:
         """Write the index and move the folder into place.
 
         Args:
             plan: the Plan applied.
             info: the ``QuantizationInfo`` (layers, kept float, algorithm log).
             source: optional task name (as in :func:`~quantbalance.deploy.checkpoint.save`).
+            modules: every module's class (``deploy.checkpoint.module_types`` of the quantized
+                model); stored so that loading refuses a skeleton whose modules differ.
 
         Returns:
             The checkpoint folder.
@@ -134,6 +138,8 @@ class ShardedWriter:
         }
         if source is not None:
             meta["source"] = source
+        if modules is not None:
+            meta["modules"] = json.dumps(modules, sort_keys=True)
         meta["checksum"] = _digest(meta, self.files, self.weight_map)
         index = {"format": FORMAT, "metadata": meta, "weight_map": self.weight_map,
                  "files": self.files}  # fmt: skip
@@ -199,6 +205,49 @@ def read_sharded(folder: str | Path) -> tuple[dict[str, str], dict[str, torch.Te
     if set(tensors) != set(weight_map):
         raise CheckpointError(f"{folder}: the parts' tensors do not match the index's weight_map")
     return meta, tensors
+
+
+def fill_meta(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Give the skeleton's ``meta`` parameters and buffers the checkpoint's data, in place.
+
+    A skeleton built on the ``meta`` device (``accelerate.init_empty_weights``, or
+    ``quantbalance.frontends.offload.skeleton``) holds no float weights, so a checkpoint of a
+    model larger than memory loads without the float model ever being materialised. Each
+    ``meta`` tensor takes the stored tensor of its name (cast to the skeleton's dtype; a
+    parameter stays a parameter); tensors that already hold data are left to
+    ``load_state_dict``. Called on the quantized layers already installed, so the float weights
+    they replaced are no longer asked for.
+
+    Args:
+        model: the skeleton (quantized layers installed).
+        state: state-dict name -> stored tensor (aliases resolved).
+        where: the checkpoint, for errors.
+
+    Raises:
+        CheckpointError: a ``meta`` tensor the checkpoint does not store (e.g. a non-persistent
+            buffer that was built on ``meta`` too: build the skeleton with
+            ``init_empty_weights()``, which keeps buffers real).
+    """
+    named = [*model.named_parameters(remove_duplicate=False),
+             *model.named_buffers(remove_duplicate=False)]  # fmt: skip
+    empty = [(n, t) for n, t in named if t.is_meta]
+    missing = [n for n, _ in empty if n not in state]
+    if missing:
+        raise CheckpointError(
+            f"{where}: the skeleton's tensors {missing[:5]} are on the meta device and the "
+            "checkpoint does not store them; build the skeleton with "
+            "accelerate.init_empty_weights() (buffers stay real) or pass a loaded model"
+        )
+    for name, t in empty:
+        owner, _, leaf = name.rpartition(".")
+        mod = model.get_submodule(owner) if owner else model
+        value = state[name].to(t.dtype)
+        if leaf in mod._parameters:
+            mod._parameters[leaf] = nn.Parameter(value, requires_grad=t.requires_grad)
+        else:
+            mod._buffers[leaf] = value
+    if empty:
+        log.debug("%s: %d meta tensors given the checkpoint's data", where, len(empty))
 
 
 def load_sharded(folder: str | Path, model: nn.Module) -> nn.Module:
