@@ -114,3 +114,30 @@ def test_peak_memory_does_not_grow_with_blocks(tmp_path: Path, algorithm: str) -
     assert rows[48]["extra_mb"] - rows[12]["extra_mb"] < 0.25 * grown, rows
     # and it stays below the float model (loading it would add all of it; 0.57x measured)
     assert rows[48]["extra_mb"] < 0.75 * rows[48]["checkpoint_bytes"] / 2**20, rows
+
+
+def test_load_on_a_meta_skeleton_equals_the_in_memory_model(ckpt: Path, tmp_path: Path) -> None:
+    """A sharded checkpoint rebuilt on a ``meta`` skeleton: no float model is materialised."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from quantbalance.frontends.offload import skeleton
+
+    torch.set_num_threads(1)
+    calib = calib_batches()
+    out = qb.quantize(str(ckpt), "w4-g128", calib, algorithm="gptq", offload="disk",
+                      save_to=tmp_path / "q", progress=False)  # fmt: skip
+    full = qb.quantize(_full(ckpt), "w4-g128", calib, algorithm="gptq", progress=False)
+    empty = skeleton(ckpt, calibration=False)
+    assert all(p.is_meta for p in empty.parameters())
+    x = {"input_ids": torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))}
+    want = full(**x).logits
+    for skel in (empty, str(ckpt)):  # a meta module, or the HF folder (its meta skeleton)
+        loaded = qb.load(out, skel)
+        assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+        assert torch.equal(loaded(**x).logits, want)
+        assert loaded.qb_info.layers == full.qb_info.layers
+    assert all(p.is_meta for p in empty.parameters())  # the skeleton itself is left empty
+    with torch.device("meta"):  # buffers on meta too (rotary frequencies): refused, named
+        bare = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ckpt))
+    with pytest.raises(CheckpointError, match="meta device and the checkpoint does not store"):
+        qb.load(out, bare)

@@ -29,6 +29,7 @@ from quantbalance.algorithms.gptq_core import (
     build_qtensor,
     prepare_hessian,
 )
+from quantbalance.calibration.memory import release_free_memory
 from quantbalance.calibration.sequential import InputStatsCollector, run_sequential, supports_rows
 from quantbalance.errors import ConfigError, UnsupportedError
 from quantbalance.formats import PerChannel, PerGroup, QuantizedTensor, Scheme, check_finite
@@ -203,16 +204,22 @@ def gptq(ctx: QuantContext) -> None:
 
     def finish(names: list[str]) -> dict[str, torch.Tensor]:
         out = {}
-        prepared: list[tuple[torch.Tensor, Any, PreparedHessian]] = []  # sharing an input
+        # the previous layer's Hessian and its factorisation: layers sharing an input come one
+        # after another (q/k/v, gate/up); only one Hessian is kept (memory)
+        last: tuple[torch.Tensor, Any, PreparedHessian] | None = None
         for n in names:
             scheme, opts = ctx.specs[n].weight, _SLOT.for_spec(ctx.specs[n])
             assert scheme is not None
             hessian = stats.pop(n).take_hessian()
             key = (opts.damp, opts.act_order)
-            prep = next((p for h, k, p in prepared if k == key and torch.equal(h, hessian)), None)
-            if prep is None:
+            if last is not None and last[1] == key and torch.equal(last[0], hessian):
+                prep = last[2]
+            else:
+                last = None  # freed before the next factorisation
+                release_free_memory()  # its n × n float64 work needs the freed heap pages
                 prep = prepare_hessian(hessian, opts.damp, opts.act_order, n)
-                prepared.append((hessian, key, prep))
+                last = (hessian, key, prep)
+            del hessian
             w = weight_matrix(ctx.model.get_submodule(n))
             res = gptq_solve(w, prep, scheme, opts.block_size, static_groups=opts.static_groups,
                              observer=ctx.specs[n].weight_observer, name=n)  # fmt: skip

@@ -75,37 +75,65 @@ def prepare_hessian(
     Returns:
         The :class:`PreparedHessian`.
     """
+    n = hessian.shape[0]
+    if not torch.isfinite(hessian).all():
+        log.warning("%s: Hessian has NaN/Inf entries; rounding to nearest instead", name)
+        return PreparedHessian(torch.eye(n, device=hessian.device), None, float("inf"), 0, True)
+    H, perm, dead = _cleaned(hessian, act_order)
+    mean_diag = float(torch.diag(H).mean())
+    n_dead = int(dead.sum())
+    for rel in [damp] + [max(damp, 1e-4) * 10**k for k in range(1, 7)]:
+        if H is None:  # the previous attempt factorised it in place: rebuild (same values)
+            H = _cleaned(hessian, act_order)[0]
+        H.diagonal().add_(rel * mean_diag)  # H + rel · mean · I, without an n × n identity
+        L, info = torch.linalg.cholesky_ex(H)
+        H = None  # at most two n × n float64 at any time (large layers: hundreds of MB each)
+        if int(info) != 0:
+            continue
+        inverse = torch.cholesky_inverse(L)
+        del L
+        U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+        del inverse
+        if int(info) == 0 and torch.isfinite(U).all():
+            if rel != damp:
+                log.warning("%s: Hessian not positive definite at damp=%g; used %g", name,
+                            damp, rel)  # fmt: skip
+            return PreparedHessian(U.float(), perm, rel, n_dead, False)
+    log.warning("%s: Hessian could not be factorised at any damping; rounding to nearest", name)
+    return PreparedHessian(torch.eye(n, device=hessian.device), None, float("inf"), n_dead, True)
+
+
+_TILE = 512  # symmetrisation tile: the only temporary beside the float64 copy
+
+
+def _cleaned(
+    hessian: torch.Tensor, act_order: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(H + Hᵀ) / 2`` in float64, dead columns cleared, act-order applied: ``(H, perm, dead)``.
+
+    The same values as ``H = (H + H.T) / 2; H[dead] = ...; H = H[perm][:, perm]``, built in one
+    float64 copy (tiles symmetrised in place) plus one for the permuted copy (filled a slice of
+    rows at a time).
+    """
     H = hessian.detach().to(torch.float64, copy=True)
     n = H.shape[0]
-    if not torch.isfinite(H).all():
-        log.warning("%s: Hessian has NaN/Inf entries; rounding to nearest instead", name)
-        return PreparedHessian(torch.eye(n, device=H.device), None, float("inf"), 0, True)
-    H = (H + H.T).div_(2)
+    for i0 in range(0, n, _TILE):
+        for j0 in range(i0, n, _TILE):
+            a, b = H[i0 : i0 + _TILE, j0 : j0 + _TILE], H[j0 : j0 + _TILE, i0 : i0 + _TILE]
+            s = (a + b.T).div_(2)  # a + b = b + a exactly: both triangles get the same value
+            a.copy_(s)
+            b.copy_(s.T)
     dead = torch.diag(H) <= 0  # the input channel was always 0: round it, spread nothing
     H[dead, :] = 0
     H[:, dead] = 0
     H[dead, dead] = 1
     perm = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else None
-    if perm is not None:
-        H = H[perm][:, perm]
-    mean_diag = float(torch.diag(H).mean())
-    for rel in [damp] + [max(damp, 1e-4) * 10**k for k in range(1, 7)]:
-        damped = H.clone()  # H + rel · mean · I, without an n × n identity (memory)
-        damped.diagonal().add_(rel * mean_diag)
-        L, info = torch.linalg.cholesky_ex(damped)
-        del damped
-        if int(info) == 0:
-            inverse = torch.cholesky_inverse(L)
-            del L  # one n × n float64 fewer at the peak (large layers: hundreds of MB)
-            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
-            if int(info) == 0 and torch.isfinite(U).all():
-                if rel != damp:
-                    log.warning("%s: Hessian not positive definite at damp=%g; used %g", name,
-                                damp, rel)  # fmt: skip
-                return PreparedHessian(U.float(), perm, rel, int(dead.sum()), False)
-    log.warning("%s: Hessian could not be factorised at any damping; rounding to nearest", name)
-    return PreparedHessian(torch.eye(n, device=H.device), None, float("inf"), int(dead.sum()), True)
+    if perm is not None:  # H[perm][:, perm], gathered a slice of rows at a time
+        out = torch.empty_like(H)
+        for i in range(0, n, _TILE):
+            out[i : i + _TILE] = H[perm[i : i + _TILE]][:, perm]
+        H = out
+    return H, perm, dead
 
 
 class RowSolver:

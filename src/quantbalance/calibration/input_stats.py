@@ -66,6 +66,9 @@ def supports_rows(module: nn.Module) -> bool:
     )
 
 
+_ROWS = 256  # rows of a float32 product promoted to float64 at a time
+
+
 class InputStats:
     """Running sums of a layer's input rows: ``Σ x xᵀ`` (float64) and optionally ``Σ |x|``.
 
@@ -135,14 +138,18 @@ class InputStatsCollector:
             rows = input_rows(module, x)
             if rows is None:
                 raise UnsupportedError(f"layer {name!r} ({type(module).__name__}) has no row view")
-            n, gram = rows.shape[0], (rows.T @ rows).double()
+            # the float32 product, added into the float64 sum in row slices (exact promotion:
+            # the same values as adding its float64 copy, without an n × n float64 temporary)
+            n, gram = rows.shape[0], rows.T @ rows
             abs_sum = rows.abs().sum(0).double() if self.absmean else None
+            del rows
             self._last = (x, key, n, gram, abs_sum)
         st = self.stats.get(name)
         if st is None:
             st = self.stats[name] = InputStats(gram.shape[0], self.absmean, gram.device)
         st.count += n
-        st.gram += gram
+        for i in range(0, gram.shape[0], _ROWS):
+            st.gram[i : i + _ROWS].add_(gram[i : i + _ROWS])
         if st.abs_sum is not None:
             st.abs_sum += abs_sum
 

@@ -41,6 +41,7 @@ from quantbalance.algorithms.smoothquant import ScaledActivation, SmoothInput
 from quantbalance.args import checked
 from quantbalance.deploy.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, checksum, read
 from quantbalance.deploy.rebuild import rebuild
+from quantbalance.deploy.sharded_file import is_sharded, read_sharded
 from quantbalance.errors import CheckpointError
 from quantbalance.io import atomic_write
 from quantbalance.nn import ActQuantizer, QuantModule, quantized_layers
@@ -49,7 +50,7 @@ from quantbalance.version import __version__
 log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "checksum", "load", "module_types", "read", "save", "skeleton"]
-_FORMAT_KEY = FORMAT_KEY  # the names deploy.sharded imports
+_FORMAT_KEY = FORMAT_KEY
 _rebuild = rebuild
 
 
@@ -101,8 +102,6 @@ def load(path: str | Path, model: nn.Module | Callable[[], nn.Module] | None = N
     Raises:
         CheckpointError: truncated/altered/foreign file, future format, or mismatched skeleton.
     """
-    from quantbalance.deploy.sharded import is_sharded, read_sharded
-
     meta, tensors = read_sharded(path) if is_sharded(path) else read(path)
     rebuilt = rebuild(skeleton(model, meta, str(path)), meta, tensors, str(path))
     if "modules" in meta:  # written since the check exists: the skeleton's layers must match

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from typing import Any
 
 import torch
@@ -15,6 +16,8 @@ from quantbalance.nn import PARTS, ActQuantizer, quantized_type, weight_matrix
 from quantbalance.plan import Plan
 from quantbalance.quantize_steps import QuantizationInfo
 from quantbalance.transform import fold_batchnorm, replace_module, split_attention
+
+log = logging.getLogger(__name__)
 
 
 def rebuild(
@@ -54,6 +57,7 @@ def rebuild(
     state.update({k: state[v] for k, v in aliases.items() if v in state})
     for name, spec in layers.items():
         _install_layer(model, name, spec, state, where)
+    fill_meta(model, state, where)  # a meta skeleton (model larger than memory): data from here
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -127,3 +131,46 @@ def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
             dst._parameters[dst_leaf] = src._parameters[src_leaf]
         elif src_leaf in src._buffers and dst_leaf in dst._buffers:
             dst._buffers[dst_leaf] = src._buffers[src_leaf]
+
+
+def fill_meta(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Give the skeleton's ``meta`` parameters and buffers the checkpoint's data, in place.
+
+    A skeleton built on the ``meta`` device (``accelerate.init_empty_weights``, or
+    ``quantbalance.frontends.offload.skeleton``) holds no float weights, so a checkpoint of a
+    model larger than memory loads without the float model ever being materialised. Each
+    ``meta`` tensor takes the stored tensor of its name (cast to the skeleton's dtype; a
+    parameter stays a parameter); tensors that already hold data are left to
+    ``load_state_dict``. Called on the quantized layers already installed, so the float weights
+    they replaced are no longer asked for.
+
+    Args:
+        model: the skeleton (quantized layers installed).
+        state: state-dict name -> stored tensor (aliases resolved).
+        where: the checkpoint, for errors.
+
+    Raises:
+        CheckpointError: a ``meta`` tensor the checkpoint does not store (e.g. a non-persistent
+            buffer that was built on ``meta`` too: build the skeleton with
+            ``init_empty_weights()``, which keeps buffers real).
+    """
+    named = [*model.named_parameters(remove_duplicate=False),
+             *model.named_buffers(remove_duplicate=False)]  # fmt: skip
+    empty = [(n, t) for n, t in named if t.is_meta]
+    missing = [n for n, _ in empty if n not in state]
+    if missing:
+        raise CheckpointError(
+            f"{where}: the skeleton's tensors {missing[:5]} are on the meta device and the "
+            "checkpoint does not store them; build the skeleton with "
+            "accelerate.init_empty_weights() (buffers stay real) or pass a loaded model"
+        )
+    for name, t in empty:
+        owner, _, leaf = name.rpartition(".")
+        mod = model.get_submodule(owner) if owner else model
+        value = state[name].to(t.dtype)
+        if leaf in mod._parameters:
+            mod._parameters[leaf] = nn.Parameter(value, requires_grad=t.requires_grad)
+        else:
+            mod._buffers[leaf] = value
+    if empty:
+        log.debug("%s: %d meta tensors given the checkpoint's data", where, len(empty))

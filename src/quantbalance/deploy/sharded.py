@@ -15,14 +15,15 @@ tensor naming and per-layer metadata as a single-file checkpoint. The folder:
 
 What this needs from :mod:`quantbalance.deploy.checkpoint` (its private helpers, the contract):
 ``_collect(module) -> (tensors, metadata)`` for any sub-module (names relative to it, metadata
-with JSON ``layers`` and ``aliases``), ``_rebuild(skeleton, metadata, tensors, where)``, and
-``FORMAT_VERSION`` / the ``quantbalance.format`` key. The folder is written under a temporary
-name and renamed when complete, so a reader never sees a partial checkpoint.
+with JSON ``layers`` and ``aliases``), :func:`~quantbalance.deploy.rebuild.rebuild`, and
+``FORMAT_VERSION`` / the ``quantbalance.format`` key. Reading (index, checksums) is in
+:mod:`quantbalance.deploy.sharded_file`, which the single-file loader also uses. The folder is
+written under a temporary name and renamed when complete, so a reader never sees a partial
+checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,29 +32,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from quantbalance.deploy.checkpoint import _collect
+from quantbalance.deploy.checkpoint_file import FORMAT_KEY, FORMAT_VERSION
+from quantbalance.deploy.rebuild import rebuild
+from quantbalance.deploy.sharded_file import (
+    FORMAT,
+    INDEX,
+    _digest,
+    _sha256,
+    is_sharded,
+    read_sharded,
+)
 from quantbalance.errors import CheckpointError
+from quantbalance.version import __version__
 
 log = logging.getLogger(__name__)
 
-INDEX = "qb_index.json"
-FORMAT = "quantbalance-sharded"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def _digest(meta: dict[str, str], files: dict[str, str], weight_map: dict[str, str]) -> str:
-    rest = {k: v for k, v in meta.items() if k != "checksum"}
-    blob = json.dumps({"metadata": rest, "files": files, "weight_map": weight_map}, sort_keys=True)
-    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+__all__ = ["FORMAT", "INDEX", "ShardedWriter", "is_sharded", "load_sharded", "read_sharded"]
 
 
 class ShardedWriter:
@@ -91,8 +89,6 @@ class ShardedWriter:
             prefix: the module's name in the model (``"model.layers.3"``; ``""`` for the root).
             module: the finished part (its quantized layers installed).
         """
-        from quantbalance.deploy.checkpoint import _collect
-
         tensors, meta = _collect(module)
         at = prefix + "." if prefix else ""
         named = {at + k: v for k, v in tensors.items()}
@@ -109,22 +105,24 @@ class ShardedWriter:
         self.nbytes += sum(t.numel() * t.element_size() for t in named.values())
         log.debug("wrote %s: %d tensors for %r", name, len(named), prefix or "<root>")
 
-    def close(self, plan: Any, info: Any, source: str | None = None) -> Path:
+    def close(
+        self, plan: Any, info: Any, source: str | None = None, modules: dict[str, str] | None = None
+    ) -> Path:
         """Write the index and move the folder into place.
 
         Args:
             plan: the Plan applied.
             info: the ``QuantizationInfo`` (layers, kept float, algorithm log).
             source: optional task name (as in :func:`~quantbalance.deploy.checkpoint.save`).
+            modules: every module's class (``deploy.checkpoint.module_types`` of the quantized
+                model); stored so that loading refuses a skeleton whose modules differ.
 
         Returns:
             The checkpoint folder.
         """
-        from quantbalance.deploy.checkpoint import _FORMAT_KEY, FORMAT_VERSION
-        from quantbalance.version import __version__
 
         meta = {
-            _FORMAT_KEY: str(FORMAT_VERSION),
+            FORMAT_KEY: str(FORMAT_VERSION),
             "quantbalance.version": __version__,
             "torch.version": torch.__version__,
             "plan": plan.to_json() if plan is not None else "null",
@@ -134,6 +132,8 @@ class ShardedWriter:
         }
         if source is not None:
             meta["source"] = source
+        if modules is not None:
+            meta["modules"] = json.dumps(modules, sort_keys=True)
         meta["checksum"] = _digest(meta, self.files, self.weight_map)
         index = {"format": FORMAT, "metadata": meta, "weight_map": self.weight_map,
                  "files": self.files}  # fmt: skip
@@ -154,53 +154,6 @@ class ShardedWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def is_sharded(path: str | Path) -> bool:
-    """Whether ``path`` is a folder written by :class:`ShardedWriter`.
-
-    Args:
-        path: a path.
-
-    Returns:
-        True if it is a folder with a ``qb_index.json``.
-    """
-    return Path(path).is_dir() and (Path(path) / INDEX).is_file()
-
-
-def read_sharded(folder: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Read and verify a sharded checkpoint: index, checksums, tensors.
-
-    Args:
-        folder: the checkpoint folder.
-
-    Returns:
-        ``(metadata, tensors)``, as :func:`quantbalance.deploy.checkpoint.read` returns them.
-
-    Raises:
-        CheckpointError: naming what is wrong (missing index or file, altered content).
-    """
-    folder = Path(folder)
-    try:
-        index = json.loads((folder / INDEX).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{folder}: unreadable {INDEX} ({e})") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise CheckpointError(f"{folder}/{INDEX}: not a {FORMAT} index")
-    meta, files, weight_map = index["metadata"], index["files"], index["weight_map"]
-    if _digest(meta, files, weight_map) != meta.get("checksum"):
-        raise CheckpointError(f"{folder}/{INDEX}: checksum mismatch; the index was altered")
-    tensors: dict[str, torch.Tensor] = {}
-    for name, digest in sorted(files.items()):
-        path = folder / name
-        if not path.is_file():
-            raise CheckpointError(f"{folder}: part {name} is missing")
-        if _sha256(path) != digest:
-            raise CheckpointError(f"{path}: checksum mismatch; the file was altered or truncated")
-        tensors.update(load_file(str(path)))
-    if set(tensors) != set(weight_map):
-        raise CheckpointError(f"{folder}: the parts' tensors do not match the index's weight_map")
-    return meta, tensors
-
-
 def load_sharded(folder: str | Path, model: nn.Module) -> nn.Module:
     """Rebuild a quantized model from a sharded checkpoint on a float skeleton.
 
@@ -211,7 +164,5 @@ def load_sharded(folder: str | Path, model: nn.Module) -> nn.Module:
     Returns:
         The quantized model, as :func:`quantbalance.deploy.checkpoint.load` returns it.
     """
-    from quantbalance.deploy.checkpoint import _rebuild
-
     meta, tensors = read_sharded(folder)
-    return _rebuild(model, meta, tensors, str(folder))
+    return rebuild(model, meta, tensors, str(folder))

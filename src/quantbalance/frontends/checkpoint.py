@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from quantbalance.deploy.checkpoint import load as load_checkpoint
+from quantbalance.deploy.sharded import is_sharded
 
 
 def load(
@@ -17,9 +18,11 @@ def load(
     """Rebuild a quantized model from a checkpoint written by ``qb.save``.
 
     Args:
-        path: the checkpoint file (never modified).
-        model: the float skeleton: a module (deep-copied, never modified), a callable building
-            one, or a Hugging Face folder / cached hub id (``qb.from_pretrained(model).model``).
+        path: the checkpoint file, or a sharded checkpoint folder (never modified).
+        model: the float skeleton: a module (deep-copied, never modified; it may be on the
+            ``meta`` device), a callable building one, or a Hugging Face folder / cached hub id
+            (``qb.from_pretrained(model).model``; for a sharded checkpoint of a local folder,
+            its ``meta`` skeleton: the float weights are never read).
 
     Returns:
         The quantized model in eval mode.
@@ -31,5 +34,9 @@ def load(
         from quantbalance.frontends.hf import from_pretrained
 
         source = model
+        if is_sharded(path) and Path(source).is_dir():  # written block by block (offload=):
+            from quantbalance.frontends.offload import skeleton  # no float weights are read
+
+            return load_checkpoint(path, lambda: skeleton(Path(source), calibration=False))
         return load_checkpoint(path, lambda: from_pretrained(source).model)
     return load_checkpoint(path, model)

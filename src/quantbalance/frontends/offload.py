@@ -45,6 +45,7 @@ from quantbalance.calibration.offload import (
     offload_hooks,
 )
 from quantbalance.calibration.sequential import find_blocks
+from quantbalance.deploy.checkpoint import module_types
 from quantbalance.deploy.sharded import ShardedWriter
 from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
 from quantbalance.plan import LayerSpec, Plan
@@ -57,12 +58,19 @@ OFFLOAD_MODES = ("disk", "cpu")
 OFFLOAD_STEPS = ((), ("gptq",), ("awq",))
 
 
-def skeleton(folder: Path, dtype: torch.dtype | None = None) -> nn.Module:
+def skeleton(
+    folder: Path, dtype: torch.dtype | None = None, *, calibration: bool = True
+) -> nn.Module:
     """A causal LM from ``folder/config.json`` with every parameter on ``meta``.
+
+    Also the skeleton ``qb.load`` rebuilds a sharded checkpoint on when given the Hugging Face
+    folder (the float weights are never read).
 
     Args:
         folder: a Hugging Face model folder.
         dtype: parameter dtype (default: the config's ``dtype``, else float32).
+        calibration: turn the key/value cache off (calibration runs each block once per
+            batch); False keeps the config's setting (a model loaded for generation).
 
     Returns:
         The model in eval mode (no weights).
@@ -73,7 +81,7 @@ def skeleton(folder: Path, dtype: torch.dtype | None = None) -> nn.Module:
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{folder}: no config.json; give a local Hugging Face model folder")
     config = AutoConfig.from_pretrained(folder)
-    if hasattr(config, "use_cache"):
+    if calibration and hasattr(config, "use_cache"):
         config.use_cache = False  # calibration keeps no key/value caches
     want = dtype or getattr(config, "dtype", None) or torch.float32
     if isinstance(want, str):
@@ -157,7 +165,7 @@ def quantize_offloaded(
     try:
         info = _run(model, prefix, mlist, specs, steps, batches, source, dev, writer, progress)
         info.plan = plan
-        out = writer.close(plan, info)
+        out = writer.close(plan, info, modules=module_types(model))
     except BaseException:
         writer.abort()
         raise
