@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from quantbalance.calibration.blocks import find_blocks
-from quantbalance.calibration.offload import BlockHooks
+from quantbalance.calibration.hooks import BlockHooks
 from quantbalance.errors import ConfigError
 from quantbalance.formats import QuantizedTensor
 

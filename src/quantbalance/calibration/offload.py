@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -28,8 +27,21 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from quantbalance.calibration.device import move_module
+from quantbalance.calibration.hooks import BlockHooks
 from quantbalance.calibration.memory import release_free_memory
 from quantbalance.errors import CheckpointError
+
+__all__ = [
+    "BlockHooks",
+    "InMemory",
+    "SafetensorsShards",
+    "TensorSource",
+    "drop",
+    "materialize",
+    "offload_hooks",
+    "on_meta",
+]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -200,23 +212,7 @@ def drop(module: nn.Module) -> None:
     Args:
         module: the module (modified in place; shapes and dtypes stay).
     """
-    from quantbalance.calibration.device import move_module
-
     move_module(module, "meta")
-
-
-@dataclass
-class BlockHooks:
-    """Callbacks around each block of the block-by-block runner.
-
-    Attributes:
-        enter: ``enter(name, block)`` before the block first runs (e.g. load its weights).
-        exit: ``exit(name, block)`` once the block is done (its outputs computed, its layers
-            handed to ``done``): e.g. save what it produced and drop its weights.
-    """
-
-    enter: Callable[[str, nn.Module], None] | None = None
-    exit: Callable[[str, nn.Module], None] | None = None
 
 
 def offload_hooks(

@@ -49,6 +49,7 @@ from quantbalance.deploy.checkpoint import module_types
 from quantbalance.deploy.sharded import ShardedWriter
 from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
 from quantbalance.plan import LayerSpec, Plan
+from quantbalance.quantize_steps import QuantizationInfo, _install
 from quantbalance.transform import quantizable_layers, unsupported_layers
 
 log = logging.getLogger(__name__)
@@ -186,8 +187,6 @@ def _run(
     progress: bool,
 ) -> Any:
     """Run the step with offload hooks, finish every block and the rest; return the info."""
-    from quantbalance.quantize import QuantizationInfo, _install
-
     ctx = QuantContext(model, specs, batches, progress=progress)
     kept_float = [n for n in quantizable_layers(model) if n not in specs]
     installed: set[str] = set()
