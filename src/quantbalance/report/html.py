@@ -14,13 +14,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 import quantbalance.report.plots as plots
 from quantbalance.hardware import detect
 from quantbalance.io import atomic_write_text
+from quantbalance.report.histograms import histograms
 
 log = logging.getLogger(__name__)
 
@@ -79,40 +78,6 @@ def size_txt(n: float) -> str:
 
 def _img(b64: str, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
-
-
-def _hist(x: torch.Tensor) -> dict[str, list[float]]:
-    v = x.detach().float().reshape(-1)
-    v = v[torch.isfinite(v)].numpy()
-    if v.size > 1 << 20:
-        v = v[np.random.default_rng(0).choice(v.size, 1 << 20, replace=False)]
-    counts, edges = np.histogram(v, bins=80)
-    return {"edges": edges.tolist(), "counts": counts.tolist()}
-
-
-def histograms(model: nn.Module, calib_data: Any, layers: list[str]) -> dict[str, dict[str, Any]]:
-    """Weight and input-activation histograms of ``layers`` (activations via ``qb.analyze``).
-
-    Args:
-        model: the float model.
-        calib_data: calibration batches (the first two are used), or None.
-        layers: layer names.
-
-    Returns:
-        layer -> ``{"weight": {...}, "activation": {...} or None}``.
-    """
-    from quantbalance.analysis import analyze
-
-    samples = {}
-    if calib_data:
-        a = analyze(model, list(calib_data)[:2], weight_schemes=(), act_schemes=(), progress=False)
-        samples = a.samples
-    out = {}
-    for n in layers:
-        mod = model.get_submodule(n)
-        act = samples.get(n)
-        out[n] = {"weight": _hist(mod.weight), "activation": None if act is None else _hist(act)}
-    return out
 
 
 def write_report(
