@@ -123,13 +123,13 @@ def deployed_table(d: dict[str, Any]) -> Table:
     """
     load = f", load {d['load_avg']:.1f}" if d.get("load_avg") is not None else ""
     table = Table(
-        "plan", "predicted ms", "measured ms", "predicted / measured", "vs float (measured)",
+        "plan", "predicted ms", "measured ms", "predicted / measured", "×faster (measured)",
         title=f"deployed latency: {d['engine']} on {d['cpu']} ({d['isa']}, {d['threads']} "
         f"threads{load})",
     )  # fmt: skip
     for name in ("chosen", "float"):
         p, m = d[f"predicted_{name}_ms"], d[f"{name}_ms"]
         table.add_row(
-            name, f"{p:.1f}", f"{m:.1f}", f"{p / m:.2f}", f"{m / d['float_ms']:.2f}×"
+            name, f"{p:.1f}", f"{m:.1f}", f"{p / m:.2f}", f"{d['float_ms'] / m:.2f}"
         )  # fmt: skip
     return table
