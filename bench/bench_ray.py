@@ -28,7 +28,7 @@ import torch
 
 from quantbalance.search import search
 from quantbalance.search.executor import RayExecutor
-from quantbalance.search.holdout import split_task
+from quantbalance.tasks.splits import split_task
 
 
 def _bench_search() -> Any:

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from quantbalance.search import Budget, search
-from quantbalance.search.holdout import split_task
+from quantbalance.tasks.splits import split_task
 
 BUDGETS = {
     "minilm": [Budget(max_drop=0.005, relative=True), Budget(max_drop=0.01, relative=True)],
