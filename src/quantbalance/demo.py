@@ -8,7 +8,7 @@
    printed, with the chosen Plan and float deployed here (the compiled torch engine, timed in a
    few interleaved rounds) next to their predicted latency; the report (``report.html``,
    ``report.json``, ``plan.json``) and the schemes table
-   (``weight_schemes.json``) are written to ``out/demo``. About 4 minutes on 2 cores with an
+   (``weight_schemes.json``) are written to ``out/demo``. About 5 and a half minutes on 2 cores with an
    empty cache; the measurements are cached, so a second run takes seconds.
 """
 
