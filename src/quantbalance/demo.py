@@ -8,8 +8,8 @@
    printed, with the chosen Plan and float deployed here (the compiled torch engine, timed in a
    few interleaved rounds) next to their predicted latency; the report (``report.html``,
    ``report.json``, ``plan.json``) and the schemes table
-   (``weight_schemes.json``) are written to ``out/demo``. About 5 and a half minutes on 2 cores with an
-   empty cache; the measurements are cached, so a second run takes seconds.
+   (``weight_schemes.json``) are written to ``out/demo``. About 5.5 minutes on 2 cores with
+   an empty cache; the measurements are cached, so a second run takes seconds.
 """
 
 from __future__ import annotations
