@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -56,3 +58,25 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         The final path.
     """
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def json_safe(x: Any) -> Any:
+    """``x`` ready for strict JSON: non-finite floats become None, dict keys strings.
+
+    Args:
+        x: nested dicts, lists/tuples and scalars.
+
+    Returns:
+        The same structure (tuples as lists) with ``nan``/``inf`` replaced by None.
+
+    Example:
+        >>> json_safe({1: [0.5, float("nan")]})
+        {'1': [0.5, None]}
+    """
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

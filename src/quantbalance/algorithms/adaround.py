@@ -30,10 +30,11 @@ from torch import nn
 from quantbalance.algorithms.base import OptionsSlot, QuantContext, register_algorithm
 from quantbalance.algorithms.cle import LAYERS, RELU_FUNCS
 from quantbalance.calibration import FixedObserver, capture, make_observer
+from quantbalance.calibration.sequential import swapped_weights
 from quantbalance.formats import QuantizedTensor, Scheme, fake_quantize, quantize_tensor
 from quantbalance.formats.granularity import expand_params
 from quantbalance.formats.uniform import implied_zero_point
-from quantbalance.nn import from_matrix, layout_of, plain_forward, weight_matrix
+from quantbalance.nn import plain_forward, weight_matrix
 from quantbalance.options import AdaRoundOptions
 from quantbalance.plan import LayerSpec
 
@@ -158,17 +159,8 @@ def dequantized_weights(
     Yields:
         The same model, restored on exit.
     """
-    saved = {}
-    try:
-        for name, qt in qweights.items():
-            mod = model.get_submodule(name)
-            p = mod.weight
-            saved[name] = p.data
-            p.data = from_matrix(layout_of(mod) or "rows", qt.dequantize(), p.shape).to(p.dtype)
+    with swapped_weights(model, {name: qt.dequantize() for name, qt in qweights.items()}):
         yield model
-    finally:
-        for name, data in saved.items():
-            model.get_submodule(name).weight.data = data
 
 
 def layer_io(

@@ -35,6 +35,7 @@ from quantbalance.bench.result import (
     env_info,
     time_interleaved,
 )
+from quantbalance.calibration.batch import map_tensors
 from quantbalance.errors import ConfigError
 from quantbalance.evaluate.task import Task
 from quantbalance.plan import PRESETS
@@ -185,16 +186,14 @@ def take(batch: Any, n: int) -> Any:
         >>> take(torch.arange(3), 5).tolist()
         [0, 1, 2, 0, 1]
     """
-    if isinstance(batch, torch.Tensor):
-        if batch.dim() == 0:
-            return batch
-        reps = -(-n // batch.shape[0])
-        return (batch.repeat(reps, *[1] * (batch.dim() - 1)) if reps > 1 else batch)[:n].clone()
-    if isinstance(batch, Mapping):
-        return {k: take(v, n) for k, v in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(take(v, n) for v in batch)
-    return batch
+
+    def tile(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 0:
+            return t
+        reps = -(-n // t.shape[0])
+        return (t.repeat(reps, *[1] * (t.dim() - 1)) if reps > 1 else t)[:n].clone()
+
+    return map_tensors(batch, tile)
 
 
 def _batch_len(batch: Any) -> int:

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from quantbalance.bench.result import BF16_ROW
-from quantbalance.calibration.batch import call_model
+from quantbalance.calibration.batch import call_model, cast_batch
 from quantbalance.deploy.checkpoint import save
 from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
 from quantbalance.errors import UnsupportedError
@@ -130,7 +130,7 @@ class Engine:
 
 def _torch_runner(model: nn.Module, dtype: torch.dtype | None = None) -> Callable[[Any], Any]:
     def run(batch: Any) -> Any:
-        return call_model(model, batch if dtype is None else _cast(batch, dtype))
+        return call_model(model, batch if dtype is None else cast_batch(batch, dtype))
 
     return run
 
@@ -261,16 +261,6 @@ ENGINES: dict[str, Engine] = {
     "qb-torch": Engine("qb {preset} torch", _qb_torch, per_preset=True),
     "qb-ort": Engine("qb {preset} ORT", _qb_ort, per_preset=True),
 }
-
-
-def _cast(batch: Any, dtype: torch.dtype) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(dtype) if batch.is_floating_point() else batch
-    if isinstance(batch, Mapping):
-        return {k: _cast(v, dtype) for k, v in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(_cast(v, dtype) for v in batch)
-    return batch
 
 
 def _save_safetensors(model: nn.Module, path: Path) -> Path:

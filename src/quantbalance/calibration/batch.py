@@ -6,7 +6,7 @@ A batch is a Tensor (``model(batch)``), a tuple/list (``model(*batch)``) or a ma
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -30,6 +30,25 @@ def call_model(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
+def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to every tensor inside a batch, keeping its structure.
+
+    Args:
+        batch: a Tensor, tuple/list or mapping (nested allowed); other values are kept as is.
+        fn: what to do to each tensor.
+
+    Returns:
+        The same structure (a mapping becomes a ``dict``) with ``fn`` applied to its tensors.
+    """
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(map_tensors(v, fn) for v in batch)
+    return batch
+
+
 def move_batch(batch: Any, device: torch.device | str) -> Any:
     """Move every tensor inside a batch to ``device``.
 
@@ -40,13 +59,20 @@ def move_batch(batch: Any, device: torch.device | str) -> Any:
     Returns:
         The same structure with tensors on ``device``.
     """
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {k: move_batch(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(move_batch(v, device) for v in batch)
-    return batch
+    return map_tensors(batch, lambda t: t.to(device))
+
+
+def cast_batch(batch: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors of a batch in ``dtype`` (integer tensors, e.g. token ids, kept).
+
+    Args:
+        batch: a Tensor, tuple/list or mapping (nested allowed).
+        dtype: the floating dtype wanted.
+
+    Returns:
+        The same structure with its floating tensors in ``dtype``.
+    """
+    return map_tensors(batch, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def batch_size(batch: Any) -> int:

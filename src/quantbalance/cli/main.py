@@ -29,7 +29,7 @@ from quantbalance.cli.options import (
     data_options,
 )
 from quantbalance.errors import QuantBalanceError
-from quantbalance.io import atomic_write_text
+from quantbalance.io import atomic_write_text, json_safe
 from quantbalance.lowering import targeted
 from quantbalance.plan import PRESETS
 
@@ -166,7 +166,7 @@ def quantize(
         hook = exporter(export, out, hf, console) if export else None
         run = targeted(quantize_and_compare, hardware)
         result = run(names, task, model, hf, algorithm, console, onnx, opts, hook)
-        path = atomic_write_text(out / "result.json", json.dumps(_jsonable(result), indent=1))
+        path = atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=1))
     except QuantBalanceError as e:
         _fail(e)
         return
@@ -214,7 +214,7 @@ def analyze(
     console.print(table)
     payload = a.to_dict() | {"task": src.name, "seconds": time.perf_counter() - t0}
     try:
-        path = atomic_write_text(out / "analysis.json", json.dumps(_jsonable(payload), indent=1))
+        path = atomic_write_text(out / "analysis.json", json.dumps(json_safe(payload), indent=1))
     except QuantBalanceError as e:
         _fail(e)
         return
@@ -232,16 +232,6 @@ app.command("bench")(bench_command)
 from quantbalance.cli.export_cmd import export_command  # noqa: E402 - after the app exists
 
 app.command("export")(export_command)
-
-
-def _jsonable(x: object) -> object:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 if __name__ == "__main__":

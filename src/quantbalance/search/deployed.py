@@ -18,7 +18,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from quantbalance.calibration.batch import call_model
+from quantbalance.calibration.batch import call_model, cast_batch
 from quantbalance.deploy.bench_result import time_interleaved
 from quantbalance.deploy.kernels import engine_dtype
 from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
@@ -52,12 +52,6 @@ def isa_text(hw: Hardware) -> str:
     return isa + (", native bf16" if hw.native_bf16 else "")
 
 
-def _cast(batch: Any, dtype: torch.dtype) -> Any:
-    from quantbalance.search.latency import _cast as cast
-
-    return cast(batch, dtype)
-
-
 def measure_deployed(
     model: nn.Module, result: Any, calib_data: Any, example_inputs: Any, rounds: int = 5
 ) -> dict[str, Any]:
@@ -87,7 +81,7 @@ def measure_deployed(
     fold_batchnorm(base)
     split_attention(base)
     plain = compile_isolated(to_torch_engine(base, compile=False).to(dt))
-    float_batch = _cast(example_inputs, dt)
+    float_batch = cast_batch(example_inputs, dt)
     runs = {
         "chosen": lambda b: call_model(chosen, b),
         "float": lambda b: call_model(plain, float_batch),

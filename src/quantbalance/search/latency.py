@@ -42,6 +42,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from quantbalance.calibration.batch import cast_batch
 from quantbalance.deploy.kernels import Kernel, LayerDesc, choose, engine_dtype
 from quantbalance.errors import ConfigError
 from quantbalance.formats import quantize_tensor
@@ -98,17 +99,6 @@ def kernel_kind(module: nn.Module, spec: LayerSpec | None) -> str:
         token = spec.activation is not None and type(spec.activation.granularity).__name__
         return "int8-onednn-token" if token == "PerToken" else "int8-onednn-dynamic"
     return k.name
-
-
-def _cast(batch: Any, dtype: torch.dtype) -> Any:
-    """Floating tensors of a batch (tensor, tuple/list or dict) in ``dtype``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(dtype) if batch.is_floating_point() else batch
-    if isinstance(batch, dict):
-        return {k: _cast(v, dtype) for k, v in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(_cast(v, dtype) for v in batch)
-    return batch
 
 
 def _input(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
@@ -296,7 +286,7 @@ class TorchLatencyModel:
 
         dtype = engine_dtype(detect())
         engine = to_torch_engine(model, compile=False).to(dtype)
-        batch = _cast(example_inputs, dtype)
+        batch = cast_batch(example_inputs, dtype)
         with torch.inference_mode():
             if self.compile is not False:
                 try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -11,6 +10,7 @@ from pydantic import Field, model_validator
 
 from quantbalance.errors import ConfigError
 from quantbalance.formats.config import FrozenConfig
+from quantbalance.io import json_safe
 from quantbalance.plan import Plan
 from quantbalance.search.costs import CostTable
 from quantbalance.search.pareto import PlanPoint
@@ -151,14 +151,6 @@ class SearchResult:
             "timings": self.timings,
             "info": self.info,
         }
-        return _finite(d)
+        return json_safe(d)
 
 
-def _finite(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
