@@ -25,15 +25,11 @@ def onednn_available() -> bool:
 
 @torch.library.custom_op("quantbalance::int8_linear", mutates_args=())
 def int8_linear(
-    qx: torch.Tensor,
-    x_scale: float,
-    x_zero_point: int,
-    packed_w: torch.Tensor,
-    w_scale: torch.Tensor,
-    w_zero_point: torch.Tensor,
+    qx: torch.Tensor, x_scale: float, x_zero_point: int,  # the uint8 input
+    packed_w: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor,  # the int8 weight
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
-) -> torch.Tensor:
+) -> torch.Tensor:  # fmt: skip
     """``(qx - x_zp)·x_scale @ (W·w_scale)ᵀ + bias`` on oneDNN's int8 kernels.
 
     Args:
@@ -64,19 +60,12 @@ def _int8_linear_fake(  # type: ignore[no-untyped-def]
 
 @torch.library.custom_op("quantbalance::int8_conv2d", mutates_args=())
 def int8_conv2d(
-    qx: torch.Tensor,
-    x_scale: float,
-    x_zero_point: int,
-    packed_w: torch.Tensor,
-    w_scale: torch.Tensor,
-    w_zero_point: torch.Tensor,
+    qx: torch.Tensor, x_scale: float, x_zero_point: int,  # the uint8 input
+    packed_w: torch.Tensor, w_scale: torch.Tensor, w_zero_point: torch.Tensor,  # the int8 weight
     bias: torch.Tensor | None,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
+    stride: list[int], padding: list[int], dilation: list[int], groups: int,  # the convolution
     out_dtype: torch.dtype,
-) -> torch.Tensor:
+) -> torch.Tensor:  # fmt: skip
     """``conv2d((qx - x_zp)·x_scale, W·w_scale) + bias`` on oneDNN's int8 kernels.
 
     Args:

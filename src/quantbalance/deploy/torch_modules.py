@@ -137,7 +137,35 @@ class Int8Conv2d(nn.Module):
         )  # fmt: skip
 
 
-class Int8WeightLinear(nn.Module):
+class _WeightOnlyLinear(nn.Module):
+    """Shared ``forward`` of the weight-only linears: flatten, smooth, ``matmul``, bias, reshape.
+
+    Subclasses set ``dtype``, ``out_features`` and the ``bias``/``smooth`` buffers, and define
+    ``matmul`` on the flattened ``(M, K)`` input.
+    """
+
+    dtype: torch.dtype
+    out_features: int
+    bias: torch.Tensor | None
+    smooth: torch.Tensor | None
+
+    def matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x2 @ Wᵀ`` for a flattened ``(M, K)`` input."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ Wᵀ + b``, returned in ``dtype``."""
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.smooth is not None:
+            x2 = x2.float() * self.smooth
+        y = self.matmul(x2)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(self.dtype).reshape(*shape[:-1], self.out_features)
+
+
+class Int8WeightLinear(_WeightOnlyLinear):
     """Float activations × int8 per-channel weights (``aten._weight_int8pack_mm``).
 
     Args:
@@ -154,21 +182,14 @@ class Int8WeightLinear(nn.Module):
         self.register_buffer("bias", q.bias.detach().to(dtype) if q.bias is not None else None)
         self.register_buffer("smooth", q.input_smooth)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ (codes·scale)ᵀ + b``."""
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if self.smooth is not None:
-            x2 = x2.float() * self.smooth
-        y = torch.ops.aten._weight_int8pack_mm(
+    def matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x2 @ (codes·scale)ᵀ`` in ``dtype``."""
+        return torch.ops.aten._weight_int8pack_mm(
             x2.to(self.dtype).contiguous(), self.codes, self.scale
         )
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_WeightOnlyLinear):
     """Float activations × int4 grouped weights (``_weight_int4pack_mm_for_cpu``, bf16).
 
     Args:
@@ -199,19 +220,11 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", bias)
         self.register_buffer("smooth", q.input_smooth)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ dequant(W)ᵀ + b`` in bf16, returned in ``dtype``."""
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if self.smooth is not None:
-            x2 = x2.float() * self.smooth
-        x2 = x2.to(torch.bfloat16)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x2, self.packed, self.group, self.scale_zeros
+    def matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x2 @ dequant(W)ᵀ`` in bf16 (the kernel's own dtype)."""
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x2.to(torch.bfloat16), self.packed, self.group, self.scale_zeros
         )
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(self.dtype).reshape(*shape[:-1], self.out_features)
 
 
 class Dequant(nn.Module):

@@ -24,16 +24,19 @@ from quantbalance.frontends.pooling import MeanPooling
 
 log = logging.getLogger(__name__)
 
-#: Model kinds and the ``transformers`` auto class each loads with.
-AUTO_CLASSES = {
-    "causal-lm": "AutoModelForCausalLM",
-    "masked-lm": "AutoModelForMaskedLM",
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "sentence-embedding": "AutoModel",
-    "image-classification": "AutoModelForImageClassification",
-    "speech-seq2seq": "AutoModelForSpeechSeq2Seq",
+#: Model kinds: the ``transformers`` auto class each loads with, and the family of its output
+#: (one of ``evaluate.fidelity.FAMILIES``).
+_KIND_TABLE = {
+    "causal-lm": ("AutoModelForCausalLM", "lm"),
+    "masked-lm": ("AutoModelForMaskedLM", "logits"),
+    "sequence-classification": ("AutoModelForSequenceClassification", "logits"),
+    "token-classification": ("AutoModelForTokenClassification", "logits"),
+    "sentence-embedding": ("AutoModel", "embedding"),
+    "image-classification": ("AutoModelForImageClassification", "logits"),
+    "speech-seq2seq": ("AutoModelForSpeechSeq2Seq", "logits"),
 }
+AUTO_CLASSES = {kind: auto for kind, (auto, _) in _KIND_TABLE.items()}
+FAMILY_OF_KIND = {kind: family for kind, (_, family) in _KIND_TABLE.items()}
 KINDS = tuple(AUTO_CLASSES)
 # Architecture-name endings -> kind (checked in order; the first match wins).
 _SUFFIXES = (

@@ -34,20 +34,9 @@ from quantbalance.frontends.batching import (
     split_samples,
 )
 from quantbalance.frontends.data import Samples, read_samples
-from quantbalance.frontends.hf import HFModel
+from quantbalance.frontends.hf import FAMILY_OF_KIND, HFModel
 
 log = logging.getLogger(__name__)
-
-#: Hugging Face model kind -> output family.
-FAMILY_OF_KIND = {
-    "causal-lm": "lm",
-    "masked-lm": "logits",
-    "sequence-classification": "logits",
-    "token-classification": "logits",
-    "image-classification": "logits",
-    "speech-seq2seq": "logits",
-    "sentence-embedding": "embedding",
-}
 
 
 def build_task(

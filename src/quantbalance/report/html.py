@@ -241,13 +241,12 @@ def _comparison(r: dict[str, Any]) -> str:
         else "Points of the search's own front strictly dominated by a uniform preset: "
         + ", ".join(f"{d['point']} by {d['preset']} ({d['axis']})" for d in dom)
     )
-    return (
-        f'<section id="comparison"><h2>Float vs chosen vs uniform presets</h2>'
-        f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+    return _table_section(
+        "comparison", "Float vs chosen vs uniform presets", head, rows,
         f'<p class="note">Drops are judged on the held-out split when there is one. Latency: '
         f"measured per-layer kernels ({_e(r['costs']['engine'])}) plus the measured rest of "
-        f"the model. {_e(note)}</p></section>"
-    )
+        f"the model. {_e(note)}</p>",
+    )  # fmt: skip
 
 
 def _meets(r: dict[str, Any], p: dict[str, Any]) -> bool | None:
@@ -291,31 +290,38 @@ def _layers(r: dict[str, Any]) -> str:
             + f"<td>{_f(e.get('sqnr_db'), '.1f')}</td>"
             f"<td>{_f(e.get('fisher_db'), '.1f')}</td></tr>"
         )
-    return (
-        f'<section id="layers"><h2>Per layer</h2><div class="scroll"><table>{head}'
-        f'{"".join(rows)}</table></div><p class="note">Drop: metric change with only that '
-        f"layer quantized (~ = estimated from the proxy). *Proxies of the chosen spec.</p>"
-        f"</section>"
-    )
+    return _table_section(
+        "layers", "Per layer", head, rows,
+        '<p class="note">Drop: metric change with only that layer quantized (~ = estimated from '
+        "the proxy). *Proxies of the chosen spec.</p>",
+    )  # fmt: skip
 
 
 def _evaluations(r: dict[str, Any]) -> str:
     m = r["metric"]
-    rows = "".join(
+    rows = [
         f"<tr><td>{i + 1}</td><td>{_e(e['purpose'])}</td><td>{_e(e['plan'])}</td>"
         f"<td>{_e(e['split'])}</td><td>{_f(e['metrics'].get(m))}</td><td>{e['bytes']:,}</td>"
         f"<td>{_f(e.get('seconds'), '.1f')}</td><td>{'yes' if e['cached'] else 'no'}</td></tr>"
         for i, e in enumerate(r["log"])
-    )
+    ]
     t = r.get("timings", {})
     times = ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
     cache = (r.get("info", {}).get("cache") or {}).get("text")
     cache_html = f'<p class="note" id="cache">{_e(cache)}</p>' if cache else ""
+    head = (
+        f"<tr><th>#</th><th>purpose</th><th>plan</th><th>split</th><th>{_e(m)}</th><th>bytes</th>"
+        "<th>seconds</th><th>cached</th></tr>"
+    )
+    note = f'<p class="note">Phases: {_e(times)}.</p>{cache_html}'
+    return _table_section("evaluations", "Evaluations", head, rows, note)
+
+
+def _table_section(sid: str, title: str, head: str, rows: list[str], note: str) -> str:
+    """A report section: its title, a scrolling table (``head``, ``rows``) and ``note`` (HTML)."""
     return (
-        f'<section id="evaluations"><h2>Evaluations</h2><div class="scroll"><table><tr>'
-        f"<th>#</th><th>purpose</th><th>plan</th><th>split</th><th>{_e(m)}</th><th>bytes</th>"
-        f'<th>seconds</th><th>cached</th></tr>{rows}</table></div><p class="note">Phases: '
-        f"{_e(times)}.</p>{cache_html}</section>"
+        f'<section id="{sid}"><h2>{title}</h2><div class="scroll"><table>{head}{"".join(rows)}'
+        f"</table></div>{note}</section>"
     )
 
 

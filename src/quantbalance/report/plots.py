@@ -99,22 +99,13 @@ def pareto_plot(r: dict[str, Any], axis: str) -> str:
     front = r["front"]
     pred = [p for p in front if not p["measured"]]
     meas = [p for p in front if p["measured"]]
-    ax.scatter(
-        [x_of(p) for p in pred],
-        [y_of(p) for p in pred],
-        s=28,
-        facecolors="none",
-        edgecolors="#95a5a6",
-        label="predicted (not evaluated)",
-    )
-    ax.scatter(
-        [x_of(p) for p in meas],
-        [y_of(p) for p in meas],
-        s=34,
-        color="#2e86de",
-        label="searched, measured",
-        zorder=3,
-    )
+    styles: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [
+        (pred, {"s": 28, "facecolors": "none", "edgecolors": "#95a5a6",
+                "label": "predicted (not evaluated)"}),
+        (meas, {"s": 34, "color": "#2e86de", "label": "searched, measured", "zorder": 3}),
+    ]  # fmt: skip
+    for points, style in styles:
+        ax.scatter([x_of(p) for p in points], [y_of(p) for p in points], **style)
     everyone = [*meas, *r["presets"], r["float"]]
     line = sorted((p for p in everyone if p.get("on_front", {}).get(axis)), key=x_of)
     if line:

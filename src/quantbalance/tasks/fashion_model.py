@@ -40,7 +40,43 @@ class ConvBNReLU(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
-class DSResidual(nn.Module):
+class _Residual(nn.Module):
+    """``relu(x + bn(second(relu(bn(first(x))))))``: the body both residual blocks share.
+
+    Each subclass gives its two convolutions and the names they are kept under (the names are
+    the model's ``state_dict`` keys, e.g. ``stage1.dw.weight``).
+    """
+
+    def __init__(
+        self, channels: int, names: tuple[str, str], first: nn.Conv2d, second: nn.Conv2d
+    ) -> None:
+        """Build the block.
+
+        Args:
+            channels: input and output channels.
+            names: attribute names of ``first`` and ``second``.
+            first: the first convolution.
+            second: the second convolution.
+        """
+        super().__init__()
+        self.conv_names = names
+        setattr(self, names[0], first)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        setattr(self, names[1], second)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu2 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, C, H, W)``; each convolution is looked up by its name, so a
+        layer swapped in by quantization is the one that runs."""
+        first, second = (getattr(self, n) for n in self.conv_names)
+        y = self.relu1(self.bn1(first(x)))
+        y = self.bn2(second(y))
+        return self.relu2(x + y)
+
+
+class DSResidual(_Residual):
     """Residual depthwise-separable block: ``relu(x + bn(pw(relu(bn(dw(x))))))``.
 
     ``dw`` is a depthwise 3x3 convolution (``groups == channels``), ``pw`` a pointwise 1x1 one.
@@ -52,29 +88,11 @@ class DSResidual(nn.Module):
         Args:
             channels: input and output channels.
         """
-        super().__init__()
-        self.dw = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.pw = nn.Conv2d(channels, channels, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.relu2 = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the block.
-
-        Args:
-            x: ``(N, C, H, W)``.
-
-        Returns:
-            ``(N, C, H, W)``.
-        """
-        y = self.relu1(self.bn1(self.dw(x)))
-        y = self.bn2(self.pw(y))
-        return self.relu2(x + y)
+        dw = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False)
+        super().__init__(channels, ("dw", "pw"), dw, nn.Conv2d(channels, channels, 1, bias=False))
 
 
-class BasicResidual(nn.Module):
+class BasicResidual(_Residual):
     """Residual block of two dense 3x3 convolutions: ``relu(x + bn(conv(relu(bn(conv(x))))))``."""
 
     def __init__(self, channels: int) -> None:
@@ -83,26 +101,8 @@ class BasicResidual(nn.Module):
         Args:
             channels: input and output channels.
         """
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.relu2 = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the block.
-
-        Args:
-            x: ``(N, C, H, W)``.
-
-        Returns:
-            ``(N, C, H, W)``.
-        """
-        y = self.relu1(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return self.relu2(x + y)
+        convs = [nn.Conv2d(channels, channels, 3, 1, 1, bias=False) for _ in range(2)]
+        super().__init__(channels, ("conv1", "conv2"), *convs)
 
 
 class FashionNet(nn.Module):
