@@ -71,13 +71,7 @@ class GPTQResult:
 
 
 def gptq_quantize(
-    weight: torch.Tensor,
-    hessian: torch.Tensor,
-    scheme: Scheme,
-    block_size: int = 128,
-    damp: float = 0.01,
-    act_order: bool = False,
-    static_groups: bool | None = None,
+    weight: torch.Tensor, hessian: torch.Tensor, scheme: Scheme, **options: Any
 ) -> QuantizedTensor:
     """Quantize ``weight`` with GPTQ; see :func:`gptq_solve` (this returns only the weight).
 
@@ -85,10 +79,8 @@ def gptq_quantize(
         weight: ``(out, in)`` float weight.
         hessian: ``(in, in)`` Hessian ``2/n Σ x xᵀ`` of the layer's inputs.
         scheme: a ``uniform`` or ``nf4`` scheme of any granularity.
-        block_size: columns per lazy batch.
-        damp: damping as a fraction of the mean Hessian diagonal.
-        act_order: quantize columns by decreasing Hessian diagonal.
-        static_groups: parameters from the original weight (default: ``act_order``).
+        **options: keyword options of :func:`gptq_solve` (``block_size``, ``damp``,
+            ``act_order``, ``static_groups``, ``observer``, ``name``), with its defaults.
 
     Returns:
         The quantized weight, laid out exactly as ``quantize_tensor`` lays it out.
@@ -99,7 +91,7 @@ def gptq_quantize(
         >>> tuple(qt.scale.shape)
         (8, 2)
     """
-    return gptq_solve(weight, hessian, scheme, block_size, damp, act_order, static_groups).qweight
+    return gptq_solve(weight, hessian, scheme, **options).qweight
 
 
 def gptq_solve(

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from quantbalance.calibration import make_observer
-from quantbalance.formats import PerGroup, QuantizedTensor, Scheme, packing, quantize_tensor
+from quantbalance.formats import PerGroup, QuantizedTensor, Scheme, quantize_tensor
 from quantbalance.formats.granularity import expand_params
 from quantbalance.formats.uniform import SCALE_DTYPES
 
@@ -233,14 +233,8 @@ def build_qtensor(
         if len(parts) == 1
         else [None if p[0] is None else torch.cat(p) for p in list(zip(*parts, strict=True))[:3]]
     )
-    qt = QuantizedTensor(
-        packed=packing.pack(codes, scheme.bits),
-        scale=scale.to(SCALE_DTYPES[scheme.scale_dtype]),
-        zero_point=None if zp is None else zp.to(torch.int8 if scheme.signed else torch.uint8),
-        codebook=None,
-        scheme=scheme,
-        shape=shape,
-        dtype=dtype,
-    )
+    scale = scale.to(SCALE_DTYPES[scheme.scale_dtype])
+    zp = None if zp is None else zp.to(torch.int8 if scheme.signed else torch.uint8)
+    qt = QuantizedTensor.from_codes(codes, scale, zp, None, scheme, shape, dtype)
     qt.validate()
     return qt

@@ -19,9 +19,9 @@ Every tensor is placed on the ``device`` asked for; nothing here assumes a CPU.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
@@ -66,7 +66,42 @@ class TensorSource(Protocol):
         ...
 
 
-class SafetensorsShards:
+class _NamedTensors:
+    """What both sources share: ``entries`` maps every tensor name to where its data is (a file,
+    or the tensor itself); :meth:`load` refuses unknown names, then ``_read`` fetches the rest."""
+
+    where: str  # what to call the source in messages
+    entries: Mapping[str, Any]
+
+    def keys(self) -> Iterable[str]:
+        """Every tensor name the source holds."""
+        return self.entries.keys()
+
+    def load(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The named tensors, on the host (the caller moves them).
+
+        Args:
+            names: tensor names, each one of :meth:`keys`.
+
+        Returns:
+            name -> tensor.
+
+        Raises:
+            CheckpointError: a name the source does not hold.
+        """
+        missing = [n for n in names if n not in self.entries]
+        if missing:
+            raise CheckpointError(
+                f"{self.where}: the checkpoint has no tensor(s) {missing[:5]} "
+                f"({len(self.entries)} tensors stored)"
+            )
+        return self._read(names)
+
+    def _read(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class SafetensorsShards(_NamedTensors):
     """The safetensors files of a checkpoint folder, read tensor by tensor (memory-mapped).
 
     Args:
@@ -83,43 +118,27 @@ class SafetensorsShards:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.where = str(self.folder)
         index = self.folder / INDEX_NAME
         if index.is_file():
             weight_map = json.loads(index.read_text()).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index}: no 'weight_map' object")
-            self.files = {str(k): self.folder / str(v) for k, v in weight_map.items()}
+            self.entries = {str(k): self.folder / str(v) for k, v in weight_map.items()}
         elif (self.folder / SINGLE_NAME).is_file():
             with safe_open(str(self.folder / SINGLE_NAME), framework="pt") as f:
-                self.files = dict.fromkeys(f.keys(), self.folder / SINGLE_NAME)
+                self.entries = dict.fromkeys(f.keys(), self.folder / SINGLE_NAME)
         else:
             raise CheckpointError(
                 f"{self.folder}: neither {INDEX_NAME} nor {SINGLE_NAME}; give a Hugging Face "
                 "checkpoint folder saved in safetensors (save_pretrained(safe_serialization=True))"
             )
 
-    def keys(self) -> Iterable[str]:
-        """Every tensor name in the checkpoint."""
-        return self.files.keys()
-
-    def load(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Copy the named tensors out of their files (each file mapped only during the call).
-
-        Args:
-            names: tensor names.
-
-        Returns:
-            name -> tensor (host memory).
-        """
-        missing = [n for n in names if n not in self.files]
-        if missing:
-            raise CheckpointError(
-                f"{self.folder}: the checkpoint has no tensor(s) {missing[:5]} "
-                f"({len(self.files)} tensors stored)"
-            )
+    def _read(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Copy the named tensors out of their files (each file mapped only during the call)."""
         by_file: dict[Path, list[str]] = {}
         for n in names:
-            by_file.setdefault(self.files[n], []).append(n)
+            by_file.setdefault(self.entries[n], []).append(n)
         out = {}
         for path, group in by_file.items():
             with safe_open(str(path), framework="pt") as f:
@@ -128,7 +147,7 @@ class SafetensorsShards:
         return out
 
 
-class InMemory:
+class InMemory(_NamedTensors):
     """Every tensor of another source, read once into host memory.
 
     Args:
@@ -136,22 +155,12 @@ class InMemory:
     """
 
     def __init__(self, source: TensorSource) -> None:
-        self.tensors = source.load(list(source.keys()))
+        self.entries = source.load(list(source.keys()))
+        self.where = f"{getattr(source, 'where', type(source).__name__)} (in memory)"
 
-    def keys(self) -> Iterable[str]:
-        """Every tensor name."""
-        return self.tensors.keys()
-
-    def load(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The named tensors (shared, not copied).
-
-        Args:
-            names: tensor names.
-
-        Returns:
-            name -> tensor.
-        """
-        return {n: self.tensors[n] for n in names}
+    def _read(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The named tensors (shared, not copied)."""
+        return {n: self.entries[n] for n in names}
 
 
 def on_meta(module: nn.Module) -> list[str]:

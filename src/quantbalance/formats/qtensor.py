@@ -52,6 +52,34 @@ class QuantizedTensor:
     shape: tuple[int, ...]
     dtype: torch.dtype = torch.float32
 
+    @classmethod
+    def from_codes(
+        cls,
+        codes: torch.Tensor,
+        scale: torch.Tensor | None,
+        zero_point: torch.Tensor | None,
+        codebook: torch.Tensor | None,
+        scheme: Scheme,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+    ) -> QuantizedTensor:
+        """The quantized tensor of unsigned codes (packed here); the fields as the class's.
+
+        Args:
+            codes: unsigned codes (``q - qmin``, or table indices), ``prod(shape)`` of them.
+            scale: see the class attributes.
+            zero_point: see the class attributes.
+            codebook: see the class attributes.
+            scheme: the scheme that produced the codes (its ``bits`` pack them).
+            shape: the original shape.
+            dtype: the original dtype.
+
+        Returns:
+            The :class:`QuantizedTensor`.
+        """
+        packed = packing.pack(codes, scheme.bits)
+        return cls(packed, scale, zero_point, codebook, scheme, shape, dtype)
+
     @property
     def numel(self) -> int:
         """Number of quantized elements."""

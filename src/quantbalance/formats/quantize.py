@@ -10,7 +10,6 @@ from typing import Protocol
 import torch
 
 import quantbalance.formats.granularity as granularity
-import quantbalance.formats.packing as packing
 from quantbalance.args import checked
 from quantbalance.errors import ConfigError, NonFiniteError, UnsupportedError
 from quantbalance.formats.granularity import (
@@ -120,15 +119,7 @@ def quantize_tensor(
         codes = from_blocks(u.to(torch.uint8), shape, gran)
     else:
         codes, scale, zp = _uniform_codes(x.detach(), scheme, observer, generator)
-    return QuantizedTensor(
-        packed=packing.pack(codes, scheme.bits),
-        scale=scale,
-        zero_point=zp,
-        codebook=codebook,
-        scheme=scheme,
-        shape=shape,
-        dtype=x.dtype,
-    )
+    return QuantizedTensor.from_codes(codes, scale, zp, codebook, scheme, shape, x.dtype)
 
 
 def _uniform_codes(
