@@ -55,8 +55,15 @@ class LatencyModel(Protocol):
         spec: LayerSpec | None,
         example_input_shape: tuple[int, ...],
     ) -> float:
-        """Milliseconds of ``module`` under ``spec`` on an input of ``example_input_shape``."""
-        ...
+        """Milliseconds of ``module`` under ``spec`` on an input of ``example_input_shape``.
+
+        An engine that subclasses this protocol and has ``latency_many`` inherits this method:
+        the layer timed as a batch of one.
+        """
+        many = getattr(self, "latency_many", None)
+        if many is None:
+            raise NotImplementedError(f"{type(self).__name__} has neither method")
+        return float(many([(layer_name, module, spec, example_input_shape)])[0])
 
 
 def layer_nbytes(module: nn.Module, spec: LayerSpec | None) -> int:

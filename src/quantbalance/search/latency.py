@@ -52,6 +52,7 @@ from quantbalance.lowering import lower_spec, plan_target
 from quantbalance.nn import REGISTRY, ActQuantizer, engine_layer, weight_matrix
 from quantbalance.plan import LayerSpec
 from quantbalance.progress import steps
+from quantbalance.search.costs import LatencyModel, time_model
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def _warm(fn: Callable[[], Any], warmup: int) -> tuple[Callable[[], Any], float]
     return fn, max(time.perf_counter() - t0, 1e-7)
 
 
-class TorchLatencyModel:
+class TorchLatencyModel(LatencyModel):
     """Measures each layer's deployed-form kernel in torch on this machine (see module doc).
 
     Args:
@@ -260,16 +261,6 @@ class TorchLatencyModel:
         """Key under which equal layers share one timing (type, shapes, kernel kind)."""
         return _signature(module, spec, shape)
 
-    def latency_ms(
-        self,
-        layer_name: str,
-        module: nn.Module,
-        spec: LayerSpec | None,
-        example_input_shape: tuple[int, ...],
-    ) -> float:
-        """Median milliseconds of the layer's kernel (see :class:`LatencyModel`)."""
-        return self.latency_many([(layer_name, module, spec, example_input_shape)])[0]
-
     def model_latency_ms(self, model: nn.Module, example_inputs: Any) -> float:
         """The float model as the torch engine runs it (engine dtype, SDPA; compiled unless
         ``compile=False``).
@@ -282,7 +273,6 @@ class TorchLatencyModel:
             Median milliseconds of one forward pass.
         """
         from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
-        from quantbalance.search.costs import time_model
 
         dtype = engine_dtype(detect())
         engine = to_torch_engine(model, compile=False).to(dtype)
