@@ -6,7 +6,7 @@
 'w8a8'
 """
 
-from quantbalance import deploy, tasks
+from quantbalance import deploy, frontends, tasks
 from quantbalance.analysis import Analysis, analyze
 from quantbalance.deploy.checkpoint import save
 from quantbalance.errors import (
@@ -46,12 +46,11 @@ def __getattr__(name: str) -> object:
     # export_onnx imports onnx/onnxruntime, the frontends transformers/onnx2torch/keras: only
     # when asked for.
     if name == "export_onnx":
+        # deferred: quantbalance.deploy.onnx_export imports onnx, slow to import
         from quantbalance.deploy.onnx_export import export_onnx
 
         return export_onnx
     if name in ("from_pretrained", "from_onnx", "from_keras"):
-        from quantbalance import frontends
-
         return getattr(frontends, name)
     raise AttributeError(f"module 'quantbalance' has no attribute {name!r}")
 

@@ -28,6 +28,7 @@ from quantbalance.cli.search_cmd import make_console, run_search, show_result
 from quantbalance.evaluate import sqnr
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, Scheme, quantize_tensor
 from quantbalance.io import atomic_write_text
+from quantbalance.tasks.minilm import minilm_model_path
 
 SCHEMES = [
     Scheme(8, granularity=PerTensor()),
@@ -52,8 +53,6 @@ def schemes_table(console: Console) -> list[dict[str, float | str]]:
     Returns:
         One row per scheme.
     """
-    from quantbalance.tasks.minilm import minilm_model_path
-
     path = minilm_model_path() / "model.safetensors"
     with safe_open(str(path), framework="pt") as f:
         key = next(k for k in f.keys() if k.endswith(WEIGHT))  # noqa: SIM118 - safe_open API

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from quantbalance.errors import ConfigError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file that is then renamed.
@@ -22,14 +24,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        from quantbalance.errors import ConfigError
-
         raise ConfigError(f"{str(path)!r} is a folder; give a file path, e.g. {path / 'out'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        from quantbalance.errors import ConfigError
-
         raise ConfigError(
             f"cannot write {str(path)!r}: a part of {str(path.parent)!r} is a file, not a folder"
         ) from None

@@ -25,6 +25,7 @@ from quantbalance.errors import ConfigError, PlanError
 from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Scheme
 from quantbalance.formats.config import FrozenConfig
 from quantbalance.hardware import Int8Target
+from quantbalance.io import atomic_write_text
 from quantbalance.lowering import lower_spec
 from quantbalance.options import check_algorithm, checked_args
 
@@ -198,8 +199,6 @@ class Plan(FrozenConfig):
         Returns:
             The path written.
         """
-        from quantbalance.io import atomic_write_text
-
         path = Path(path)
         data = self.model_dump(mode="json")
         if path.suffix in (".yaml", ".yml"):

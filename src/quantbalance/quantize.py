@@ -172,7 +172,8 @@ def _quantize_path(
     bitwidths: list[int] | None,
 ) -> Path:
     """``quantize`` of a Hugging Face checkpoint folder, block by block (``frontends.offload``)."""
-    from quantbalance.frontends.offload import quantize_offloaded  # the frontend above us
+    # deferred: frontends sit above quantize.py (DESIGN.md layers); only this path needs them
+    from quantbalance.frontends.offload import quantize_offloaded
 
     if offload is None and save_to is None:
         raise UnsupportedError(

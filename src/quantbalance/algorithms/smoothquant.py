@@ -42,6 +42,7 @@ from quantbalance.calibration import capture, make_observer
 from quantbalance.calibration.sequential import find_blocks
 from quantbalance.errors import UnsupportedError
 from quantbalance.formats import fake_quantize, qparams_from_range, quantize_tensor
+from quantbalance.nn import QuantModule
 from quantbalance.options import SmoothQuantOptions
 from quantbalance.plan import LayerSpec, preset
 from quantbalance.transform import replace_module
@@ -332,8 +333,6 @@ def lower_smoothing(model: nn.Module) -> list[str]:
     Returns:
         The producers lowered (producers with a float consumer are left as they are).
     """
-    from quantbalance.nn import QuantModule
-
     lowered = []
     for name, mod in list(model.named_modules()):
         if isinstance(mod, ScaledActivation):

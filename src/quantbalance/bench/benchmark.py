@@ -100,7 +100,7 @@ def benchmark(
     batches = {b: take(task.example_inputs, b) for b in sizes}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    from torch._dynamo import config as dynamo_config
+    from torch._dynamo import config as dynamo_config  # deferred: torch._dynamo is slow to import
 
     # Every compiled engine wraps the same forward code: one dynamo cache entry per engine and
     # shape. Past dynamo's default limit (8) later engines would silently run eager.

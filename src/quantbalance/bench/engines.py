@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_model
 from torch import nn
 
 from quantbalance.bench.result import BF16_ROW
@@ -104,6 +105,7 @@ class BenchContext:
         if key not in self._cache:
             path = self.workdir / key
             if preprocessed:
+                # deferred: onnxruntime is slow to import
                 from onnxruntime.quantization.shape_inference import quant_pre_process
 
                 quant_pre_process(str(self.float_onnx()), str(path), skip_symbolic_shape=True)
@@ -150,6 +152,7 @@ def _bf16(ctx: BenchContext, _: str | None, compile: bool = False) -> Runner:
 
 def _torchao(ctx: BenchContext, _: str | None) -> Runner:
     try:
+        # deferred: torchao is an optional extra
         import torchao
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError as exc:
@@ -176,6 +179,7 @@ def _ort_float(ctx: BenchContext, _: str | None) -> Runner:
 
 
 def _ort_dynamic(ctx: BenchContext, _: str | None) -> Runner:
+    # deferred: onnxruntime is slow to import
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = ctx.workdir / "ort_dynamic.onnx"
@@ -192,6 +196,7 @@ def _reduce_range() -> bool:
 
 
 def _ort_static(ctx: BenchContext, _: str | None) -> Runner:
+    # deferred: onnx and onnxruntime are slow to import
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -241,7 +246,8 @@ def _qb_torch(ctx: BenchContext, preset: str | None) -> Runner:
 
 
 def _qb_ort(ctx: BenchContext, preset: str | None) -> Runner:
-    from quantbalance.deploy.onnx_export import export_onnx  # imports onnx: only when timed
+    # deferred: deploy.onnx_export imports onnx: only when timed
+    from quantbalance.deploy.onnx_export import export_onnx
 
     assert preset is not None
     path = export_onnx(
@@ -264,8 +270,6 @@ ENGINES: dict[str, Engine] = {
 
 
 def _save_safetensors(model: nn.Module, path: Path) -> Path:
-    from safetensors.torch import save_model
-
     save_model(model, str(path))
     return path
 
@@ -297,7 +301,7 @@ def _export_float(model: nn.Module, batch: Any, path: Path) -> Path:
 
 
 def _onnx_input_names(path: Path) -> list[str]:
-    import onnx
+    import onnx  # deferred: onnx is slow to import
 
     graph = onnx.load(str(path), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
@@ -328,9 +332,10 @@ def _ort_runner(ctx: BenchContext, path: Path, qb_session: bool = False) -> Runn
 
     No spinning threads: engines are timed interleaved on the same cores.
     """
+    # deferred: onnx and (through deploy.ort) onnxruntime are slow to import
     import onnx
 
-    from quantbalance.deploy.ort import OrtSession  # imports onnxruntime: only when timed
+    from quantbalance.deploy.ort import OrtSession
 
     options = {} if qb_session else {"disabled_optimizers": ()}
     sess = OrtSession(path, intra_op_threads=ctx.threads, spin=False, **options)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from quantbalance.errors import ConfigError
+from quantbalance.hardware import detect
 from quantbalance.progress import steps
 
 BF16_ROW = "torch bf16"  # the reference row of the ``vs_bf16`` ratios
@@ -241,9 +242,8 @@ def env_info(threads: int) -> dict[str, Any]:
     Returns:
         Threads, machine, torch / ONNX Runtime (/ torchao) versions, date, load average.
     """
-    import onnxruntime
+    import onnxruntime  # deferred: onnxruntime is slow to import
 
-    from quantbalance.hardware import detect
 
     env = {
         "threads": threads,

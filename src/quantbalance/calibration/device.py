@@ -21,6 +21,7 @@ from quantbalance.calibration.blocks import find_blocks
 from quantbalance.calibration.hooks import BlockHooks
 from quantbalance.errors import ConfigError
 from quantbalance.formats import QuantizedTensor
+from quantbalance.nn import QuantModule
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -80,8 +81,6 @@ def move_module(module: nn.Module, device: torch.device | str) -> nn.Module:
     Returns:
         ``module``.
     """
-    from quantbalance.nn import QuantModule
-
     module.to(device)
     for m in module.modules():
         if isinstance(m, QuantModule):

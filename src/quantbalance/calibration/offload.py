@@ -193,7 +193,7 @@ def materialize(
     Returns:
         The number of bytes loaded.
     """
-    from accelerate.utils import set_module_tensor_to_device  # the [offload] extra
+    from accelerate.utils import set_module_tensor_to_device  # deferred: the [offload] extra
 
     names = on_meta(module)
     tensors = source.load([prefix + n for n in names])

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantbalance.calibration.batch import call_model
-from quantbalance.errors import CalibrationError
+from quantbalance.errors import CalibrationError, QuantBalanceError
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,6 @@ def run_batches(
                 try:
                     call_model(model, batch)
                 except (RuntimeError, TypeError, ValueError, IndexError) as e:
-                    from quantbalance.errors import QuantBalanceError
-
                     if isinstance(e, QuantBalanceError):
                         raise
                     raise CalibrationError(

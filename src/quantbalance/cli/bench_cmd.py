@@ -15,7 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbalance.bench.result import fmt_num
+from quantbalance.cli import loading
 from quantbalance.errors import ConfigError, QuantBalanceError
+from quantbalance.io import atomic_write_text
+from quantbalance.tasks import load_for_bench
 
 console = Console()
 # Kept here (not imported from bench.engines) so that `--help` stays fast; a test checks it.
@@ -83,8 +87,6 @@ def result_table(result: Any) -> Table:
         The table: medians per batch size, ratio to the fastest float engine, file size,
         metrics, notes.
     """
-    from quantbalance.bench.result import fmt_num
-
     sizes = result.batch_sizes
     metrics = sorted({k for r in result.rows for k in r.metrics})
     with_ratio = any(r.vs_float for r in result.rows)
@@ -151,6 +153,7 @@ def bench_command(
     out: Annotated[Path | None, typer.Option("--out", help="write the result as JSON")] = None,
 ) -> None:
     """Time deployed engines (torch, torchao, ONNX Runtime, quantbalance presets) on a task."""
+    # deferred: bench.benchmark and bench.onnx_file import onnx/onnxruntime (slow)
     from quantbalance.bench import benchmark as bm
     from quantbalance.bench.onnx_file import bench_onnx
 
@@ -173,8 +176,6 @@ def bench_command(
             bm.check_names(names, bm.ENGINES, "engine")
             bm.check_names(_names(presets), bm.PRESETS, "preset")
             with console.status("loading model and data"):
-                from quantbalance.tasks import load_for_bench
-
                 src = load_for_bench(task) if task else _from_factory(model)
             with console.status(f"building and timing {len(names)} engines"):
                 result = bm.benchmark(
@@ -190,15 +191,11 @@ def bench_command(
         raise typer.Exit(2) from None
     console.print(result_table(result))
     if out is not None:
-        from quantbalance.io import atomic_write_text
-
         path = atomic_write_text(out, json.dumps(result.to_dict(), indent=1))
         console.print(f"result written to [bold]{path}[/]")
 
 
 def _from_factory(spec: str | None) -> Any:
-    from quantbalance.cli import loading
-
     src = loading.load_source(model=spec)
     if src.example_inputs is None:
         raise ConfigError(f"--model {spec}: no example batch; return (model, calib_data[, eval])")

@@ -14,7 +14,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from quantbalance.cli.loading import load_source
 from quantbalance.errors import ConfigError, QuantBalanceError
+from quantbalance.exports import FORMATS, export
+from quantbalance.io import atomic_write_text
+from quantbalance.quantize import as_plan, quantize
 
 console = Console()
 
@@ -59,8 +63,6 @@ def export_source(
     Returns:
         The ExportResult.
     """
-    from quantbalance.exports import export
-
     if fmt == "onnx":
         options.setdefault("example_inputs", src.example_inputs)
     elif fmt == "qb":
@@ -88,8 +90,6 @@ def exporter(
     Returns:
         ``hook(plan_name, qmodel, task)``.
     """
-    from quantbalance.exports import FORMATS
-
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"--export {bad[0]!r}; accepted: {', '.join(FORMATS)}")
@@ -138,10 +138,6 @@ def export_command(
     ] = "error",
 ) -> None:
     """Quantize with a Plan and write an artifact an engine serves (exit 2 on bad input)."""
-    from quantbalance.cli.loading import load_source
-    from quantbalance.exports import FORMATS
-    from quantbalance.quantize import as_plan, quantize
-
     try:
         if fmt not in FORMATS:
             raise ConfigError(f"--format {fmt!r}; accepted: {', '.join(FORMATS)}")
@@ -161,6 +157,5 @@ def export_command(
         raise typer.Exit(2) from None
     show_export(res)
     summary = out.parent / f"{out.name}.export.json"
-    from quantbalance.io import atomic_write_text
 
     atomic_write_text(summary, json.dumps(res.to_dict(), indent=1))

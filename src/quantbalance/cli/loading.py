@@ -12,7 +12,10 @@ from typing import Any
 from torch import nn
 
 from quantbalance.errors import ConfigError
-from quantbalance.tasks import Task
+from quantbalance.evaluate import model_nbytes
+from quantbalance.frontends.hf import from_pretrained
+from quantbalance.frontends.onnx_in import from_onnx
+from quantbalance.tasks import Task, from_model
 from quantbalance.tasks import load as load_task
 
 
@@ -55,8 +58,6 @@ class DataOptions:
         Returns:
             The Task.
         """
-        from quantbalance.tasks import from_model
-
         if not self.data:
             raise ConfigError(
                 "--hf/--onnx need --data FILE (a .txt with one sample a line, .jsonl/.csv with "
@@ -106,12 +107,8 @@ def load_source(
             raise ConfigError("--data goes with --hf, --onnx or --model, not a bundled --task")
         return load_task(task)
     if hf:
-        from quantbalance.frontends.hf import from_pretrained
-
         return data.build(from_pretrained(hf, task=data.hf_task))
     if onnx:
-        from quantbalance.frontends.onnx_in import from_onnx
-
         return data.build(from_onnx(onnx), name=f"onnx:{Path(onnx).name}")
     assert model is not None
     return _from_factory(model, data)
@@ -146,6 +143,4 @@ def _from_factory(spec: str, data: DataOptions | None = None) -> Task:
 
 
 def _no_eval(model: nn.Module) -> dict[str, float]:
-    from quantbalance.evaluate import model_nbytes
-
     return {"model_bytes": float(model_nbytes(model))}

@@ -13,6 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbalance.analysis import analyze as run_analyze
+from quantbalance.cli.export_cmd import exporter
+from quantbalance.cli.loading import load_source
+from quantbalance.cli.offload_cmd import quantize_offloaded_cli
 from quantbalance.cli.options import (
     BatchSizeOpt,
     ColumnOpt,
@@ -28,7 +32,9 @@ from quantbalance.cli.options import (
     SeqLenOpt,
     data_options,
 )
+from quantbalance.cli.run import quantize_and_compare
 from quantbalance.errors import QuantBalanceError
+from quantbalance.hardware import detect
 from quantbalance.io import atomic_write_text, json_safe
 from quantbalance.lowering import targeted
 from quantbalance.plan import PRESETS
@@ -84,8 +90,6 @@ def env(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """What this CPU can run: ISA level, VNNI, AMX, native bf16, cores (and what that means)."""
-    from quantbalance.hardware import detect
-
     hw = detect()
     if as_json:
         console.print_json(json.dumps(hw.to_dict()))
@@ -146,12 +150,7 @@ def quantize(
     With --offload disk --hf PATH --save OUT, a Hugging Face causal LM is quantized one
     transformer block at a time (memory: one block) and written to OUT, without evaluation.
     """
-    from quantbalance.cli.export_cmd import exporter
-    from quantbalance.cli.run import quantize_and_compare
-
     if offload is not None:
-        from quantbalance.cli.offload_cmd import quantize_offloaded_cli
-
         try:
             name = str(plan) if plan else (preset or ["w4-g128"])[0]
             quantize_offloaded_cli(hf, name, algorithm, offload, save, calib_text, calib_n,
@@ -189,9 +188,6 @@ def analyze(
     hf_task: HfTaskOpt = None,
 ) -> None:
     """Per-layer weight/activation statistics and the SQNR of candidate schemes."""
-    from quantbalance.analysis import analyze as run_analyze
-    from quantbalance.cli.loading import load_source
-
     try:
         t0 = time.perf_counter()
         opts = data_options(data, column, None, None, num_samples, None, seq_len, batch_size, 0,

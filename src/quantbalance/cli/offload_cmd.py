@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from quantbalance.errors import ConfigError
+from quantbalance.quantize import quantize
 
 
 def text_calibration(folder: Path, text_file: Path, n: int, seq: int) -> list[dict[str, Any]]:
@@ -22,7 +23,7 @@ def text_calibration(folder: Path, text_file: Path, n: int, seq: int) -> list[di
     Returns:
         ``[{"input_ids": (1, seq) tensor}, ...]``.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers is an optional extra
 
     if not text_file.is_file():
         raise ConfigError(f"--calib-text {text_file}: no such file")
@@ -68,8 +69,6 @@ def quantize_offloaded_cli(
     Returns:
         The checkpoint folder.
     """
-    from quantbalance.quantize import quantize
-
     if not hf or save is None:
         raise ConfigError("--offload needs --hf PATH (a Hugging Face folder) and --save OUT")
     folder = Path(hf)

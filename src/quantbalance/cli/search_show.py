@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from quantbalance.search.deployed import deployed_table
+
 
 def make_console() -> Console:
     """A rich Console that stays readable when stdout is not a terminal (logs, ``make``).
@@ -35,7 +37,8 @@ def results_table(res: Any) -> Table:
     Returns:
         The table.
     """
-    from quantbalance.report.html import size_txt  # report imports matplotlib: not at CLI start
+    # deferred: report imports matplotlib: not at CLI start
+    from quantbalance.report.html import size_txt
 
     m = res.metric
     t = Table(title=f"{m}: {res.budget.describe()} (ms: predicted latency)")
@@ -73,8 +76,6 @@ def show_result(res: Any, path: Path, out: Path, con: Console | None = None) -> 
     con = con or console
     con.print(results_table(res))
     if res.info.get("deployed"):
-        from quantbalance.search.deployed import deployed_table
-
         con.print(deployed_table(res.info["deployed"]))
     data = res.info.get("data")
     if data:

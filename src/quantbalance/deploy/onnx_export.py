@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -182,9 +184,6 @@ def save_external(proto: onnx.ModelProto, path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    import shutil
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = f"{path.name}.data"

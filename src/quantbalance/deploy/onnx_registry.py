@@ -28,6 +28,7 @@ _CACHE: dict[Any, Any] = {}
 def _registry_class() -> Any | None:
     """torch's ``ONNXRegistry`` class if it has the expected ``from_torchlib``, else None."""
     try:
+        # deferred: torch.onnx._internal is slow to import
         from torch.onnx._internal.exporter import _registration
     except ImportError:
         return None

@@ -29,6 +29,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from quantbalance.deploy.select import TorchSession, fastest
 from quantbalance.errors import ConfigError, UnsupportedError
 from quantbalance.hardware import Hardware, detect
 
@@ -203,8 +204,6 @@ def session(
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r}; accepted: {', '.join(BACKENDS)}")
     if backend != "ort" and isinstance(path_or_qmodel, nn.Module):
-        from quantbalance.deploy.select import TorchSession, fastest
-
         qmodel = path_or_qmodel
         if backend == "torch":
             return TorchSession(qmodel)
@@ -225,6 +224,7 @@ def session(
     if isinstance(path_or_qmodel, nn.Module):
         if example_inputs is None:
             raise ConfigError("exporting a model for a session needs example_inputs (one batch)")
+        # deferred: quantbalance.deploy.onnx_export imports onnxscript, slow to import
         from quantbalance.deploy.onnx_export import to_onnx
 
         blob = to_onnx(path_or_qmodel, example_inputs).SerializeToString()
@@ -239,6 +239,7 @@ def _saturating(model: str | Path | bytes, hw: Hardware) -> dict[str, int]:
     """Layers that ONNX Runtime's int8 kernels would compute inexactly on ``hw``."""
     if not hw.ort_int8_saturates:
         return {}
+    # deferred: onnx (also imported by ort_check) is slow to import
     import onnx
 
     from quantbalance.deploy.ort_check import saturating_layers

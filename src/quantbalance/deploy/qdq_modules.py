@@ -28,6 +28,7 @@ from quantbalance.nn import (
     QuantModule,
     from_matrix,
 )
+from quantbalance.transform import replace_module
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,6 @@ def export_module(qmodel: nn.Module) -> nn.Module:
     Returns:
         The export model (runs in torch too, matching the simulation).
     """
-    from quantbalance.transform import replace_module
-
     model = copy.deepcopy(qmodel).float().eval()
     for name, m in list(model.named_modules()):
         if isinstance(m, QLinear):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantbalance.deploy.torch_engine import to_torch_engine
 from quantbalance.errors import UnsupportedError
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ class TorchSession:
     backend = "torch"
 
     def __init__(self, qmodel: nn.Module, compile: bool = True, **options: Any) -> None:
-        from quantbalance.deploy.torch_engine import to_torch_engine
-
         self.module = to_torch_engine(qmodel, compile=compile, **options)
         self.kernels = dict(self.module.qb_engine_kernels)
         self.fallbacks = dict(self.module.qb_engine_fallbacks)

@@ -163,6 +163,7 @@ def separate_inductor_cache() -> str | None:
     cap = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
     if not cap or cap == "default":
         return None
+    # deferred: torch._inductor is slow to import
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     default = os.path.abspath(default_cache_dir())

@@ -7,6 +7,7 @@ scale, round half to even, clamp); SmoothQuant's factors are one multiply before
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -269,6 +270,4 @@ def float_op(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     Returns:
         The module in ``dtype``.
     """
-    import copy
-
     return copy.deepcopy(module).to(dtype)

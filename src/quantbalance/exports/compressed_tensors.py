@@ -44,6 +44,7 @@ def _layer(
 
     ``bits``: store the (symmetric integer) codes at this wider width: the same values.
     """
+    # deferred: compressed_tensors is an optional extra
     from compressed_tensors.compressors import BaseCompressor
     from compressed_tensors.compressors.format import infer_module_format
     from compressed_tensors.quantization import QuantizationScheme
@@ -62,6 +63,7 @@ def _layer(
 
 def _config_groups(schemes: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Group identical schemes: ``({"group_0": scheme with targets}, global format)``."""
+    # deferred: compressed_tensors is an optional extra
     from compressed_tensors.quantization import QuantizationScheme
 
     by_key: dict[str, list[str]] = {}
@@ -157,6 +159,7 @@ def write_compressed_tensors(
     Returns:
         The ExportResult (``layers``: the format of each quantized layer, or ``float``).
     """
+    # deferred: compressed_tensors is an optional extra
     from compressed_tensors.quantization import QuantizationConfig
 
     if fallback not in ("error", "float"):

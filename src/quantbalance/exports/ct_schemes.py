@@ -72,6 +72,7 @@ def quant_args(
     Raises:
         NoFormError: the scheme has no exact compressed-tensors form.
     """
+    # deferred: compressed_tensors is an optional extra
     from compressed_tensors.quantization import QuantizationArgs
 
     if s.kind == "fp8_e4m3":

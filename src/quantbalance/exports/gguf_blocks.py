@@ -92,7 +92,7 @@ def check(qt: QuantizedTensor, name: str, blocks: np.ndarray, where: str) -> flo
     Raises:
         UnsupportedError: the difference exceeds the type's bound (a bug, never expected).
     """
-    import gguf
+    import gguf  # deferred: gguf is an optional extra
 
     got = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[name])
     want = qt.dequantize().float().numpy().reshape(got.shape)

@@ -88,7 +88,7 @@ def _floats(qmodel: nn.Module, config: Any, float_type: str) -> list[Tensor]:
 def _write(
     tmp: Path, config: Any, arch: str, tensors: list[Tensor], source: Path, pre: str
 ) -> None:
-    import gguf
+    import gguf  # deferred: gguf is an optional extra
 
     w = gguf.GGUFWriter(str(tmp), arch)
     w.add_name(str(getattr(config, "_name_or_path", "") or "quantbalance model").split("/")[-1])

@@ -86,7 +86,7 @@ def gguf_name(hf_name: str, n_blocks: int) -> str:
     Raises:
         UnsupportedError: a tensor llama.cpp's llama architecture has no place for.
     """
-    import gguf
+    import gguf  # deferred: gguf is an optional extra
 
     base, _, suffix = hf_name.rpartition(".")
     found = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_blocks).get_name(base)

@@ -28,6 +28,7 @@ def write_vocab(writer: Any, folder: Path, vocab_size: int, pre: str) -> int:
     Raises:
         ConfigError: no tokenizer in the folder, or more tokens than embedding rows.
     """
+    # deferred: gguf and transformers are optional extras
     import gguf
     from transformers import AutoTokenizer
 

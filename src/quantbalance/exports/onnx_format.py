@@ -26,6 +26,7 @@ def write_onnx(
     Returns:
         The ExportResult (the graph file and any external-data file).
     """
+    # deferred: quantbalance.deploy.onnx_export imports onnx, slow to import
     from quantbalance.deploy.onnx_export import export_onnx
 
     if example_inputs is None:

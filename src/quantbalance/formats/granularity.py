@@ -29,6 +29,7 @@ from typing import Annotated, ClassVar, Literal
 import torch
 from pydantic import Field
 
+from quantbalance.errors import ConfigError
 from quantbalance.formats.config import FrozenConfig
 
 #: Most elements quantized or dequantized at once (bounds the temporaries; see chunk_slices).
@@ -75,8 +76,6 @@ Granularity = Annotated[PerTensor | PerChannel | PerToken | PerGroup, Field(disc
 
 
 def _axis(axis: int, ndim: int, what: str) -> int:
-    from quantbalance.errors import ConfigError
-
     if not -ndim <= axis < ndim:
         raise ConfigError(f"{what}: axis={axis} is out of range for a tensor of {ndim} dims")
     return axis % ndim

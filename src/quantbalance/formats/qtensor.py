@@ -21,6 +21,7 @@ from quantbalance.formats.granularity import (
     chunk_slices,
     expand_params,
     from_blocks,
+    grid_shape,
     to_blocks,
 )
 from quantbalance.formats.scheme import Scheme
@@ -256,8 +257,6 @@ class QuantizedTensor:
         Raises:
             CheckpointError: naming the tensor, its size and the expected size.
         """
-        from quantbalance.formats.granularity import grid_shape
-
         grid = grid_shape(self.shape, self.scheme.granularity)
         want_packed = packing.packed_nbytes(self.numel, self.scheme.bits)
         if self.packed.dtype != torch.uint8 or self.packed.numel() != want_packed:

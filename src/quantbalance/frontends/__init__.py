@@ -6,6 +6,7 @@ Heavy dependencies (transformers, onnx2torch, keras) load only when a function i
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["build_task", "from_keras", "from_onnx", "from_pretrained", "load", "read_samples"]
@@ -22,7 +23,5 @@ _WHERE = {
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        import importlib
-
         return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'quantbalance.frontends' has no attribute {name!r}")

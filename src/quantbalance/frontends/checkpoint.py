@@ -10,6 +10,8 @@ from torch import nn
 
 from quantbalance.deploy.checkpoint import load as load_checkpoint
 from quantbalance.deploy.sharded import is_sharded
+from quantbalance.frontends.hf import from_pretrained
+from quantbalance.frontends.offload import skeleton
 
 
 def load(
@@ -31,12 +33,8 @@ def load(
         CheckpointError: bad file, no skeleton, or a skeleton that does not match.
     """
     if isinstance(model, str | Path):
-        from quantbalance.frontends.hf import from_pretrained
-
         source = model
         if is_sharded(path) and Path(source).is_dir():  # written block by block (offload=):
-            from quantbalance.frontends.offload import skeleton  # no float weights are read
-
             return load_checkpoint(path, lambda: skeleton(Path(source), calibration=False))
         return load_checkpoint(path, lambda: from_pretrained(source).model)
     return load_checkpoint(path, model)

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from quantbalance.errors import AssetMissingError, ConfigError
 
@@ -140,8 +142,6 @@ def _read_path(path: Path, column: str | None, labels: str | None) -> Samples:
     if suffix == ".parquet":
         return _read_datasets(path, column, labels, from_disk=False)
     if suffix == ".npy":
-        import numpy as np
-
         try:
             arr = np.load(path, allow_pickle=False)
         except ValueError as e:
@@ -189,7 +189,7 @@ def _text_rows(
 
 def _read_datasets(path: Path, column: str | None, labels: str | None, from_disk: bool) -> Samples:
     try:
-        import datasets
+        import datasets  # deferred: datasets is an optional extra
     except ImportError:
         raise AssetMissingError(
             f"{path}: reading a Hugging Face datasets folder or parquet file needs the PyPI "
@@ -218,7 +218,7 @@ def read_image_folder(path: Path) -> Samples:
     Raises:
         ConfigError: no images found.
     """
-    from PIL import Image
+    from PIL import Image  # deferred: Pillow takes ~0.1 s to import; only image folders need it
 
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -239,8 +239,6 @@ def read_image_folder(path: Path) -> Samples:
 
 
 def _read_safetensors(path: Path, labels: str | None) -> Samples:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path))
     label_key = labels or ("labels" if "labels" in tensors else None)
     if label_key is not None and label_key not in tensors:

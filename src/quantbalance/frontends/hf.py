@@ -99,7 +99,7 @@ def from_pretrained(path_or_id: str | Path, task: str | None = None) -> HFModel:
         ('causal-lm', 'LlamaForCausalLM')
     """
     try:
-        import transformers
+        import transformers  # deferred: transformers is an optional extra
     except ImportError as exc:
         raise AssetMissingError(
             "--hf needs the PyPI package 'transformers'; install it with: "
@@ -169,6 +169,7 @@ def resolve_folder(path_or_id: str | Path) -> Path:
 
 
 def _cached_snapshot(repo_id: str) -> Path:
+    # deferred: huggingface_hub comes with the optional transformers
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
@@ -224,6 +225,7 @@ def _is_sentence_transformer(folder: Path) -> bool:
 
 
 def _is_speech_seq2seq(config: Any) -> bool:
+    # deferred: transformers is an optional extra
     from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
 
     return getattr(config, "model_type", None) in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
@@ -282,7 +284,7 @@ def _prepare(model: nn.Module, kind: str, folder: Path) -> nn.Module:
 
 
 def _processor(folder: Path, kind: str) -> Any:
-    import transformers
+    import transformers  # deferred: transformers is an optional extra
 
     name = {"image-classification": "AutoImageProcessor", "speech-seq2seq": "AutoProcessor"}.get(
         kind, "AutoTokenizer"
@@ -298,6 +300,7 @@ def _processor(folder: Path, kind: str) -> Any:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """transformers' own load report and progress bars off: check_loading says what matters."""
+    # deferred: transformers is an optional extra
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()

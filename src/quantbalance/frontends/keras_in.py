@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from quantbalance.errors import AssetMissingError, ConfigError
@@ -40,7 +41,7 @@ def import_keras() -> Any:
     if "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
-        import keras
+        import keras  # deferred: keras is an optional extra
     except ImportError:
         raise AssetMissingError(f"Keras models need Keras 3; install it with: {EXTRA}") from None
     backend = keras.backend.backend()
@@ -91,8 +92,6 @@ def from_keras(model_or_path: Any) -> nn.Module:
 
 def _call_once(model: Any) -> None:
     """Keras exports only models that have run; a freshly loaded one runs once on zeros."""
-    import numpy as np
-
     inputs = getattr(model, "inputs", None) or []
     shapes = [tuple(1 if d is None else int(d) for d in t.shape) for t in inputs]
     if not shapes:

@@ -76,6 +76,7 @@ def skeleton(
     Returns:
         The model in eval mode (no weights).
     """
+    # deferred: accelerate and transformers are the optional [offload] extra
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 

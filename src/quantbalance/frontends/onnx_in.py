@@ -97,6 +97,7 @@ def simplify(proto: Any) -> Any:
     Returns:
         The simplified model.
     """
+    # deferred: onnx and onnxscript are slow to import
     import onnx
     from onnxscript import ir, optimizer, rewriter
     from onnxscript.rewriter.rules import common
@@ -183,6 +184,7 @@ def _onnx2torch() -> tuple[Any, Any]:
     if importlib.util.find_spec("onnx2torch") is None:
         raise AssetMissingError(f"ONNX input needs the PyPI package 'onnx2torch'; {_EXTRA}")
     with _torchvision_stand_in():
+        # deferred: onnx2torch is an optional extra
         from onnx2torch import convert
         from onnx2torch.node_converters import get_converter
     return convert, get_converter

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantbalance.errors import UnsupportedError
 from quantbalance.formats import QuantizedTensor
 from quantbalance.nn.act import ActQuantizer
 from quantbalance.nn.layout import from_matrix
@@ -241,8 +242,6 @@ class _QConvNd(QuantModule):
         self.groups = conv.groups
         self.padding_mode = conv.padding_mode
         if conv.padding_mode != "zeros":
-            from quantbalance.errors import UnsupportedError
-
             raise UnsupportedError(
                 f"padding_mode={conv.padding_mode!r}: quantized convolutions support 'zeros'"
             )

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantbalance.analysis import analyze
+
 
 def _hist(x: torch.Tensor) -> dict[str, list[float]]:
     v = x.detach().float().reshape(-1)
@@ -29,8 +31,6 @@ def histograms(model: nn.Module, calib_data: Any, layers: list[str]) -> dict[str
     Returns:
         layer -> ``{"weight": {...}, "activation": {...} or None}``.
     """
-    from quantbalance.analysis import analyze
-
     samples = {}
     if calib_data:
         a = analyze(model, list(calib_data)[:2], weight_schemes=(), act_schemes=(), progress=False)

@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from quantbalance.calibration import capture
+from quantbalance.calibration.batch import call_model
 from quantbalance.evaluate import model_nbytes
 from quantbalance.formats.kinds import stored_nbytes
 from quantbalance.lowering import lower_spec, plan_target
@@ -116,8 +118,6 @@ def time_model(model: nn.Module, batch: Any, repeats: int = 5) -> float:
     Returns:
         Milliseconds.
     """
-    from quantbalance.calibration.batch import call_model
-
     call_model(model, batch)
     times = []
     for _ in range(repeats):
@@ -173,8 +173,6 @@ def input_shapes(model: nn.Module, names: Sequence[str], batch: Any) -> dict[str
     Returns:
         name -> shape (layers the batch never reaches are absent).
     """
-    from quantbalance.calibration import capture
-
     shapes: dict[str, list[int]] = {}
 
     def grab(name: str, mod: nn.Module, inp: tuple[Any, ...], out: Any) -> None:

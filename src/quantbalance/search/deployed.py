@@ -25,6 +25,7 @@ from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
 from quantbalance.hardware import Hardware, detect
 from quantbalance.lowering import plan_target
 from quantbalance.progress import log as progress_log
+from quantbalance.quantize import quantize
 from quantbalance.transform import fold_batchnorm, split_attention
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,6 @@ def measure_deployed(
         ``{"engine", "cpu", "isa", "threads", "int8_target", "kernels", "chosen_ms",
         "float_ms", "predicted_chosen_ms", "predicted_float_ms", "load_avg"}``.
     """
-    from quantbalance.quantize import quantize
-
     if example_inputs is None:
         example_inputs = calib_data[0]
     progress_log.info("deployed: building the chosen Plan's and the float engines")

@@ -24,6 +24,7 @@ from quantbalance.errors import ConfigError
 from quantbalance.evaluate import check_metrics, model_nbytes
 from quantbalance.evaluate.guards import layer_numerics, problems
 from quantbalance.plan import Plan
+from quantbalance.quantize import quantize
 from quantbalance.search.cache import Cache, fn_identity
 from quantbalance.search.fingerprint import Fingerprint, eval_fingerprint
 
@@ -237,8 +238,6 @@ class PlanEvaluator:
     _refs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def _quantize(self, plan: Plan) -> nn.Module:
-        from quantbalance.quantize import quantize
-
         return quantize(self.model, plan, self.source.calib_data, progress=False)
 
     def numerics(self, plan: Plan, floor_db: float) -> dict[str, str]:

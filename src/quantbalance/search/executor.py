@@ -24,6 +24,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import torch
+
 from quantbalance.algorithms.base import apply_options, options_snapshot
 from quantbalance.errors import AssetMissingError, ConfigError
 from quantbalance.plan import Plan
@@ -74,7 +76,7 @@ class SerialExecutor:
 
 def _ray() -> Any:
     try:
-        import ray
+        import ray  # deferred: ray is an optional extra
     except ImportError:
         raise AssetMissingError(
             "executor='ray' needs the PyPI package 'ray'; install it with: "
@@ -87,8 +89,6 @@ class _Worker:
     """A Ray actor's state: the shared object, deserialized once, and the thread count."""
 
     def __init__(self, shared: Any, threads: int, options: dict[str, Any]) -> None:
-        import torch
-
         torch.set_num_threads(threads)
         apply_options(options)
         self.shared = shared
@@ -151,7 +151,7 @@ class RayExecutor:
         if not items:
             return []
         ray = self._connect()
-        from ray.util import ActorPool
+        from ray.util import ActorPool  # deferred: ray is an optional extra
 
         n = min(self.workers, len(items))
         ref = ray.put(shared)  # one copy in the object store; each actor reads it once

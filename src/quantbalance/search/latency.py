@@ -44,6 +44,7 @@ from torch import nn
 
 from quantbalance.calibration.batch import cast_batch
 from quantbalance.deploy.kernels import Kernel, LayerDesc, choose, engine_dtype
+from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
 from quantbalance.errors import ConfigError
 from quantbalance.formats import quantize_tensor
 from quantbalance.formats.kinds import qparams_from_range
@@ -154,8 +155,6 @@ def build_kernel(
         mod = choose(LayerDesc.of_module(q), hw)[0].build(q, dtype)
     x = x.to(dtype) if x.is_floating_point() else x
     if compile:
-        from quantbalance.deploy.torch_engine import compile_isolated
-
         mod = compile_isolated(mod)
     return lambda: mod(x)
 
@@ -272,8 +271,6 @@ class TorchLatencyModel(LatencyModel):
         Returns:
             Median milliseconds of one forward pass.
         """
-        from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
-
         dtype = engine_dtype(detect())
         engine = to_torch_engine(model, compile=False).to(dtype)
         batch = cast_batch(example_inputs, dtype)

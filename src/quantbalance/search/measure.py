@@ -15,6 +15,7 @@ from torch import nn
 from quantbalance.hardware import Int8Target
 from quantbalance.lowering import lower_spec, plan_target
 from quantbalance.plan import LayerSpec, Plan
+from quantbalance.quantize import quantize
 from quantbalance.search.evaluator import Source
 from quantbalance.search.proxies import build_qmodule, proxies
 from quantbalance.transform import replace_module
@@ -68,8 +69,6 @@ def measure_layer(
         target = job.base
         replace_module(job.base, n, qmod)
     else:
-        from quantbalance.quantize import quantize
-
         plan = Plan(layers={n: s}, name=f"{n}:{k}", hardware=target)
         target = quantize(job.model, plan, job.src.calib_data, progress=False)
         mod, qmod = job.base.get_submodule(n), target.get_submodule(n)

@@ -12,9 +12,21 @@ from typing import Any
 from torch import nn
 
 from quantbalance.errors import ConfigError
+from quantbalance.frontends.task import build_task
+from quantbalance.tasks import fashion, minilm, smollm
 from quantbalance.tasks.base import Task
 
 TASKS = ("minilm", "fashion", "smollm")
+#: Task name -> its loader (each module imports its heavy dependencies only when called).
+_LOADERS: dict[str, Callable[..., Task]] = {
+    "minilm": minilm.load_minilm, "fashion": fashion.load_fashion, "smollm": smollm.load_smollm,
+}  # fmt: skip
+#: Task name -> ``build_evaluate(task, eval_slice)`` (``hf:`` tasks use minilm's).
+_EVALUATORS: dict[str, Callable[..., Callable[[nn.Module], dict[str, float]]]] = {
+    "minilm": minilm.build_evaluate,
+    "fashion": fashion.build_evaluate,
+    "smollm": smollm.build_evaluate,
+}
 #: Sizes of the real tasks for a benchmark: metrics on a slice, batches of the timed sizes.
 BENCH_TASKS: dict[str, dict[str, Any]] = {
     "minilm": {"n_eval": 64, "n_calib": 100},
@@ -47,13 +59,8 @@ def load(name: str, **kwargs: Any) -> Task:
         AssetMissingError: the task's model or data is not installed.
     """
     key = name.strip().lower() if isinstance(name, str) else name
-    if key == "minilm":
-        from quantbalance.tasks.minilm import load_minilm as loader
-    elif key == "smollm":
-        from quantbalance.tasks.smollm import load_smollm as loader
-    elif key == "fashion":
-        from quantbalance.tasks.fashion import load_fashion as loader
-    else:
+    loader = _LOADERS.get(key)
+    if loader is None:
         raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     task = loader(**kwargs)
     task.eval_slicer = functools.partial(build_evaluate, task)
@@ -83,8 +90,6 @@ def from_model(model: Any, data: Any, metric: str | None = None, **kwargs: Any) 
         >>> llama = qb.from_pretrained("my-llama")  # doctest: +SKIP
         >>> task = qb.tasks.from_model(llama, "texts.txt")  # doctest: +SKIP
     """
-    from quantbalance.frontends.task import build_task
-
     return build_task(model, data, metric=metric, **kwargs)
 
 
@@ -126,13 +131,8 @@ def build_evaluate(task: Task, eval_slice: slice) -> Callable[[nn.Module], dict[
         ConfigError: the task has no sliced evaluation, or the slice is out of range.
     """
     base = task.name.split("[")[0]
-    if base == "minilm" or base.startswith("hf:"):
-        from quantbalance.tasks.minilm import build_evaluate as build
-    elif base == "fashion":
-        from quantbalance.tasks.fashion import build_evaluate as build
-    elif base == "smollm":
-        from quantbalance.tasks.smollm import build_evaluate as build
-    else:
+    build = _EVALUATORS.get("minilm" if base.startswith("hf:") else base)
+    if build is None:
         raise ConfigError(
             f"task {task.name!r} has no sliced evaluation; accepted: {', '.join(TASKS)}"
         )

@@ -21,7 +21,7 @@ def gensim_datapath(name: str, needed_by: str) -> Path:
         AssetMissingError: gensim is not installed, or the file is missing.
     """
     try:
-        from gensim.test.utils import datapath  # gensim is an optional asset package
+        from gensim.test.utils import datapath  # deferred: gensim is an optional asset package
     except ImportError as exc:
         raise AssetMissingError(
             f"{needed_by} gensim's test data file {name!r}; install it with: pip install gensim"

@@ -153,7 +153,7 @@ def build_evaluate(task: Task, eval_slice: slice) -> Callable[[nn.Module], dict[
         ConfigError: the slice is empty, has a step, or leaves ``0..N_EVAL_MAX``.
     """
     lo, hi = _check_slice(eval_slice, N_EVAL_MAX, "minilm", "evaluation sentences")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers is an optional extra
 
     path = task.info.get("model_path") or minilm_model_path()
     tokenizer = AutoTokenizer.from_pretrained(str(path))

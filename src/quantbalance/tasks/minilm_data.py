@@ -35,6 +35,7 @@ _WORDLIKE = re.compile(r"[(\"'‘“]?[A-Za-z][A-Za-z'’-]*[)\"'’”]?[,.;:?!
 
 def _topics_text() -> list[str]:
     try:
+        # deferred: pydoc_data is a large data module, read only here
         import pydoc_data.topics as topics_module
     except ImportError as exc:  # pragma: no cover - part of the standard library
         raise AssetMissingError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,16 +67,15 @@ def minilm_extended_metrics(
     Returns:
         ``{"lee_pearson": ..., "sentiment_accuracy": ...}``.
     """
-    import numpy as np
-
     try:
+        # deferred: sklearn is an optional extra
         from sklearn.linear_model import LogisticRegression
     except ImportError as exc:
         raise AssetMissingError(
             "the minilm sentiment metric needs scikit-learn; install it with: "
             "pip install scikit-learn"
         ) from exc
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers is an optional extra
 
     tokenizer = AutoTokenizer.from_pretrained(
         str(task.info.get("model_path") or minilm_model_path())

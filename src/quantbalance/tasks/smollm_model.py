@@ -111,7 +111,7 @@ def smollm_cache_dir() -> Path:
 
 
 def _fingerprint(gguf_path: Path) -> str:
-    import transformers
+    import transformers  # deferred: transformers is an optional extra
 
     digest = hashlib.sha256()
     with gguf_path.open("rb") as handle:
@@ -146,6 +146,7 @@ def _from_pretrained(cls: Any, path: str, **kwargs: Any) -> Any:
 
 def _load_from_gguf(gguf_path: Path) -> tuple[nn.Module, Any]:
     """Dequantize the GGUF file into a float32 model and its tokenizer (slow)."""
+    # deferred: transformers is an optional extra
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     _require_gguf()
@@ -155,6 +156,7 @@ def _load_from_gguf(gguf_path: Path) -> tuple[nn.Module, Any]:
     else:
         # transformers refuses gguf_file= without accelerate; do the same steps by hand
         # (same parser and dequantizer, bit-identical weights).
+        # deferred: transformers is an optional extra
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
         logger.info("accelerate is not installed: dequantizing %s without from_pretrained", name)
@@ -216,6 +218,7 @@ def load_smollm_model(use_cache: bool = True) -> tuple[nn.Module, Any, dict[str,
     """
     gguf_path = smollm_gguf_path()
     _require_transformers()
+    # deferred: transformers is an optional extra
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()

@@ -17,6 +17,8 @@ from typing import Any
 
 from quantbalance.errors import ConfigError
 from quantbalance.search.holdout import Split, split_eval
+from quantbalance.tasks import load as load_task
+from quantbalance.tasks.minilm import N_EVAL_MAX
 
 SPLITS = ("minilm", "fashion", "smollm")
 
@@ -39,11 +41,7 @@ def split_task(
     Raises:
         ConfigError: the task has no split defined here, or a size is out of range.
     """
-    from quantbalance.tasks import load as load_task
-
     if name == "minilm":
-        from quantbalance.tasks.minilm import N_EVAL_MAX
-
         half = n_eval or 250
         if not 1 <= half <= N_EVAL_MAX // 2:
             raise ConfigError(f"minilm: n_eval={half}; accepted 1..{N_EVAL_MAX // 2}")
