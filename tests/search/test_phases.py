@@ -119,9 +119,10 @@ def test_front_measures_front_evals_points_and_places_the_presets(tmp_path: Path
     assert [p.name for p in presets] == ["int8-weight"]
     _, data, _ = make()
     q = qb.quantize(net, presets[0].plan, data, progress=False)
-    assert presets[0].nbytes == qb.model_nbytes(q) == costs.plan_bytes(choice["int8-weight"])
-    assert presets[0].metrics["cos"] == pytest.approx(_measured(net, presets[0].plan, data), abs=1e-6)
-    assert presets[0].holdout_metrics is None  # no held-out split
+    int8 = presets[0]
+    assert int8.nbytes == qb.model_nbytes(q) == costs.plan_bytes(choice["int8-weight"])
+    assert int8.metrics["cos"] == pytest.approx(_measured(net, int8.plan, data), abs=1e-6)
+    assert int8.holdout_metrics is None  # no held-out split
 
 
 def test_holdout_judges_the_chosen_plan_and_the_presets_there(tmp_path: Path) -> None:
