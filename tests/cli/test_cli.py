@@ -134,8 +134,9 @@ def test_demo_runs_the_cli_search_path_and_says_where_the_report_is(  # type: ig
 
     def small(out, **kw):  # type: ignore[no-untyped-def]
         seen.update(kw)  # the demo's own options, then a tiny model instead of MiniLM
+        config = search_cmd.search_config(max_evals=2, cache_dir=tmp_path / "c")
         kw = kw | {"task": None, "model": "factories:with_eval", "metric": "cosine",
-                   "n_sensitivity": None, "max_evals": 2, "cache_dir": tmp_path / "c"}  # fmt: skip
+                   "n_sensitivity": None, "config": config}  # fmt: skip
         return search_cmd.run_search(out, **kw)
 
     monkeypatch.setattr(demo, "run_search", small)

@@ -18,9 +18,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 from torch import nn
 
 from quantbalance.evaluate.guards import SQNR_FLOOR_DB
@@ -36,6 +44,23 @@ LIVE = ("candidates", "latency_model", "executor")
 
 SpecList = tuple[LayerSpec | None, ...]
 SpecDict = dict[str, LayerSpec | None]
+
+
+def _known_algorithm(v: str) -> str:
+    check_algorithm(v)  # raises naming the accepted steps
+    return v
+
+
+def _known_target(v: str) -> str:
+    if v not in TARGETS:
+        raise ValueError(f"unknown target {v!r}; accepted: {', '.join(TARGETS)}")
+    return v
+
+
+def _measure_count(v: bool | int) -> bool | int:
+    if not isinstance(v, bool) and v < 1:
+        raise ValueError("give True, False or a number of pairs ≥ 1")
+    return v
 
 
 class SearchConfig(FrozenConfig):
@@ -75,7 +100,7 @@ class SearchConfig(FrozenConfig):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     candidates: SpecList | SpecDict | Callable[[str, nn.Module], SpecDict] | None = None
-    algorithm: StrictStr = "rtn"
+    algorithm: Annotated[StrictStr, AfterValidator(_known_algorithm)] = "rtn"
     max_evals: StrictInt = Field(default=8, ge=1)
     groups: tuple[tuple[StrictStr, ...], ...] | None = None
     objective: Literal["bytes", "latency"] = "bytes"
@@ -86,37 +111,27 @@ class SearchConfig(FrozenConfig):
     metric: StrictStr | None = None
     higher_is_better: StrictBool | None = None
     eval_id: StrictStr | None = None
-    measure: StrictBool | StrictInt = True
+    measure: Annotated[StrictBool | StrictInt, AfterValidator(_measure_count)] = True
     progress: StrictBool = True
     executor: Literal["serial", "ray"] | Executor | None = None
-    target: StrictStr | None = None
+    target: Annotated[StrictStr, AfterValidator(_known_target)] | None = None
     sqnr_floor_db: float = Field(default=SQNR_FLOOR_DB, strict=True, allow_inf_nan=False)
     hardware: Literal["auto", "vnni", "avx2"] = "auto"
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _candidates_kind(cls, v: Any) -> Any:
+        if v is None or isinstance(v, list | tuple | dict) or callable(v):
+            return v
+        raise ValueError(
+            f"a {type(v).__name__}; give a list of LayerSpec (None = float), a key -> LayerSpec "
+            "dict, or a function (name, module) -> key -> LayerSpec"
+        )
 
     @field_validator("cache_dir", mode="before")
     @classmethod
     def _path_text(cls, v: Any) -> Any:
         return os.fspath(v) if isinstance(v, os.PathLike) else v
-
-    @field_validator("algorithm")
-    @classmethod
-    def _known_algorithm(cls, v: str) -> str:
-        check_algorithm(v)
-        return v
-
-    @field_validator("target")
-    @classmethod
-    def _known_target(cls, v: str | None) -> str | None:
-        if v is not None and v not in TARGETS:
-            raise ValueError(f"unknown target {v!r}; accepted: {', '.join(TARGETS)}")
-        return v
-
-    @field_validator("measure")
-    @classmethod
-    def _measure_count(cls, v: bool | int) -> bool | int:
-        if not isinstance(v, bool) and v < 1:
-            raise ValueError("give True, False or a number of pairs ≥ 1")
-        return v
 
     @property
     def is_data(self) -> bool:
