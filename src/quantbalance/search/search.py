@@ -12,8 +12,9 @@
 4. A budget sweep gives the Pareto front (a few points evaluated), the uniform presets are
    placed on the same axes, and the chosen Plan is judged on the held-out split.
 
-An impossible budget never raises: the result holds the closest Plan, ``met_budget=False`` and a
-message saying why.
+Each step is a function of ``search.phases`` (setup, sensitivity, costs, verify, front, held-out
+check); every option they read is one field of a :class:`SearchConfig`. An impossible budget
+never raises: the result holds the closest Plan, ``met_budget=False`` and a message saying why.
 """
 
 from __future__ import annotations
