@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from test_search import FAST, FakeEngine, make
+from torch import nn
 
 import quantbalance as qb
 from quantbalance.errors import ConfigError
@@ -25,6 +26,7 @@ from quantbalance.search import Budget, SearchConfig, search
         ("target", "onnx", "unknown target 'onnx'; accepted: torch, ort, tensorrt"),
         ("measure", 0, "measure=0: give True, False or a number of pairs ≥ 1"),
         ("candidates", "w8a8", "candidates='w8a8': a str; give a list of LayerSpec"),
+        ("candidates", nn.Linear(2, 2), "a Linear; give a list of LayerSpec (None = float)"),
         ("executor", "dask", "Input should be 'serial' or 'ray'"),
         ("latency_model", 3, "latency_model=3: Input should be an instance of LatencyModel"),
         ("hardware", "arm", "hardware='arm': Input should be 'auto', 'vnni' or 'avx2'"),

@@ -121,7 +121,9 @@ class SearchConfig(FrozenConfig):
     @field_validator("candidates", mode="before")
     @classmethod
     def _candidates_kind(cls, v: Any) -> Any:
-        if v is None or isinstance(v, list | tuple | dict) or callable(v):
+        if v is None or isinstance(v, list | tuple | dict):
+            return v
+        if callable(v) and not isinstance(v, nn.Module):  # a module is callable too
             return v
         raise ValueError(
             f"a {type(v).__name__}; give a list of LayerSpec (None = float), a key -> LayerSpec "
