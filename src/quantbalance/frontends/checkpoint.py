@@ -10,6 +10,7 @@ from torch import nn
 
 from quantbalance.deploy.checkpoint import load as load_checkpoint
 from quantbalance.deploy.sharded import is_sharded
+from quantbalance.quantize_offload import skeleton
 
 
 def load(
@@ -35,8 +36,7 @@ def load(
 
         source = model
         if is_sharded(path) and Path(source).is_dir():  # written block by block (offload=):
-            from quantbalance.frontends.offload import skeleton  # no float weights are read
-
+            # the meta skeleton: no float weights are read
             return load_checkpoint(path, lambda: skeleton(Path(source), calibration=False))
         return load_checkpoint(path, lambda: from_pretrained(source).model)
     return load_checkpoint(path, model)
