@@ -16,9 +16,6 @@ import pytest
 import quantbalance
 
 PKG = Path(quantbalance.__file__).parent
-#: Files another branch rewrites; their function-level imports are listed here until it merges
-#: (the lead empties this at the merge; the check then covers every file).
-_OWNED_ELSEWHERE_UNTIL_MERGE: dict[str, int] = {"cli/search_cmd.py": 12}
 
 
 def _module_names(root: Path) -> dict[str, Path]:
@@ -134,11 +131,7 @@ def test_no_import_cycle_even_through_function_level_imports() -> None:
 
 
 def test_every_function_level_import_says_why_it_is_deferred() -> None:
-    bad = undocumented_deferrals(PKG)
-    owned = {f: len(lines) for f, lines in bad.items() if f in _OWNED_ELSEWHERE_UNTIL_MERGE}
-    assert {f: lines for f, lines in bad.items() if f not in owned} == {}
-    for f, n in owned.items():  # shrinking is fine; more is not
-        assert n <= _OWNED_ELSEWHERE_UNTIL_MERGE[f], f
+    assert undocumented_deferrals(PKG) == {}
 
 
 @pytest.mark.parametrize(

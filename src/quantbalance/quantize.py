@@ -30,14 +30,15 @@ from quantbalance.evaluate.guards import check_numerics as check
 from quantbalance.formats import PerChannel, PerTensor, PerToken, Scheme
 from quantbalance.nn import REGISTRY, QuantModule
 from quantbalance.plan import LayerSpec, Plan
+from quantbalance.quantize_offload import quantize_offloaded
 from quantbalance.quantize_steps import (
     EAGER_STEPS,
     QuantizationInfo,
     _announce,
-    _install,
     _with_algorithm,
     as_plan,
     calibrate_activations,
+    install_layer,
     normalise_plan,
     plan_from_bitwidths,
     resolve_layers,
@@ -48,8 +49,8 @@ from quantbalance.transform import coverage, fold_batchnorm, split_attention, un
 __all__ = [
     "EAGER_STEPS",
     "QuantizationInfo",
-    "_install",
     "as_plan",
+    "install_layer",
     "is_quantized",
     "plan_from_bitwidths",
     "quantize",
@@ -97,7 +98,7 @@ def quantize(
         offload: with ``model`` a Hugging Face checkpoint folder: ``"disk"`` loads each
             transformer block from the safetensors shards only while it is quantized (memory:
             one block, not the model), ``"cpu"`` reads all weights into host memory once; the
-            result is written block by block to ``save_to`` (see ``frontends.offload``).
+            result is written block by block to ``save_to`` (see ``quantize_offload``).
         save_to: the output checkpoint folder for ``offload`` (read it with ``qb.load``).
         device: where calibration, GPTQ and AWQ run (``"cuda"``, ``"cpu"``; default: where the
             model is; with ``offload``: ``cuda`` when available). Blocks move to the device one
@@ -171,9 +172,7 @@ def _quantize_path(
     progress: bool,
     bitwidths: list[int] | None,
 ) -> Path:
-    """``quantize`` of a Hugging Face checkpoint folder, block by block (``frontends.offload``)."""
-    # deferred: frontends sit above quantize.py (DESIGN.md layers); only this path needs them
-    from quantbalance.frontends.offload import quantize_offloaded
+    """``quantize`` of a Hugging Face checkpoint folder, block by block (``quantize_offload``)."""
 
     if offload is None and save_to is None:
         raise UnsupportedError(

@@ -249,7 +249,7 @@ def run_steps(
     installed: set[str] = set()
 
     def install(name: str) -> None:
-        _install(qmodel, name, specs[name], ctx.qweights[name])
+        install_layer(qmodel, name, specs[name], ctx.qweights[name])
         installed.add(name)
 
     order = [*_ordered_steps(specs), "rtn"]
@@ -358,8 +358,15 @@ def _say_lowered(plan: Plan, specs: dict[str, LayerSpec], types: dict[str, str])
         )  # fmt: skip
 
 
-def _install(model: nn.Module, name: str, spec: LayerSpec, qweight: QuantizedTensor) -> None:
-    """Replace the float layer ``name`` by its quantized module (and input quantizer)."""
+def install_layer(model: nn.Module, name: str, spec: LayerSpec, qweight: QuantizedTensor) -> None:
+    """Replace the float layer ``name`` by its quantized module (and input quantizer).
+
+    Args:
+        model: the model being quantized (changed in place).
+        name: the layer's qualified name.
+        spec: its LayerSpec (the activation scheme, if any, gets an input quantizer).
+        qweight: its quantized weight.
+    """
     mod = model.get_submodule(name)
     act = None
     if spec.activation is not None and not isinstance(mod, nn.Embedding):

@@ -30,14 +30,13 @@ from quantbalance.bench.engines import ENGINES, BenchContext, Engine
 from quantbalance.bench.result import (
     BenchResult,
     BenchRow,
-    Clock,
     add_ratios,
     env_info,
-    time_interleaved,
 )
 from quantbalance.calibration.batch import map_tensors
 from quantbalance.errors import ConfigError
 from quantbalance.evaluate.task import Task
+from quantbalance.evaluate.timing import Clock, time_interleaved
 from quantbalance.plan import PRESETS
 from quantbalance.progress import steps
 

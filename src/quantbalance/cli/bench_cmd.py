@@ -17,6 +17,7 @@ from rich.table import Table
 
 from quantbalance.bench.result import fmt_num
 from quantbalance.cli import loading
+from quantbalance.cli.fail import fail
 from quantbalance.errors import ConfigError, QuantBalanceError
 from quantbalance.io import atomic_write_text
 from quantbalance.tasks import load_for_bench
@@ -187,8 +188,7 @@ def bench_command(
                     threads=threads,
                 )
     except QuantBalanceError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        fail(e, console)
     console.print(result_table(result))
     if out is not None:
         path = atomic_write_text(out, json.dumps(result.to_dict(), indent=1))

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from quantbalance.analysis import analyze as run_analyze
 from quantbalance.cli.export_cmd import exporter
-from quantbalance.cli.loading import load_source
+from quantbalance.cli.loading import DataOptions, load_source
 from quantbalance.cli.offload_cmd import quantize_offloaded_cli
 from quantbalance.cli.options import (
     BatchSizeOpt,
@@ -24,13 +24,11 @@ from quantbalance.cli.options import (
     HardwareOpt,
     HfOpt,
     HfTaskOpt,
-    LabelsOpt,
-    NCalibOpt,
     NumSamplesOpt,
     OnnxOpt,
-    SeedOpt,
     SeqLenOpt,
     data_options,
+    with_data_options,
 )
 from quantbalance.cli.run import quantize_and_compare
 from quantbalance.errors import QuantBalanceError
@@ -108,6 +106,7 @@ def env(
 
 
 @app.command()
+@with_data_options
 def quantize(
     out: OutOpt = Path("out/quantize"),
     task: TaskOpt = None,
@@ -127,23 +126,16 @@ def quantize(
     calib_seq: Annotated[int, typer.Option("--calib-seq", help="tokens per window")] = 512,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda (--offload)")] = None,
     onnx: OnnxOpt = None,
-    data: DataOpt = None,
-    column: ColumnOpt = None,
-    labels: LabelsOpt = None,
     metric: Annotated[
         str | None, typer.Option("--metric", help="metric (default by model)")
     ] = None,
-    num_samples: NumSamplesOpt = None,
-    n_calib: NCalibOpt = None,
-    seq_len: SeqLenOpt = 128,
-    batch_size: BatchSizeOpt = 8,
-    seed: SeedOpt = 0,
-    hf_task: HfTaskOpt = None,
     export: Annotated[
         list[str] | None,
         typer.Option("--export", help="also write OUT/<plan>/ as qb|onnx|compressed-tensors|gguf"),
     ] = None,
     hardware: HardwareOpt = "auto",
+    *,
+    data_opts: DataOptions,
 ) -> None:
     """Quantize a model with one or more presets (or a Plan file) and compare with float.
 
@@ -158,13 +150,11 @@ def quantize(
         except QuantBalanceError as e:
             _fail(e)
         return
-    opts = data_options(data, column, labels, metric, num_samples, n_calib, seq_len, batch_size,
-                        seed, hf_task)  # fmt: skip
     try:
         names = [str(plan)] if plan else (preset or ["w8a8"])
         hook = exporter(export, out, hf, console) if export else None
         run = targeted(quantize_and_compare, hardware)
-        result = run(names, task, model, hf, algorithm, console, onnx, opts, hook)
+        result = run(names, task, model, hf, algorithm, console, onnx, data_opts, hook)
         path = atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=1))
     except QuantBalanceError as e:
         _fail(e)

@@ -137,7 +137,7 @@ def fill_meta(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> N
     """Give the skeleton's ``meta`` parameters and buffers the checkpoint's data, in place.
 
     A skeleton built on the ``meta`` device (``accelerate.init_empty_weights``, or
-    ``quantbalance.frontends.offload.skeleton``) holds no float weights, so a checkpoint of a
+    ``quantbalance.quantize_offload.skeleton``) holds no float weights, so a checkpoint of a
     model larger than memory loads without the float model ever being materialised. Each
     ``meta`` tensor takes the stored tensor of its name (cast to the skeleton's dtype; a
     parameter stays a parameter); tensors that already hold data are left to

@@ -11,7 +11,7 @@ from torch import nn
 from quantbalance.deploy.checkpoint import load as load_checkpoint
 from quantbalance.deploy.sharded import is_sharded
 from quantbalance.frontends.hf import from_pretrained
-from quantbalance.frontends.offload import skeleton
+from quantbalance.quantize_offload import skeleton
 
 
 def load(
@@ -35,6 +35,7 @@ def load(
     if isinstance(model, str | Path):
         source = model
         if is_sharded(path) and Path(source).is_dir():  # written block by block (offload=):
+            # the meta skeleton: no float weights are read
             return load_checkpoint(path, lambda: skeleton(Path(source), calibration=False))
         return load_checkpoint(path, lambda: from_pretrained(source).model)
     return load_checkpoint(path, model)

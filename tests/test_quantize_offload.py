@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from llama_ckpt import calib_batches, make_llama_checkpoint
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_offload.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_offload.py"
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_load_on_a_meta_skeleton_equals_the_in_memory_model(ckpt: Path, tmp_path
     """A sharded checkpoint rebuilt on a ``meta`` skeleton: no float model is materialised."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from quantbalance.frontends.offload import skeleton
+    from quantbalance.quantize_offload import skeleton
 
     torch.set_num_threads(1)
     calib = calib_batches()

@@ -49,7 +49,7 @@ from quantbalance.deploy.checkpoint import module_types
 from quantbalance.deploy.sharded import ShardedWriter
 from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
 from quantbalance.plan import LayerSpec, Plan
-from quantbalance.quantize_steps import QuantizationInfo, _install
+from quantbalance.quantize_steps import QuantizationInfo, install_layer
 from quantbalance.transform import quantizable_layers, unsupported_layers
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def _run(
 
     def install(name: str) -> None:
         if name not in installed:
-            _install(model, name, specs[name], ctx.qweights.pop(name))
+            install_layer(model, name, specs[name], ctx.qweights.pop(name))
             installed.add(name)
 
     def finish(names: dict[str, LayerSpec]) -> None:
