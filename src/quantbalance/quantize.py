@@ -24,7 +24,7 @@ from torch import nn
 
 from quantbalance.algorithms.smoothquant import lower_smoothing
 from quantbalance.args import checked
-from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
 from quantbalance.evaluate.guards import SQNR_FLOOR_DB
 from quantbalance.evaluate.guards import check_numerics as check
 from quantbalance.formats import PerChannel, PerTensor, PerToken, Scheme
@@ -43,7 +43,13 @@ from quantbalance.quantize_steps import (
     resolve_layers,
     run_steps,
 )
-from quantbalance.transform import coverage, fold_batchnorm, split_attention, unsupported_layers
+from quantbalance.transform import (
+    coverage,
+    fold_batchnorm,
+    quantize_residual_adds,
+    split_attention,
+    unsupported_layers,
+)
 
 __all__ = [
     "EAGER_STEPS",
@@ -150,6 +156,12 @@ def quantize(
         info.algorithm_log.setdefault("smoothquant", {})["lowered"] = lowered
     info.unsupported = unsupported_layers(qmodel)
     info.coverage = _announce(coverage(qmodel))
+    if the_plan.residual_activation is not None:
+        if batches is None:
+            raise CalibrationError(f"plan {the_plan.name!r} needs calibration data for the "
+                                   "static ranges of residual_activation")  # fmt: skip
+        adds = quantize_residual_adds(qmodel, the_plan.residual_activation)
+        log.info("%d residual addition(s) quantized: %s", len(adds), ", ".join(adds))
 
     calibrate_activations(qmodel, batches, progress)
     qmodel.qb_plan = the_plan
