@@ -20,6 +20,10 @@ from quantbalance.nn.act import ActQuantizer
 class QuantAdd(nn.Module):
     """``out(a(x) + b(y))`` with three activation quantizers (static ranges, calibrated).
 
+    With ``relu``, the ReLU that the model applies to the sum is computed here, before the
+    output quantizer: ``out(relu(a(x) + b(y)))``, so the sum's range starts at 0 (as ONNX
+    Runtime's ``QLinearAdd`` with the ReLU folded into its output zero point).
+
     Operands that are not both floating-point tensors (e.g. integer sizes) are added as they
     are: such an addition is not part of the quantized model, then or later.
 
@@ -27,10 +31,14 @@ class QuantAdd(nn.Module):
         scheme: the activation scheme of both inputs and of the sum.
         observer: observer name for the static ranges.
         frozen: build already-calibrated quantizers (a checkpoint fills in their ranges).
+        relu: apply ReLU to the sum before quantizing it.
     """
 
-    def __init__(self, scheme: Scheme, observer: str = "minmax", frozen: bool = False) -> None:
+    def __init__(
+        self, scheme: Scheme, observer: str = "minmax", frozen: bool = False, relu: bool = False
+    ) -> None:
         super().__init__()
+        self.relu = relu
         mode: Literal["static"] = "static"
 
         def make() -> ActQuantizer:
@@ -44,10 +52,11 @@ class QuantAdd(nn.Module):
         """The quantized sum of two float tensors (anything else: ``x + y``)."""
         if not (_is_float(x) and _is_float(y)):
             return x + y
-        return self.out(self.a(x) + self.b(y))
+        s = self.a(x) + self.b(y)
+        return self.out(torch.relu(s) if self.relu else s)
 
     def extra_repr(self) -> str:
-        return self.out.extra_repr()
+        return f"{self.out.extra_repr()}, relu={self.relu}"
 
 
 def _is_float(v: Any) -> bool:

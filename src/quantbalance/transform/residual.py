@@ -3,7 +3,7 @@
 ``quantize_residual_adds`` traces the ``forward`` of each of the model's own modules with
 ``torch.fx`` (its children stay opaque calls), replaces each addition of two traced values
 (``a + b``, ``torch.add(a, b)``, ``a.add(b)``, ``a += b``) by a :class:`~quantbalance.nn.
-QuantAdd` child, and gives the module the rewritten forward (a subclass of its own class with
+QuantAdd` child (with the ReLU applied to the sum, when that is all that reads it), and gives the module the rewritten forward (a subclass of its own class with
 the same name, so names, hooks, children and ``isinstance`` are unchanged). A module that fx
 cannot trace is refused (``UnsupportedError`` naming it, its class and why), never passed over:
 an addition it hides would otherwise stay float without anyone saying so.
@@ -31,6 +31,27 @@ _LIBRARY = ("torch.", "quantbalance.nn", "quantbalance.transform", "quantbalance
 _OPAQUE_RESIDUALS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 _ADD_FUNCTIONS = (operator.add, torch.add, operator.iadd)
 _ADD_METHODS = ("add", "add_")
+_RELU_FUNCTIONS = (torch.relu, torch.relu_, nn.functional.relu)
+
+
+class _InPlaceProxy(fx.Proxy):
+    """A proxy that records ``a += b`` (and the other augmented assignments) as in-place calls.
+
+    ``fx.Proxy`` has no ``__iadd__``, so plain tracing records ``a += b`` as ``a + b`` and the
+    traced forward would no longer change ``a``; these record ``operator.iadd`` and friends.
+    """
+
+
+def _augmented(fn: Any) -> Any:
+    def method(self: fx.Proxy, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", fn, (self, other), {})
+
+    return method
+
+
+for _name in ("iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul",
+              "iand", "ior", "ixor", "ilshift", "irshift"):  # fmt: skip
+    setattr(_InPlaceProxy, f"__{_name}__", _augmented(getattr(operator, _name)))
 
 
 class _ChildrenAreLeaves(fx.Tracer):
@@ -42,6 +63,9 @@ class _ChildrenAreLeaves(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return m is not self.traced_root
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InPlaceProxy(node, self)
 
 
 def quantize_residual_adds(
@@ -78,11 +102,13 @@ def quantize_residual_adds(
         _check_rewritable(model, name, mod, adds)
         for i, node in enumerate(adds):
             child = _free_name(mod, i)
-            mod.add_module(child, QuantAdd(scheme, observer, frozen))
+            relu = _sole_relu(mod, node)
+            mod.add_module(child, QuantAdd(scheme, observer, frozen, relu=relu is not None))
             with graph.inserting_before(node):
                 new = graph.call_module(child, tuple(node.args[:2]))
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
+            for old in (relu, node) if relu is not None else (node,):
+                old.replace_all_uses_with(new)
+                graph.erase_node(old)
             added.append(f"{name}.{child}" if name else child)
         _use_graph(mod, graph)
     return added
@@ -119,20 +145,38 @@ def _check_rewritable(model: nn.Module, name: str, mod: nn.Module, adds: list[fx
             f"{where}: its forward has optional or variable arguments {loose}, whose branches "
             "a traced forward would fix; residual_activation needs a forward of plain inputs"
         )
-    order = {n: i for i, n in enumerate(adds[0].graph.nodes)}
     for node in adds:
         if len(node.args) > 2 or node.kwargs:
             raise UnsupportedError(f"{where}: addition {node.format_node()} has extra arguments "
                                    "(alpha=...); only a + b can be quantized")  # fmt: skip
-        inplace = node.target in (operator.iadd, "add_")
-        target = node.args[0]
-        assert isinstance(target, fx.Node)
-        later = [u for u in target.users if u is not node and order[u] > order[node]]
-        if inplace and (later or target.op == "placeholder"):
+        if node.target in (operator.iadd, "add_") and not _private_sum(mod, node):
             raise UnsupportedError(
-                f"{where}: in-place addition {node.format_node()} changes a tensor that is "
-                "read again (or an input); a quantized addition would not, so it is refused"
+                f"{where}: in-place addition {node.format_node()} changes a tensor that may be "
+                "read elsewhere (only `out += y` on the fresh output of a submodule, read "
+                "nowhere else, is rewritten exactly); write `out = out + y`"
             )
+
+
+def _private_sum(mod: nn.Module, node: fx.Node) -> bool:
+    """Whether ``a += b`` may become ``a + b``: ``a`` is a submodule's own output, read once."""
+    target = node.args[0]
+    assert isinstance(target, fx.Node)
+    if target.op != "call_module" or set(target.users) != {node}:
+        return False
+    return not getattr(mod.get_submodule(str(target.target)), "inplace", False)
+
+
+def _sole_relu(mod: nn.Module, node: fx.Node) -> fx.Node | None:
+    """The ReLU applied to the sum ``node`` and to nothing else, if that is its only reader."""
+    if len(node.users) != 1:
+        return None
+    user = next(iter(node.users))
+    if user.args[:1] != (node,) or len(user.args) > 1 or set(user.kwargs) - {"inplace"}:
+        return None
+    if user.op == "call_module":
+        return user if type(mod.get_submodule(str(user.target))) is nn.ReLU else None
+    fn = user.op == "call_function" and user.target in _RELU_FUNCTIONS
+    return user if fn or (user.op == "call_method" and user.target in ("relu", "relu_")) else None
 
 
 def _free_name(mod: nn.Module, i: int) -> str:
