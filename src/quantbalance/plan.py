@@ -144,8 +144,9 @@ class Plan(FrozenConfig):
     @field_validator("residual_activation")
     @classmethod
     def _check_residual(cls, v: Scheme | None) -> Scheme | None:
-        if v is not None and not (v.format_kind.activations and isinstance(v.granularity,
-                                                                           PerTensor)):
+        if v is not None and not (
+            v.format_kind.activations and isinstance(v.granularity, PerTensor)
+        ):
             raise ValueError("residual_activation must be a uniform PerTensor() scheme")
         return v
 

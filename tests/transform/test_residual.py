@@ -64,8 +64,13 @@ def test_bad_residual_scheme_and_missing_data_are_refused() -> None:
     with pytest.raises(ConfigError, match="residual_activation"):
         Plan(residual_activation=Scheme(8, symmetric=False, granularity=PerToken()))
     with pytest.raises(CalibrationError, match="residual_activation"):
-        qb.quantize(small_fashion(), preset("w8a8-residual").model_copy(
-            update={"layers": {"re:.*": qb.LayerSpec(weight=Scheme(8))}}), progress=False)
+        qb.quantize(
+            small_fashion(),
+            preset("w8a8-residual").model_copy(
+                update={"layers": {"re:.*": qb.LayerSpec(weight=Scheme(8))}}
+            ),
+            progress=False,
+        )
 
 
 def test_checkpoint_round_trips_the_quantized_adds(tmp_path: Path) -> None:

@@ -1,12 +1,13 @@
 """Quantized residual additions: every ``a + b`` of two tensors in a model's forwards.
 
 ``quantize_residual_adds`` traces the ``forward`` of each of the model's own modules with
-``torch.fx`` (its children stay opaque calls), replaces each addition of two traced values
+``torch.fx`` (its children stay opaque calls) and replaces each addition of two traced values
 (``a + b``, ``torch.add(a, b)``, ``a.add(b)``, ``a += b``) by a :class:`~quantbalance.nn.
-QuantAdd` child (with the ReLU applied to the sum, when that is all that reads it), and gives the module the rewritten forward (a subclass of its own class with
-the same name, so names, hooks, children and ``isinstance`` are unchanged). A module that fx
-cannot trace is refused (``UnsupportedError`` naming it, its class and why), never passed over:
-an addition it hides would otherwise stay float without anyone saying so.
+QuantAdd` child (which also applies the ReLU when that is all that reads the sum). The module
+gets the rewritten forward as a subclass of its own class with the same name, so names, hooks,
+children and ``isinstance`` are unchanged. A module that fx cannot trace is refused
+(``UnsupportedError`` naming it, its class and why), never passed over: an addition it hides
+would otherwise stay float without anyone saying so.
 
 PyTorch's and quantbalance's own modules are not traced (their forwards are the library's);
 torch's Transformer layers, whose residual additions live inside, are refused.
@@ -191,8 +192,12 @@ def _use_graph(mod: nn.Module, graph: fx.Graph) -> None:
     graph.lint()
     code = fx.GraphModule(mod, graph)
     cls = type(mod)
-    attrs: dict[str, Any] = {"forward": type(code).forward, "_qb_residual": True,
-                             "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    attrs: dict[str, Any] = {
+        "forward": type(code).forward,
+        "_qb_residual": True,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+    }
     mod.__class__ = type(cls.__name__, (cls,), attrs)
 
 
