@@ -95,6 +95,11 @@ def test_torch_engine_runs_the_quantized_adds_as_simulated() -> None:
     cos = nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
     assert float(cos) >= 0.999
     assert torch.equal(got.argmax(1), want.argmax(1))
+    fast = to_torch_engine(q, compile=False)  # this CPU's engine dtype (bf16 where native)
+    with torch.no_grad():
+        got = fast(x).float()
+    cos = nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+    assert float(cos) >= 0.99
 
 
 class Branchy(nn.Module):
