@@ -197,6 +197,11 @@ def _quantize_path(
             "offload='disk' or 'cpu' and save_to=<output folder> (and a plan, not bitwidths)"
         )
     the_plan = _with_algorithm(as_plan(plan if plan is not None else "int8-weight"), algorithm)
+    if the_plan.residual_activation is not None:
+        raise UnsupportedError(
+            "residual_activation is not supported block by block (offload=); quantize the "
+            "loaded model, or drop residual_activation from the Plan"
+        )
     return quantize_offloaded(path, the_plan, calib_data, save_to=save_to, offload=offload,
                               device=device, progress=progress)  # fmt: skip
 

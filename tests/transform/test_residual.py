@@ -12,6 +12,7 @@ import quantbalance as qb
 from quantbalance.deploy import load, save
 from quantbalance.deploy.torch_engine import to_torch_engine
 from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
+from quantbalance.exports.hf_files import quant_modules
 from quantbalance.formats import PerToken, Scheme
 from quantbalance.nn import QuantAdd
 from quantbalance.plan import ALL_PRESETS, PRESETS, Plan, preset
@@ -157,3 +158,12 @@ def test_in_place_residual_is_rewritten_exactly() -> None:
     with torch.no_grad():
         want = torch.relu(add(q.conv(x), x))
         assert torch.equal(q(x), want)
+
+
+def test_weight_only_formats_and_offload_refuse_quantized_adds(tmp_path: Path) -> None:
+    q = qb.quantize(small_fashion(), "w8a8-residual", data(2, 0), progress=False)
+    with pytest.raises(UnsupportedError, match="residual addition"):
+        list(quant_modules(q))
+    with pytest.raises(UnsupportedError, match="block by block"):
+        qb.quantize(str(tmp_path), "w8a8-residual", data(1, 0), offload="disk",
+                    save_to=tmp_path / "out", progress=False)  # fmt: skip
