@@ -276,10 +276,12 @@ class Plan(FrozenConfig):
         Returns:
             List of ``(name, description)``.
         """
+        adds = self.residual_activation
+        extra = [("(residual additions)", f"A {adds.label} (static)")] if adds else []
         if resolved is not None:
-            return [(n, s.label) for n, s in resolved.items()]
+            return [(n, s.label) for n, s in resolved.items()] + extra
         rows = [(k, v.label if v else "float (kept)") for k, v in self.layers.items()]
-        return rows + [(p, "skip") for p in self.skip]
+        return rows + [(p, "skip") for p in self.skip] + extra
 
 
 def _match(pattern: str, name: str) -> bool:

@@ -59,6 +59,8 @@ def test_option_off_leaves_model_and_plan_json_unchanged() -> None:
     assert "w8a8-residual" in ALL_PRESETS and "w8a8-residual" not in PRESETS  # not on search axes
     again = Plan.model_validate_json(preset("w8a8-residual").to_json())
     assert again == preset("w8a8-residual")
+    assert again.table_rows()[-1] == ("(residual additions)", "A int8-per-tensor-asym (static)")
+    assert all("residual" not in r for row in preset("w8a8").table_rows() for r in row)
 
 
 def test_bad_residual_scheme_and_missing_data_are_refused() -> None:
