@@ -12,7 +12,6 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from test_fashion_task import _data_present
 from test_onnx_fusion import Residual, optimized_ops
 from torch import nn
 
@@ -23,6 +22,7 @@ from quantbalance.nn import QuantAdd
 from quantbalance.plan import preset
 from quantbalance.tasks.fashion import load_fashion
 from quantbalance.tasks.fashion_model import FashionNet
+from test_fashion_task import _data_present
 
 
 def data(n: int, seed: int, shape: tuple[int, ...]) -> list[torch.Tensor]:
