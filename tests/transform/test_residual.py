@@ -169,3 +169,10 @@ def test_weight_only_formats_and_offload_refuse_quantized_adds(tmp_path: Path) -
     with pytest.raises(UnsupportedError, match="block by block"):
         qb.quantize(str(tmp_path), "w8a8-residual", data(1, 0), offload="disk",
                     save_to=tmp_path / "out", progress=False)  # fmt: skip
+
+
+def test_qat_refuses_quantized_adds() -> None:
+    batches = [(x, torch.zeros(8, dtype=torch.long)) for x in data(2, 0)]
+    with pytest.raises(UnsupportedError, match="qat: residual_activation"):
+        qb.qat(small_fashion(), "w8a8-residual", batches, nn.CrossEntropyLoss(), steps=1,
+               progress=False)  # fmt: skip
