@@ -24,7 +24,7 @@ from torch import fx, nn
 
 from quantbalance.errors import UnsupportedError
 from quantbalance.formats import Scheme
-from quantbalance.nn.residual import QuantAdd
+from quantbalance.nn import ActQuantizer, QuantAdd, QuantModule
 
 #: Classes from these packages are not traced: their forwards are library code.
 _LIBRARY = ("torch.", "quantbalance.nn", "quantbalance.transform", "quantbalance.algorithms")
@@ -94,7 +94,7 @@ def quantize_residual_adds(
                 f"{type(mod).__name__} cannot be quantized (residual_activation); build the "
                 "layer from Linear/LayerNorm modules with the additions in your forward"
             )
-        if type(mod).__module__.startswith(_LIBRARY) or getattr(mod, "_qb_residual", False):
+        if _library(mod) or getattr(mod, "_qb_residual", False):
             continue
         graph = _trace(model, name, mod)
         adds = [n for n in graph.nodes if _is_add(n)]
@@ -113,6 +113,12 @@ def quantize_residual_adds(
             added.append(f"{name}.{child}" if name else child)
         _use_graph(mod, graph)
     return added
+
+
+def _library(mod: nn.Module) -> bool:
+    """Library code, not traced: torch's and quantbalance's modules, quantized layers."""
+    quantized = isinstance(mod, QuantModule | ActQuantizer | QuantAdd)
+    return quantized or type(mod).__module__.startswith(_LIBRARY)
 
 
 def _trace(model: nn.Module, name: str, mod: nn.Module) -> fx.Graph:
