@@ -3,7 +3,8 @@
 Usage:
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python bench/bench_offload.py \
         [--layers 32 --hidden 2048 --intermediate 5632 --dtype bfloat16] \
-        [--algorithms rtn,gptq] [--workdir /tmp/qb-offload] [--out bench/results/offload.json]
+        [--algorithms rtn,gptq] [--workdir /tmp/qb-offload] [--out bench/results/offload.json] \
+        [--equal [--reuse]]
 
 A random Llama-shaped checkpoint (``tests/llama_ckpt.py``; the defaults give 32 blocks and
 3.1 GB of bfloat16 safetensors shards) is written once to ``--workdir``. Each algorithm then
@@ -16,6 +17,10 @@ fresh child process, which reports (MiB = 2^20 bytes):
   ``quantize``; ``extra_mb = peak_mb - baseline_mb`` (the floor: <= 1.2 GB for >= 3 GB);
 * ``checkpoint_bytes`` (input shards), ``block_bytes`` (one block's float weights),
   ``extra_over_block``; ``output_bytes`` (the quantized checkpoint), ``quantize_s``.
+
+``--equal`` then quantizes the fully loaded model (float32) in another child and compares its
+packed weights with the offloaded output, part by part, bit for bit (``--reuse``: compare the
+outputs already in ``--workdir``).
 
 ``--child`` runs one measurement on an existing checkpoint (the unit test uses it too).
 """
@@ -125,9 +130,64 @@ def child(ckpt: Path, out: Path, algorithm: str, n_calib: int, seq: int, threads
     }
 
 
+def compare_child(ckpt: Path, out: Path, algorithm: str, n_calib: int, seq: int,
+                  threads: int) -> dict[str, Any]:  # fmt: skip
+    """Quantize the fully loaded model in this process and compare with the offloaded output.
+
+    Args:
+        ckpt: the Hugging Face checkpoint folder.
+        out: the offloaded run's output folder.
+        algorithm: ``rtn``, ``gptq`` or ``awq``.
+        n_calib: calibration batches.
+        seq: tokens per batch.
+        threads: torch threads.
+
+    Returns:
+        The row: layers compared, packed parts equal bit for bit, the first differing ones.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import quantbalance as qb
+    from llama_ckpt import calib_batches
+    from quantbalance.deploy.sharded import read_sharded
+    from quantbalance.nn import QuantModule
+
+    torch.set_num_threads(threads)
+    cfg = AutoConfig.from_pretrained(ckpt)
+    calib = calib_batches(n_calib, seq, cfg.vocab_size)
+    t0 = time.perf_counter()
+    full = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    qb.quantize(full, "w4-g128", calib, algorithm=algorithm, inplace=True, progress=False)
+    seconds = time.perf_counter() - t0
+    meta, tensors = read_sharded(out)
+    qmods = {n: m for n, m in full.named_modules() if isinstance(m, QuantModule)}
+    parts = differ = 0
+    first: list[str] = []
+    for name, mod in qmods.items():
+        for part, t in mod.qweight.parts().items():
+            parts += 1
+            if not torch.equal(tensors[f"{name}.qweight_{part}"], t):
+                differ += 1
+                first = [*first, f"{name}.{part}"][:5]
+    return {
+        "algorithm": algorithm,
+        "blocks": cfg.num_hidden_layers,
+        "checkpoint_bytes": _folder_bytes(ckpt),
+        "layers_compared": len(qmods),
+        "same_layer_set": set(json.loads(meta["layers"])) == set(qmods),
+        "parts_compared": parts,
+        "parts_differing": differ,
+        "first_differing": first,
+        "full_quantize_s": round(seconds, 1),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def run_child(ckpt: Path, out: Path, algorithm: str, n_calib: int = 8, seq: int = 128,
-              threads: int = 2) -> dict[str, Any]:  # fmt: skip
-    """Run :func:`child` in a fresh interpreter and return its row.
+              threads: int = 2, compare: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Run :func:`child` (or :func:`compare_child`) in a fresh interpreter and return its row.
 
     Args:
         ckpt: the checkpoint folder.
@@ -136,11 +196,13 @@ def run_child(ckpt: Path, out: Path, algorithm: str, n_calib: int = 8, seq: int 
         n_calib: calibration batches.
         seq: tokens per batch.
         threads: torch threads.
+        compare: run :func:`compare_child` on ``out`` instead.
 
     Returns:
         The row.
     """
-    cmd = [sys.executable, __file__, "--child", "--ckpt", str(ckpt), "--save", str(out),
+    cmd = [sys.executable, __file__, "--compare" if compare else "--child", "--ckpt", str(ckpt),
+           "--save", str(out),
            "--algorithms", algorithm, "--n-calib", str(n_calib), "--seq", str(seq),
            "--threads", str(threads)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -164,11 +226,21 @@ def main() -> None:
     ap.add_argument("--n-calib", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--equal", action="store_true",
+                    help="also quantize the fully loaded model and compare the packed weights")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --equal: compare existing outputs instead of quantizing again")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     ap.add_argument("--save", help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.compare:
+        row = compare_child(Path(args.ckpt), Path(args.save), args.algorithms, args.n_calib,
+                            args.seq, args.threads)  # fmt: skip
+        sys.stdout.write("ROW " + json.dumps(row) + "\n")
+        return
     if args.child:
         row = child(Path(args.ckpt), Path(args.save), args.algorithms, args.n_calib, args.seq,
                     args.threads)  # fmt: skip
@@ -186,9 +258,15 @@ def main() -> None:
                               getattr(torch, args.dtype), shard="1GB")  # fmt: skip
     rows = []
     for alg in args.algorithms.split(","):
-        row = run_child(ckpt, work / f"out-{alg}", alg, args.n_calib, args.seq, args.threads)
-        logging.info("%s", json.dumps(row))
-        rows.append(row)
+        if not (args.equal and args.reuse):
+            row = run_child(ckpt, work / f"out-{alg}", alg, args.n_calib, args.seq, args.threads)
+            logging.info("%s", json.dumps(row))
+            rows.append(row)
+        if args.equal:
+            row = run_child(ckpt, work / f"out-{alg}", alg, args.n_calib, args.seq, args.threads,
+                            compare=True)  # fmt: skip
+            logging.info("%s", json.dumps(row))
+            rows.append(row)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n")

@@ -38,7 +38,7 @@ from quantbalance.frontends.checkpoint import load
 from quantbalance.plan import PRESETS, LayerSpec, Plan, preset
 from quantbalance.qat import qat
 from quantbalance.quantize import QuantizationInfo, quantize, quantize_dynamic
-from quantbalance.search import Budget, SearchResult, search, sensitivity
+from quantbalance.search import Budget, SearchConfig, SearchResult, search, sensitivity
 from quantbalance.version import __version__
 
 
@@ -81,6 +81,7 @@ __all__ = [
     "QuantizationInfo",
     "QuantizedTensor",
     "Scheme",
+    "SearchConfig",
     "SearchResult",
     "UnsupportedError",
     "__version__",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import inspect
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -155,37 +154,3 @@ def targeted(fn: F, hardware: str | None) -> F:
             return fn(*args, **kwargs)
 
     return cast(F, run)
-
-
-def hardware_argument(fn: F) -> F:
-    """Run ``fn`` under :func:`targeting` its ``hardware`` argument (e.g. ``qb.search``).
-
-    A target other than this machine's cannot travel to other processes: with an ``executor``
-    other than ``serial`` it is refused.
-
-    Args:
-        fn: a function with a ``hardware`` parameter (and optionally ``executor``).
-
-    Returns:
-        The wrapped function.
-    """
-    sig = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            bound = sig.bind(*args, **kwargs)
-        except TypeError:
-            return fn(*args, **kwargs)  # the caller's own check names what is wrong
-        hw = check_hardware(bound.arguments.get("hardware")) or _TARGET.get()
-        ex = bound.arguments.get("executor")
-        if hw not in (None, detect().int8_target) and ex not in (None, "serial"):
-            raise ConfigError(
-                f"hardware={hw!r} differs from this machine's int8 target "
-                f"({detect().int8_target!r}) and cannot be sent to executor={ex!r}: run the "
-                "search with executor='serial', or on a machine of the target's kind"
-            )
-        with targeting(hw):
-            return fn(*args, **kwargs)
-
-    return cast(F, wrapper)

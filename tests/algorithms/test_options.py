@@ -66,7 +66,8 @@ def test_unknown_algorithm_is_rejected_at_construction(name: str, match: str) ->
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        ({"gptq": {"dampening": 0.1}}, r"invalid GPTQOptions:\n  unknown field 'dampening'"),
+        ({"gptq": {"dampening": 0.1}},
+         r"algorithm_args: invalid GPTQOptions:\n    unknown field 'dampening'"),
         ({"gptq": {"damp": "0.1"}}, "damp='0.1': Input should be a valid number"),
         ({"gptq": {"act_order": 1}}, "act_order=1: Input should be a valid boolean"),
         ({"gptq": {"block_size": 64.0}}, "block_size=64.0: Input should be a valid integer"),

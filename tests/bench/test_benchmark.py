@@ -21,7 +21,7 @@ from quantbalance.bench import result as bench_result
 from quantbalance.bench.benchmark import take
 from quantbalance.bench.engines import Engine, Runner
 from quantbalance.bench.onnx_file import bench_onnx, onnx_inputs
-from quantbalance.bench.result import BenchResult, BenchRow, add_ratios, time_interleaved
+from quantbalance.bench.result import BenchResult, BenchRow, add_ratios
 from quantbalance.errors import CheckpointError, ConfigError
 from quantbalance.hardware import detect
 from quantbalance.tasks import load_for_bench
@@ -62,31 +62,6 @@ def test_doctests_run() -> None:
     for mod in (benchmark, bench_engines, bench_result):
         res = doctest.testmod(mod)
         assert res.attempted > 0 and res.failed == 0
-
-
-def test_time_interleaved_reports_medians_of_each_engine_and_batch() -> None:
-    clock = FakeClock()
-    calls: list[tuple[str, int]] = []
-    costs = {  # ms per call, in call order, for each (engine, batch size)
-        ("a", 1): iter([5.0, 1.0, 3.0]),
-        ("a", 4): iter([10.0, 30.0, 20.0]),
-        ("b", 1): iter([2.0, 2.0, 100.0]),
-        ("b", 4): iter([7.0, 8.0, 9.0]),
-    }
-
-    def runner(name: str) -> Any:
-        def run(batch: torch.Tensor) -> None:
-            calls.append((name, len(batch)))
-            clock.now += next(costs[name, len(batch)]) / 1e3
-
-        return run
-
-    batches = {1: torch.zeros(1, 2), 4: torch.zeros(4, 2)}
-    med = time_interleaved({"a": runner("a"), "b": runner("b")}, batches, 3, clock)
-    assert med["a"][1] == pytest.approx(3.0) and med["a"][4] == pytest.approx(20.0)
-    assert med["b"][1] == pytest.approx(2.0) and med["b"][4] == pytest.approx(8.0)
-    # interleaved: every round calls every engine at every batch size before the next round
-    assert calls == [("a", 1), ("a", 4), ("b", 1), ("b", 4)] * 3
 
 
 def _fake_registry(clock: FakeClock) -> dict[str, Engine]:

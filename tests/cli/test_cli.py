@@ -3,6 +3,8 @@ import json
 from typer.testing import CliRunner
 
 from quantbalance.cli.main import app
+from quantbalance.cli.search_cmd import search_config
+from quantbalance.search import SearchConfig
 
 runner = CliRunner()
 
@@ -87,9 +89,16 @@ def test_search_measure_estimates_the_other_pairs(tmp_path) -> None:  # type: ig
             str(tmp_path / "c")]  # fmt: skip
     r = runner.invoke(app, args)
     assert r.exit_code in (0, 1), r.output
-    sens = json.loads((out / "report.json").read_text())["sensitivity"]["entries"]
+    report = json.loads((out / "report.json").read_text())
+    sens = report["sensitivity"]["entries"]
     measured = [e["measured"] for layer in sens.values() for k, e in layer.items() if k != "float"]
     assert measured.count(True) == 3 and measured.count(False) > 0
+    config = report["info"]["config"]  # the options, as the SearchConfig the search ran with
+    assert config["measure"] == 3 and config["max_evals"] == 1
+    assert config["cache_dir"] == str(tmp_path / "c")
+    assert SearchConfig.model_validate(config) == search_config(
+        measure=3, max_evals=1, cache_dir=tmp_path / "c"
+    )
 
 
 def test_search_bad_budgets_exit_2() -> None:
@@ -134,8 +143,9 @@ def test_demo_runs_the_cli_search_path_and_says_where_the_report_is(  # type: ig
 
     def small(out, **kw):  # type: ignore[no-untyped-def]
         seen.update(kw)  # the demo's own options, then a tiny model instead of MiniLM
+        config = search_cmd.search_config(max_evals=2, cache_dir=tmp_path / "c")
         kw = kw | {"task": None, "model": "factories:with_eval", "metric": "cosine",
-                   "n_sensitivity": None, "max_evals": 2, "cache_dir": tmp_path / "c"}  # fmt: skip
+                   "n_sensitivity": None, "config": config}  # fmt: skip
         return search_cmd.run_search(out, **kw)
 
     monkeypatch.setattr(demo, "run_search", small)

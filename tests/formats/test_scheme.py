@@ -2,6 +2,7 @@ import pytest
 
 import quantbalance as qb
 from quantbalance.errors import ConfigError, QuantBalanceError
+from quantbalance.plan import Plan
 
 
 def test_defaults_and_ranges() -> None:
@@ -44,3 +45,20 @@ def test_scheme_is_immutable_and_serialisable() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error
         s.bits = 3  # type: ignore[misc]
     assert qb.Scheme(**s.model_dump(mode="json")) == s
+
+
+def test_nested_config_errors_are_stated_once_under_their_field() -> None:
+    bad = {"layers": {"fc": {"weight": {"bits": 3, "granularity": {"type": "per_group",
+                                                                   "size": -1}}}}}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        Plan.model_validate(bad)
+    text = str(info.value)
+    assert text.count("invalid Scheme") == 1
+    assert text.count("allowed fields: axis, size, type") == 1
+    assert text.count("allowed fields: bits, granularity") == 1
+    lines = text.splitlines()
+    assert lines[0] == "invalid Plan:"
+    assert lines[1] == "  layers.fc: invalid LayerSpec:"
+    assert "      granularity.per_group: invalid PerGroup:" in lines
+    assert "        size=-1: Input should be greater than 0" in lines
+    assert lines[-1].startswith("  allowed fields: hardware, layer_types, layers")

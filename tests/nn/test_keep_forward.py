@@ -166,12 +166,16 @@ def test_qat_keeps_layouts_and_own_forwards(case: str) -> None:
     torch.testing.assert_close(q(x), ptq(x), rtol=1e-5, atol=1e-5)
 
 
+class MyAttention(nn.MultiheadAttention):
+    """A user's subclass: it may compute something else, so it is not split into Linears."""
+
+
 class Attention(nn.Module):
-    """nn.MultiheadAttention with extra key/value biases (kept as it is) and a Linear head."""
+    """A subclass of nn.MultiheadAttention (kept as it is) and a Linear head."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.attn = nn.MultiheadAttention(16, 2, batch_first=True, add_bias_kv=True)
+        self.attn = MyAttention(16, 2, batch_first=True)
         self.head = nn.Linear(16, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +184,7 @@ class Attention(nn.Module):
 
 def test_unsplittable_multihead_attention_is_reported_not_half_quantized(caplog) -> None:
     """Plain nn.MultiheadAttention becomes linear layers (tests/transform/test_attention.py);
-    one with add_bias_kv keeps its own forward, which reads out_proj's weight itself."""
+    a subclass keeps its own forward, which reads out_proj's weight itself."""
     m = make(Attention)
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
     with caplog.at_level("WARNING", logger="quantbalance.quantize"):

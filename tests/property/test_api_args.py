@@ -83,10 +83,10 @@ def cases(tmp: Path) -> dict[str, tuple[Callable[..., Any], Callable[[], dict[st
         "sensitivity": (qb.sensitivity, lambda: {"model": net(), "task_or": (CALIB, ev),
                         "candidates": [None], "layers": None, "cache_dir": None, "metric": "s",
                         "progress": False}),
-        "search": (qb.search, lambda: {"model": net(), "task_or": (CALIB, ev),
+        "search": (qb.search, lambda: {"model": net(), "source": (CALIB, ev),
                    "budget": qb.Budget(max_drop=0.5), "candidates": None, "cache_dir": None,
                    "metric": "s", "progress": False, "presets": ["int8-weight"],
-                   "front_evals": 1, "max_evals": 1, "measure": True}),
+                   "front_evals": 1, "max_evals": 1, "measure": True, "config": None}),
         "qat": (qb.qat, lambda: {"model": net(), "plan": "int8-weight",
                 "train_data": [(CALIB[0], torch.randn(4, 4))], "loss_fn": nn.MSELoss(),
                 "steps": 1, "progress": False}),
@@ -132,9 +132,11 @@ def test_wrong_arguments_raise_quantbalance_errors(
 
 
 def test_argument_errors_say_what_to_write() -> None:
-    with pytest.raises(qb.ArgumentError, match=r"max_evals='8' is a str; expected an int "
-                       r"\(e\.g\. max_evals=8\)"):  # fmt: skip
-        qb.search(net(), (CALIB, ev), qb.Budget(max_drop=0.1), max_evals="8")  # type: ignore[arg-type]
+    with pytest.raises(qb.ConfigError, match=r"invalid SearchConfig:\n  max_evals='8': Input "
+                       r"should be a valid integer\n  allowed fields: algorithm, "):  # fmt: skip
+        qb.search(net(), (CALIB, ev), qb.Budget(max_drop=0.1), max_evals="8")
+    with pytest.raises(qb.ConfigError, match=r"unknown field 'max_eval' \(value 8\)"):
+        qb.search(net(), (CALIB, ev), qb.Budget(max_drop=0.1), max_eval=8)
     with pytest.raises(qb.ArgumentError, match=r"budget=None is a NoneType; expected a Budget"):
         qb.search(net(), (CALIB, ev), None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):  # an ArgumentError is also a TypeError

@@ -54,6 +54,64 @@ def test_same_outputs_and_weights_as_multihead_attention(
             assert got_w is None
 
 
+@pytest.mark.parametrize("masks", ["none", "bool", "float", "both", "per-head"])
+@pytest.mark.parametrize(("bias_kv", "zero_attn"), [(True, False), (False, True), (True, True)])
+def test_extra_key_value_bias_and_zero_attention(bias_kv: bool, zero_attn: bool,
+                                                 masks: str) -> None:  # fmt: skip
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True, add_bias_kv=bias_kv,
+                                add_zero_attn=zero_attn).eval()  # fmt: skip
+    if bias_kv:  # PyTorch initialises them small: make them matter
+        with torch.no_grad():
+            mha.bias_k.normal_()
+            mha.bias_v.normal_()
+    lin = LinearMultiheadAttention(mha).eval()
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(N, L, 16, generator=g), torch.randn(N, S, 16, generator=g)
+    attn_mask = {"bool": torch.rand(L, S, generator=g) < 0.3, "float": torch.randn(L, S),
+                 "per-head": torch.rand(N * 4, L, S, generator=g) < 0.3}.get(masks)  # fmt: skip
+    padding = None
+    if masks == "both":
+        attn_mask = torch.rand(L, S, generator=g) < 0.3
+        padding = torch.zeros(N, S, dtype=torch.bool)
+        padding[2, -3:] = True
+    extra = int(bias_kv) + int(zero_attn)
+    with torch.no_grad():
+        for need_weights in (True, False):
+            kw = {"key_padding_mask": padding, "attn_mask": attn_mask,
+                  "need_weights": need_weights, "average_attn_weights": False}  # fmt: skip
+            want, want_w = mha(q, k, k, **kw)
+            got, got_w = lin(q, k, k, **kw)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            if need_weights:
+                assert got_w.shape == (N, 4, L, S + extra)
+                torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_with_extra_keys_is_quantized_whole() -> None:
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True, add_bias_kv=True,
+                                              add_zero_attn=True)  # fmt: skip
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+    net = Net().eval()
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    q = qb.quantize(net, "w8a8", calib_data=[x], progress=False)
+    cov = q.qb_info.coverage
+    assert not cov.unsupported
+    assert {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"} <= set(cov.quantized)
+    with torch.no_grad():
+        ref, out = net(x), q(x)
+    assert 10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean()) > 30.0
+
+
 def test_unbatched_and_causal() -> None:
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(16, 4).eval()

@@ -30,13 +30,12 @@ from quantbalance.bench.engines import ENGINES, BenchContext, Engine
 from quantbalance.bench.result import (
     BenchResult,
     BenchRow,
-    Clock,
     add_ratios,
     env_info,
-    time_interleaved,
 )
 from quantbalance.errors import ConfigError
 from quantbalance.evaluate.task import Task
+from quantbalance.evaluate.timing import Clock, time_interleaved
 from quantbalance.plan import ALL_PRESETS
 from quantbalance.progress import steps
 

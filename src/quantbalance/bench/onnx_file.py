@@ -14,13 +14,12 @@ import torch
 from quantbalance.bench.result import (
     BenchResult,
     BenchRow,
-    Clock,
     env_info,
-    time_interleaved,
 )
 from quantbalance.deploy.ort import ONNX_NP_TYPES as _NP
 from quantbalance.deploy.ort import OrtSession
 from quantbalance.errors import CheckpointError, ConfigError, UnsupportedError
+from quantbalance.evaluate.timing import Clock, time_interleaved
 
 
 def bench_onnx(

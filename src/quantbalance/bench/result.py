@@ -5,17 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from quantbalance.errors import ConfigError
-from quantbalance.progress import steps
 
 BF16_ROW = "torch bf16"  # the reference row of the ``vs_bf16`` ratios
 #: Rows that run the float model: the fastest of them (per batch size) is the reference of the
@@ -27,7 +23,6 @@ FLOAT_ROWS = (
     "ORT float",
     "float torch engine",
 )
-Clock = Callable[[], float]
 
 
 @dataclass
@@ -162,34 +157,6 @@ def fmt_num(x: float | None, spec: str, suffix: str = "") -> str:
         ('1.2x', '-')
     """
     return "-" if x is None else f"{x:{spec}}{suffix}"
-
-
-def time_interleaved(
-    runs: Mapping[str, Callable[[Any], Any]],
-    batches: Mapping[int, Any],
-    rounds: int,
-    clock: Clock = time.perf_counter,
-) -> dict[str, dict[int, float]]:
-    """Median milliseconds per call, timing every engine once per batch size in each round.
-
-    Args:
-        runs: engine name -> ``run(batch)``.
-        batches: batch size -> batch.
-        rounds: number of rounds.
-        clock: seconds timer.
-
-    Returns:
-        Engine name -> batch size -> median ms.
-    """
-    times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batches} for n in runs}
-    with torch.inference_mode():
-        for _ in steps(range(rounds), "bench: timed rounds"):
-            for name, run in runs.items():
-                for b, batch in batches.items():
-                    t0 = clock()
-                    run(batch)
-                    times[name][b].append((clock() - t0) * 1e3)
-    return {n: {b: statistics.median(v) for b, v in per.items()} for n, per in times.items()}
 
 
 def add_ratios(rows: list[BenchRow], reference: str = BF16_ROW) -> list[BenchRow]:

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbalance.cli.fail import fail
 from quantbalance.errors import ConfigError, QuantBalanceError
 
 console = Console()
@@ -186,8 +187,7 @@ def bench_command(
                     threads=threads,
                 )
     except QuantBalanceError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        fail(e, console)
     console.print(result_table(result))
     if out is not None:
         from quantbalance.io import atomic_write_text

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbalance.cli.loading import DataOptions
 from quantbalance.cli.options import (
     BatchSizeOpt,
     ColumnOpt,
@@ -20,13 +21,11 @@ from quantbalance.cli.options import (
     HardwareOpt,
     HfOpt,
     HfTaskOpt,
-    LabelsOpt,
-    NCalibOpt,
     NumSamplesOpt,
     OnnxOpt,
-    SeedOpt,
     SeqLenOpt,
     data_options,
+    with_data_options,
 )
 from quantbalance.errors import QuantBalanceError
 from quantbalance.io import atomic_write_text
@@ -104,6 +103,7 @@ def env(
 
 
 @app.command()
+@with_data_options
 def quantize(
     out: OutOpt = Path("out/quantize"),
     task: TaskOpt = None,
@@ -123,23 +123,16 @@ def quantize(
     calib_seq: Annotated[int, typer.Option("--calib-seq", help="tokens per window")] = 512,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda (--offload)")] = None,
     onnx: OnnxOpt = None,
-    data: DataOpt = None,
-    column: ColumnOpt = None,
-    labels: LabelsOpt = None,
     metric: Annotated[
         str | None, typer.Option("--metric", help="metric (default by model)")
     ] = None,
-    num_samples: NumSamplesOpt = None,
-    n_calib: NCalibOpt = None,
-    seq_len: SeqLenOpt = 128,
-    batch_size: BatchSizeOpt = 8,
-    seed: SeedOpt = 0,
-    hf_task: HfTaskOpt = None,
     export: Annotated[
         list[str] | None,
         typer.Option("--export", help="also write OUT/<plan>/ as qb|onnx|compressed-tensors|gguf"),
     ] = None,
     hardware: HardwareOpt = "auto",
+    *,
+    data_opts: DataOptions,
 ) -> None:
     """Quantize a model with one or more presets (or a Plan file) and compare with float.
 
@@ -159,13 +152,11 @@ def quantize(
         except QuantBalanceError as e:
             _fail(e)
         return
-    opts = data_options(data, column, labels, metric, num_samples, n_calib, seq_len, batch_size,
-                        seed, hf_task)  # fmt: skip
     try:
         names = [str(plan)] if plan else (preset or ["w8a8"])
         hook = exporter(export, out, hf, console) if export else None
         run = targeted(quantize_and_compare, hardware)
-        result = run(names, task, model, hf, algorithm, console, onnx, opts, hook)
+        result = run(names, task, model, hf, algorithm, console, onnx, data_opts, hook)
         path = atomic_write_text(out / "result.json", json.dumps(_jsonable(result), indent=1))
     except QuantBalanceError as e:
         _fail(e)

@@ -1,12 +1,20 @@
-"""Typer options shared by ``quantize``, ``analyze`` and ``search``: model sources and data."""
+"""Typer options shared by ``quantize``, ``analyze`` and ``search``: model sources and data.
+
+``quantize`` and ``search`` take the whole data bundle with :func:`with_data_options`.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
 from quantbalance.cli.loading import DataOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 HfOpt = Annotated[
     str | None,
@@ -75,3 +83,48 @@ def data_options(
     """
     return DataOptions(data, column, labels, metric, num_samples, n_calib, seq_len, batch_size,
                        seed, hf_task)  # fmt: skip
+
+
+#: The options :func:`with_data_options` adds: parameter name, typer annotation, default.
+DATA_PARAMS: tuple[tuple[str, Any, Any], ...] = (
+    ("data", DataOpt, None),
+    ("column", ColumnOpt, None),
+    ("labels", LabelsOpt, None),
+    ("num_samples", NumSamplesOpt, None),
+    ("n_calib", NCalibOpt, None),
+    ("seq_len", SeqLenOpt, 128),
+    ("batch_size", BatchSizeOpt, 8),
+    ("seed", SeedOpt, 0),
+    ("hf_task", HfTaskOpt, None),
+)
+
+
+def with_data_options(command: F) -> F:
+    """Give a typer command every data option (``--data``, ``--column``, ``--labels``,
+    ``--num-samples``, ``--n-calib``, ``--seq-len``, ``--batch-size``, ``--seed``,
+    ``--hf-task``) as one ``data_opts: DataOptions`` argument.
+
+    The command declares ``data_opts``; the options take its place in the signature typer
+    reads, and ``DataOptions.metric`` is the command's own ``--metric`` (None without one).
+
+    Args:
+        command: the command function.
+
+    Returns:
+        The command as typer registers it.
+    """
+    sig = inspect.signature(command, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "data_opts"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
+        for name, hint, default in DATA_PARAMS
+    ]
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        fields = {name: kwargs.pop(name, default) for name, _, default in DATA_PARAMS}
+        return command(**kwargs, data_opts=DataOptions(metric=kwargs.get("metric"), **fields))
+
+    run.__signature__ = sig.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in [*own, *added]}
+    return cast(F, run)

@@ -1,95 +1,47 @@
 """``quantbalance search``: the budgeted mixed-precision search from the command line.
 
-Registered in ``cli/main.py`` with ``app.command("search")(search_command)``. Heavy imports
-happen inside the command, so the rest of the CLI stays fast to start.
+Registered in ``cli/main.py`` with ``app.command("search")(search_command)``. The options
+become a :class:`~quantbalance.search.SearchConfig` (:func:`search_config`), recorded in
+``report.json``; only the report's plotting (matplotlib) is imported when it is needed.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from quantbalance.cli.options import (
-    BatchSizeOpt,
-    ColumnOpt,
-    DataOpt,
-    HardwareOpt,
-    HfOpt,
-    HfTaskOpt,
-    LabelsOpt,
-    NCalibOpt,
-    NumSamplesOpt,
-    OnnxOpt,
-    SeedOpt,
-    SeqLenOpt,
-    data_options,
-)
+from quantbalance.cli.budget import parse_budget, parse_bytes, parse_drop
+from quantbalance.cli.export_cmd import exporter
+from quantbalance.cli.fail import fail
+from quantbalance.cli.loading import DataOptions, load_source
+from quantbalance.cli.options import HardwareOpt, HfOpt, OnnxOpt, with_data_options
 from quantbalance.cli.search_show import console, make_console, results_table, show_result
 from quantbalance.errors import ConfigError, QuantBalanceError
 from quantbalance.lowering import targeted
+from quantbalance.quantize import quantize
+from quantbalance.search import SearchConfig, search
+from quantbalance.search.deployed import measure_deployed
+from quantbalance.search.executor import RayExecutor
+from quantbalance.search.holdout import split_eval
+from quantbalance.search.targets import TARGETS
+from quantbalance.tasks.splits import split_task
 
 __all__ = [
     "console",
     "export_plan",
     "make_console",
+    "parse_budget",
     "parse_bytes",
     "parse_drop",
     "results_table",
     "run_search",
     "search_command",
+    "search_config",
     "show_result",
 ]
-
-
-_UNITS = {
-    "": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30,
-}  # fmt: skip
-
-
-def parse_drop(text: str) -> tuple[float, bool]:
-    """``1%`` -> ``(0.01, relative)``; ``0.5`` or ``0.5pt`` -> ``(0.5, absolute)``.
-
-    Args:
-        text: the option value.
-
-    Returns:
-        ``(max_drop, relative)``.
-
-    Example:
-        >>> parse_drop("0.5%")
-        (0.005, True)
-    """
-    t = text.strip().lower()
-    m = re.fullmatch(r"([0-9.eE+-]+)\s*(%|pt|points?)?", t)
-    if not m:
-        raise ConfigError(f"--max-drop {text!r}: give e.g. '1%' (relative) or '0.5' (absolute)")
-    value = float(m.group(1))
-    return (value / 100, True) if m.group(2) == "%" else (value, False)
-
-
-def parse_bytes(text: str) -> float:
-    """``20MB``, ``15MiB``, ``512k`` or ``2e7`` -> bytes.
-
-    Args:
-        text: the option value.
-
-    Returns:
-        Bytes.
-
-    Example:
-        >>> parse_bytes("1.5MiB")
-        1572864.0
-    """
-    m = re.fullmatch(r"([0-9.eE+]+)\s*([a-zA-Z]*)", text.strip())
-    unit = m.group(2).lower() if m else "?"
-    if not m or unit not in _UNITS:
-        raise ConfigError(f"--max-bytes {text!r}: give e.g. 20MB, 15MiB, 512k or 2e7")
-    return float(m.group(1)) * _UNITS[unit]
 
 
 def _load(
@@ -102,10 +54,6 @@ def _load(
     onnx: str | None = None,
     data: Any = None,
 ) -> tuple[Any, Any, Any]:
-    from quantbalance.cli.loading import load_source
-    from quantbalance.search.holdout import split_eval
-    from quantbalance.tasks.splits import split_task
-
     if holdout and task in ("minilm", "fashion", "smollm") and not (model or hf or onnx):
         sp = split_task(task, n_sensitivity=n_sens)
         return sp.search, sp.holdout, sp.sensitivity
@@ -143,20 +91,13 @@ def run_search(
     max_bytes: str | None = None,
     max_latency_ms: float | None = None,
     metric: str | None = None,
-    max_evals: int = 8,
-    objective: str = "bytes",
-    algorithm: str = "rtn",
     holdout: bool = True,
     n_sensitivity: int | None = None,
-    measure: int | None = None,
-    cache_dir: Path | None = None,
     out_console: Console | None = None,
-    no_cache: bool = False,
-    ray: str | None = None,
     onnx: str | None = None,
     data: Any = None,
-    target: str | None = None,
     deployed: bool = False,
+    config: SearchConfig | None = None,
 ) -> tuple[Any, Path]:
     """What ``quantbalance search`` does (also ``make demo``): load, search, write the report.
 
@@ -169,23 +110,14 @@ def run_search(
         max_bytes: size budget text (``20MB``).
         max_latency_ms: latency budget.
         metric: protected metric.
-        max_evals: verification evaluations.
-        objective: what a drop budget minimises (``bytes`` or ``latency``).
-        algorithm: weight algorithm.
         holdout: judge the budget on a held-out split (benchmark tasks).
         n_sensitivity: eval samples for the single-layer measurements.
-        measure: measure only this many (layer, spec) pairs for real, the others estimated from
-            the proxies (large models); None: all.
-        cache_dir: cache folder (None: the default cache).
         out_console: where the loading status shows (default the module console).
-        no_cache: measure everything in this run, reading and writing no cache.
-        ray: run the independent evaluations on Ray: ``local`` (a Ray on this machine),
-            ``auto`` (the running cluster) or ``HOST:PORT`` of a cluster head; None: serially.
         onnx: an ONNX model file.
         data: ``cli.loading.DataOptions`` (``--data`` etc.) for ``hf``/``onnx``/a bare model.
-        target: deployment engine whose exact schemes are the candidates (see
-            ``search.targets``).
         deployed: also time the chosen Plan and float as deployed here (``search.deployed``).
+        config: the search's options (default :func:`search_config`'s: the command's
+            defaults).
 
     Returns:
         ``(SearchResult, path of report.html)``.
@@ -193,54 +125,21 @@ def run_search(
     Raises:
         ConfigError: the budget options are not exactly one, or malformed.
     """
-    from quantbalance.report import write_report
-    from quantbalance.search import Budget, search
-    from quantbalance.search.result import check_one_limit
+    from quantbalance.report import write_report  # deferred: matplotlib, 0.6 s to import
 
     con = out_console or console
-    flags = {"--max-drop": max_drop, "--max-bytes": max_bytes, "--max-latency-ms": max_latency_ms}
-    given = [flag for flag, value in flags.items() if value is not None]
-    check_one_limit(given, list(flags), "--max-drop 1%")
-    if max_drop is not None:
-        d, rel = parse_drop(max_drop)
-        budget = Budget(max_drop=d, relative=rel, metric=metric)
-    elif max_bytes is not None:
-        budget = Budget(max_bytes=parse_bytes(max_bytes), metric=metric)
-    else:
-        budget = Budget(max_latency_ms=max_latency_ms, metric=metric)
-    if target is not None:
-        from quantbalance.search.targets import TARGETS
-
-        if target not in TARGETS:
-            raise ConfigError(f"--target {target!r}; accepted: {', '.join(TARGETS)}")
-    if measure is not None and measure < 1:
-        raise ConfigError(f"--measure {measure}: give a number of pairs >= 1 (or leave it out)")
+    budget = parse_budget(max_drop, max_bytes, max_latency_ms, metric)
+    config = config or search_config()
     try:  # before the search: a report that cannot be written should not cost a search
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot create that folder ({e})") from None
     with con.status("loading model and data"):
         src, held, sens = _load(task, model, hf, holdout, n_sensitivity, metric, onnx, data)
-    res = search(
-        src.model,
-        src,
-        budget,
-        algorithm=algorithm,
-        max_evals=max_evals,
-        holdout=held,
-        objective=objective,  # type: ignore[arg-type]
-        sensitivity_source=sens,
-        cache_dir=None if no_cache else (cache_dir if cache_dir is not None else "default"),
-        measure=True if measure is None else measure,
-        progress=True,  # a bar on a terminal, one log line per phase elsewhere
-        executor=_executor(ray),
-        target=target,
-    )
+    res = search(src.model, src, budget, holdout=held, sensitivity_source=sens, config=config)
     if "data" in src.info:  # a user's data: how it was split, in the report
         res.info["data"] = src.info["data"] | _split_sizes(src, held, sens)
     if deployed:
-        from quantbalance.search.deployed import measure_deployed
-
         res.info["deployed"] = measure_deployed(src.model, res, src.calib_data, src.example_inputs)
     with con.status("writing the report"):
         path = write_report(res, out, model=src.model, calib_data=src.calib_data)
@@ -248,14 +147,48 @@ def run_search(
     return res, path
 
 
-def _executor(ray: str | None) -> Any:
-    if ray is None:
-        return None
-    from quantbalance.search.executor import RayExecutor
+def search_config(
+    *,
+    algorithm: str = "rtn",
+    max_evals: int = 8,
+    objective: str = "bytes",
+    measure: int | None = None,
+    cache_dir: Path | None = None,
+    no_cache: bool = False,
+    ray: str | None = None,
+    target: str | None = None,
+    hardware: str = "auto",
+) -> SearchConfig:
+    """The :class:`SearchConfig` of the command's options (validated before anything loads).
 
-    return RayExecutor(address=None if ray == "local" else ray)
+    Args:
+        algorithm, max_evals, objective: as the options say.
+        measure: ``--measure`` (None: every pair).
+        cache_dir: ``--cache-dir`` (None: the default cache); no_cache: ``--no-cache``.
+        ray: ``--ray``: ``local``, ``auto`` or ``HOST:PORT`` (None: serially).
+        target: ``--target``; hardware: ``--hardware``.
+
+    Returns:
+        The config (progress on: a bar on a terminal, one log line per phase elsewhere).
+    """
+    if target is not None and target not in TARGETS:
+        raise ConfigError(f"--target {target!r}; accepted: {', '.join(TARGETS)}")
+    if measure is not None and measure < 1:
+        raise ConfigError(f"--measure {measure}: give a number of pairs >= 1 (or leave it out)")
+    return SearchConfig(
+        algorithm=algorithm,
+        max_evals=max_evals,
+        objective=objective,
+        measure=True if measure is None else measure,
+        cache_dir=None if no_cache else (cache_dir if cache_dir is not None else "default"),
+        progress=True,
+        executor=None if ray is None else RayExecutor(address=None if ray == "local" else ray),
+        target=target,
+        hardware=hardware,
+    )
 
 
+@with_data_options
 def search_command(
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("out/search"),
     task: Annotated[str | None, typer.Option("--task", help="minilm, fashion, smollm")] = None,
@@ -297,15 +230,6 @@ def search_command(
         typer.Option("--ray", help="evaluate on Ray: local, auto or HEAD:PORT of a cluster"),
     ] = None,
     onnx: OnnxOpt = None,
-    data: DataOpt = None,
-    column: ColumnOpt = None,
-    labels: LabelsOpt = None,
-    num_samples: NumSamplesOpt = None,
-    n_calib: NCalibOpt = None,
-    seq_len: SeqLenOpt = 128,
-    batch_size: BatchSizeOpt = 8,
-    seed: SeedOpt = 0,
-    hf_task: HfTaskOpt = None,
     export: Annotated[
         list[str] | None,
         typer.Option("--export", help="write the Plan as qb|onnx|compressed-tensors|gguf"),
@@ -315,47 +239,31 @@ def search_command(
         typer.Option("--target", help="torch|ort|tensorrt|vllm|llama.cpp: only its exact schemes"),
     ] = None,
     hardware: HardwareOpt = "auto",
+    *,
+    data_opts: DataOptions,
 ) -> None:
     """Find per-layer precision under a budget; write report.html, report.json and plan.json.
 
     Exit status: 0 if the budget is met, 1 if not (closest Plan still written), 2: bad input.
     """
-    opts = data_options(data, column, labels, metric, num_samples, n_calib, seq_len, batch_size,
-                        seed, hf_task)  # fmt: skip
     try:
+        config = search_config(algorithm=algorithm, max_evals=max_evals, objective=objective,
+                               measure=measure, cache_dir=cache_dir, no_cache=no_cache, ray=ray,
+                               target=target, hardware=hardware)  # fmt: skip
         res, path = targeted(run_search, hardware)(
-            out,
-            task=task,
-            model=model,
-            hf=hf,
-            max_drop=max_drop,
-            max_bytes=max_bytes,
-            max_latency_ms=max_latency_ms,
-            metric=metric,
-            max_evals=max_evals,
-            objective=objective,
-            algorithm=algorithm,
-            holdout=holdout,
-            n_sensitivity=n_sensitivity,
-            measure=measure,
-            cache_dir=cache_dir,
-            no_cache=no_cache,
-            ray=ray,
-            onnx=onnx,
-            data=opts,
-            target=target,
-        )
+            out, task=task, model=model, hf=hf, max_drop=max_drop, max_bytes=max_bytes,
+            max_latency_ms=max_latency_ms, metric=metric, holdout=holdout,
+            n_sensitivity=n_sensitivity, onnx=onnx, data=data_opts, config=config,
+        )  # fmt: skip
     except QuantBalanceError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        fail(e, console)
     show_result(res, path, out)
     if export:
         try:
             export_plan(res.plan, export, out, task=task, model=model, hf=hf, algorithm=algorithm,
-                        onnx=onnx, data=opts)  # fmt: skip
+                        onnx=onnx, data=data_opts)  # fmt: skip
         except QuantBalanceError as e:
-            console.print(f"[bold red]error:[/] {e}")
-            raise typer.Exit(2) from None
+            fail(e, console)
     if not res.met_budget:
         raise typer.Exit(1)
 
@@ -385,10 +293,6 @@ def export_plan(
         onnx: ONNX file.
         data: ``cli.loading.DataOptions`` the search used.
     """
-    from quantbalance.cli.export_cmd import exporter
-    from quantbalance.cli.loading import load_source
-    from quantbalance.quantize import quantize
-
     hook = exporter(formats, out.parent, hf, console)
     with console.status("loading the model to export"):
         src = load_source(task, model, hf, onnx, data)

@@ -13,6 +13,9 @@ from quantbalance.errors import ConfigError
 def format_validation_error(cls_name: str, err: ValidationError) -> str:
     """Turn a pydantic error into one message naming each field, its value and what is allowed.
 
+    A nested config's own ``ConfigError`` (raised inside validation) is kept whole and indented
+    under the field it belongs to, rather than repeated.
+
     Args:
         cls_name: the config class name.
         err: the pydantic error.
@@ -23,7 +26,16 @@ def format_validation_error(cls_name: str, err: ValidationError) -> str:
     lines = [f"invalid {cls_name}:"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(root)"
-        if e["type"] == "extra_forbidden":
+        inner = e.get("ctx", {}).get("error")
+        if isinstance(inner, ConfigError):
+            text = str(inner)
+            if field == "(root)" and text.startswith(lines[0]):
+                lines.extend(text.splitlines()[1:])
+            else:
+                first, *rest = text.splitlines()
+                lines.append(f"  {field}: {first}")
+                lines.extend("  " + line for line in rest)
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  unknown field '{field}' (value {e.get('input')!r})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
@@ -113,5 +125,8 @@ def _check_keys(name: str, obj: Any, where: str = "") -> None:
 
 
 def _config_error(cls: type[BaseModel], err: ValidationError) -> ConfigError:
-    allowed = ", ".join(sorted(cls.model_fields))
-    return ConfigError(f"{format_validation_error(cls.__name__, err)}\n  allowed fields: {allowed}")
+    text = format_validation_error(cls.__name__, err)
+    allowed = f"  allowed fields: {', '.join(sorted(cls.model_fields))}"
+    if not text.endswith(allowed):
+        text += "\n" + allowed
+    return ConfigError(text)

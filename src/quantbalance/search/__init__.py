@@ -6,6 +6,7 @@
 """
 
 from quantbalance.search.cache import Cache, default_cache_dir
+from quantbalance.search.config import SearchConfig
 from quantbalance.search.costs import CostTable, LatencyModel, layer_nbytes
 from quantbalance.search.latency import TorchLatencyModel
 from quantbalance.search.pareto import PlanPoint
@@ -26,6 +27,7 @@ __all__ = [
     "LatencyModel",
     "PlanPoint",
     "Problem",
+    "SearchConfig",
     "SearchResult",
     "SensitivityTable",
     "Solution",

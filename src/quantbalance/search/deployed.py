@@ -19,9 +19,9 @@ from rich.table import Table
 from torch import nn
 
 from quantbalance.calibration.batch import call_model
-from quantbalance.deploy.bench_result import time_interleaved
 from quantbalance.deploy.kernels import engine_dtype
 from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
+from quantbalance.evaluate.timing import time_interleaved
 from quantbalance.hardware import Hardware, detect
 from quantbalance.lowering import plan_target
 from quantbalance.progress import log as progress_log

@@ -23,7 +23,6 @@ from quantbalance.search.cache import (
 )
 from quantbalance.search.costs import (
     CostTable,
-    LatencyModel,
     measure_costs,
     preset_options,
 )
@@ -47,20 +46,15 @@ log = logging.getLogger("quantbalance.search.search")  # qb.search's logger, as 
 
 
 def sensitivity_phase(
-    setup: SearchSetup,
-    model: nn.Module,
-    sensitivity_source: Any,
-    measure: bool | int,
-    progress: bool,
+    setup: SearchSetup, model: nn.Module, sensitivity_source: Any
 ) -> tuple[SensitivityTable, PlanEvaluator]:
     """Single-layer sensitivities of every candidate (on ``sensitivity_source`` if given).
 
     Args:
-        setup: the search setup.
+        setup: the search setup (``config.measure``: the measurement mode, see
+            ``qb.sensitivity``).
         model: the float model.
         sensitivity_source: a cheaper split for the single-layer measurements, or None.
-        measure: the measurement mode (see ``qb.sensitivity``).
-        progress: progress bars.
 
     Returns:
         ``(table, the evaluator that measured it)``.
@@ -78,20 +72,17 @@ def sensitivity_phase(
     )
     sens_ref = sens_ev.reference()
     sens = run_sensitivity(model, setup.base, sens_src, setup.options, setup.cache,
-                           setup.model_key, sens_ref, measure, progress,
-                           setup.executor)  # fmt: skip
+                           setup.model_key, sens_ref, setup.config.measure,
+                           setup.config.progress, setup.executor)  # fmt: skip
     return sens, sens_ev
 
 
-def costs_phase(
-    setup: SearchSetup, latency_model: LatencyModel | None, progress: bool
-) -> tuple[CostTable, dict[str, dict[str, str]]]:
+def costs_phase(setup: SearchSetup) -> tuple[CostTable, dict[str, dict[str, str]]]:
     """Exact bytes and measured latency of every candidate and of the presets' layers.
 
     Args:
-        setup: the search setup.
-        latency_model: the engine that times layers (default ``TorchLatencyModel``).
-        progress: progress bars.
+        setup: the search setup (``config.latency_model``: the engine that times layers,
+            default ``TorchLatencyModel``).
 
     Returns:
         ``(cost table, preset name -> the candidate each layer takes under it)``.
@@ -103,27 +94,21 @@ def costs_phase(
         setup.base,
         cost_options,
         setup.src.example_inputs,
-        latency_model or TorchLatencyModel(),
+        setup.config.latency_model or TorchLatencyModel(),
         setup.cache,
         setup.model_key,
-        progress,
+        setup.config.progress,
     )
     return costs, preset_choice
 
 
-def build_problem(
-    setup: SearchSetup,
-    sens: SensitivityTable,
-    costs: CostTable,
-    groups: Sequence[Sequence[str]] | None,
-) -> Problem:
+def build_problem(setup: SearchSetup, sens: SensitivityTable, costs: CostTable) -> Problem:
     """The integer program: one candidate per layer, predicted drop, bytes and latency.
 
     Args:
-        setup: the search setup.
+        setup: the search setup (``config.groups``: layers that must take the same candidate).
         sens: the sensitivity table.
         costs: the cost table.
-        groups: layer names that must take the same candidate.
 
     Returns:
         The :class:`Problem`.
@@ -138,8 +123,27 @@ def build_problem(
         drop=[[sens.drop(n, k, relative, floor=True) for k in options[n]] for n in names],
         nbytes=[[float(costs.nbytes[n][k]) for k in options[n]] for n in names],
         latency=[[costs.latency_ms[n][k] for k in options[n]] for n in names],
-        groups=layer_groups(names, groups),
+        groups=layer_groups(names, setup.config.groups),
     )
+
+
+def verify_phase(setup: SearchSetup, problem: Problem, costs: CostTable) -> Verifier:
+    """Solve on the predictions, evaluate the Plans for real, correct; ``config.max_evals``
+    evaluations at most, for ``config.objective``.
+
+    Args:
+        setup: the search setup.
+        problem: the integer program.
+        costs: the cost table.
+
+    Returns:
+        The verification state: every point so far, the evaluations spent (``n_evals``).
+    """
+    c = setup.config
+    verifier = Verifier(problem, setup.options, setup.evaluator, costs, setup.budget,
+                        setup.reference, setup.src, c.progress)  # fmt: skip
+    verifier.run(c.max_evals, c.objective)
+    return verifier
 
 
 def layer_groups(names: list[str], groups: Sequence[Sequence[str]] | None) -> list[list[int]]:
@@ -169,18 +173,15 @@ def front_phase(
     verifier: Verifier,
     problem: Problem,
     preset_choice: dict[str, dict[str, str]],
-    front_evals: int,
-    progress: bool,
 ) -> list[PlanPoint]:
-    """Sweep the budget for the Pareto front (``front_evals`` points measured), place presets.
+    """Sweep the budget for the Pareto front (``config.front_evals`` points measured), place
+    the presets.
 
     Args:
         setup: the search setup.
         verifier: the verification state (holds every point).
         problem: the integer program.
         preset_choice: each preset's candidate per layer.
-        front_evals: front points to evaluate.
-        progress: progress bars.
 
     Returns:
         The presets' points (a preset that fails is skipped with a warning).
@@ -194,7 +195,8 @@ def front_phase(
         if not p.measured and p.kind == "front" and set((p.choice or {}).values()) != {"float"}
     ]
     todo.sort(key=lambda p: p.nbytes)
-    todo = spread(todo, front_evals)
+    todo = spread(todo, setup.config.front_evals)
+    progress = setup.config.progress
     hold = setup.holdout
     both = {"search": "preset"} | ({"holdout": "holdout"} if hold is not None else {})
     jobs = [(p.plan, {"search": "front"}) for p in todo]
@@ -215,7 +217,7 @@ def front_phase(
 
 def holdout_phase(
     setup: SearchSetup, verifier: Verifier, preset_points: list[PlanPoint]
-) -> tuple[PlanPoint, bool, str]:
+) -> Outcome:
     """Choose the Plan (judged on the held-out split when there is one); measure presets there.
 
     Args:
@@ -224,14 +226,14 @@ def holdout_phase(
         preset_points: the presets' points.
 
     Returns:
-        ``(chosen point, met the budget, message)``.
+        The :class:`Outcome`: the chosen point, whether it met the budget, why, the presets.
     """
     has_holdout = setup.holdout is not None
     chosen, met, message = verifier.choose(has_holdout, preset_points)
     if has_holdout:
         for p in preset_points:
             verifier.holdout(p)
-    return chosen, met, message
+    return Outcome(chosen, met, message, preset_points)
 
 
 @dataclass
@@ -253,10 +255,6 @@ def assemble_result(
     sens_evaluator: PlanEvaluator,
     costs: CostTable,
     times: dict[str, float],
-    *,
-    sqnr_floor_db: float,
-    max_evals: int,
-    objective: str,
 ) -> SearchResult:
     """The :class:`SearchResult`: numerics check, fronts, float point, coverage and facts.
 
@@ -268,15 +266,13 @@ def assemble_result(
         sens: the sensitivity table; sens_evaluator: the evaluator that measured it.
         costs: the cost table.
         times: seconds per phase.
-        sqnr_floor_db: layers of the chosen Plan below this SQNR are named.
-        max_evals: the verification budget (recorded); objective: ``bytes`` or ``latency``.
 
     Returns:
         The result.
     """
-    ev, names = setup.evaluator, setup.names
+    ev, names, c = setup.evaluator, setup.names, setup.config
     chosen, message, pre_points = outcome.chosen, outcome.message, outcome.preset_points
-    numerics = ev.numerics(chosen.plan, sqnr_floor_db)
+    numerics = ev.numerics(chosen.plan, c.sqnr_floor_db)
     if numerics:
         message += " Numerical problems in the chosen Plan: " + "; ".join(
             f"layer {n!r}: {p}" for n, p in numerics.items()
@@ -296,18 +292,19 @@ def assemble_result(
     info = {
         "task": setup.src.name,
         "algorithm": setup.algorithm,
-        "objective": objective,
-        "max_evals": max_evals,
+        "objective": c.objective,
+        "max_evals": c.max_evals,
         "cache_hits": setup.cache.hits,
         "cache_misses": setup.cache.misses,
         "cache": cache_summary(setup.cache, notes),
         "eval_opaque": setup.src.fingerprint.opaque if setup.src.fingerprint else [],
         "numerics": numerics,
-        "sqnr_floor_db": sqnr_floor_db,
+        "sqnr_floor_db": c.sqnr_floor_db,
         "engine": costs.engine,
         "layers": len(names),
         "coverage": cov.summary(),
         "left_float": cov.left_float(),
+        "config": c.record(),  # every option, for the report and to run the search again
     }
     return SearchResult(
         plan=for_hardware(chosen.plan, "auto"),  # the int8 target it was evaluated for

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
@@ -15,11 +13,12 @@ from quantbalance.errors import ConfigError
 from quantbalance.lowering import plan_target
 from quantbalance.plan import PRESETS, LayerSpec, Plan, preset
 from quantbalance.search.cache import Cache, data_hash, default_cache_dir, model_hash
+from quantbalance.search.config import SearchConfig
 from quantbalance.search.costs import with_algorithm
 from quantbalance.search.evaluator import PlanEvaluator, Source, as_holdout, as_source
 from quantbalance.search.executor import Executor, MemoryCache, SerialExecutor, make_executor
 from quantbalance.search.result import Budget
-from quantbalance.search.sensitivity import Candidates, latency_candidates, layer_options
+from quantbalance.search.sensitivity import latency_candidates, layer_options
 from quantbalance.search.targets import target_candidates, target_presets
 from quantbalance.transform import fold_batchnorm, quantizable_layers, split_attention
 
@@ -37,6 +36,7 @@ class SearchSetup:
         evaluator: evaluates Plans on the splits; reference: the float metrics (search split).
         preset_plans: the uniform presets placed on the axes; algorithm: the weight algorithm.
         keys: the cache identity of the model, data, algorithm and options.
+        config: the search's options (every phase reads its own from here).
     """
 
     budget: Budget
@@ -53,43 +53,32 @@ class SearchSetup:
     preset_plans: dict[str, Plan]
     algorithm: str
     keys: dict[str, Any]
+    config: SearchConfig
 
     @classmethod
     def build(
-        cls,
-        model: nn.Module,
-        task_or: Any,
-        budget: Budget,
-        candidates: Candidates,
-        algorithm: str,
-        holdout: Any,
-        *,
-        presets: Sequence[str] | None,
-        metric: str | None,
-        higher_is_better: bool | None,
-        eval_id: str | None,
-        cache_dir: str | os.PathLike[str] | None,
-        executor: str | Executor | None,
-        target: str | None,
-        objective: Literal["bytes", "latency"],
+        cls, model: nn.Module, source: Any, budget: Budget, holdout: Any, config: SearchConfig
     ) -> SearchSetup:
         """Resolve the splits, cache, executor and candidates; measure the float reference.
 
         Args:
             model: the float model (not modified).
-            task_or, budget, candidates, algorithm, holdout, presets, metric,
-                higher_is_better, eval_id, cache_dir, executor, target, objective: as
-                ``qb.search`` takes them.
+            source: the search split: a ``Task`` or ``(calib_data, eval_fn)``.
+            budget: the budget.
+            holdout: the held-out split (a ``Task`` or an eval function) or None.
+            config: the search's options.
 
         Returns:
             The setup.
         """
-        src = as_source(task_or, metric or budget.metric, higher_is_better, eval_id)
+        c = config
+        algorithm, candidates, presets, target = c.algorithm, c.candidates, c.presets, c.target
+        src = as_source(source, c.metric or budget.metric, c.higher_is_better, c.eval_id)
         budget = budget.model_copy(update={"metric": src.metric})
         hold = as_holdout(holdout, src)
-        run = make_executor(executor)
+        run = make_executor(c.executor)
         cache = (Cache if isinstance(run, SerialExecutor) else MemoryCache)(
-            default_cache_dir() if cache_dir == "default" else cache_dir
+            default_cache_dir() if c.cache_dir == "default" else c.cache_dir
         )
         mkey = model_hash(model)
         base = copy.deepcopy(model).eval()
@@ -102,8 +91,8 @@ class SearchSetup:
                 "Embedding): nothing to search"
             )
         if candidates is None and target is not None:
-            candidates = target_candidates(target, objective)
-        if candidates is None and objective == "latency":
+            candidates = target_candidates(target, c.objective)
+        if candidates is None and c.objective == "latency":
             candidates = lambda _name, mod: latency_candidates(mod)  # noqa: E731
         options = layer_options(base, names, candidates, algorithm)
         if presets is None and target not in (None, "torch"):  # the target's uniform types
@@ -125,4 +114,4 @@ class SearchSetup:
         if hold is not None:
             evaluator.reference("holdout")
         return cls(budget, src, hold, run, cache, mkey, base, names, options, evaluator,
-                   reference, preset_plans, algorithm, keys)  # fmt: skip
+                   reference, preset_plans, algorithm, keys, config)  # fmt: skip

@@ -12,8 +12,11 @@ MultiheadAttention).
 
 Supported: every argument of ``forward`` (batch-first or not, unbatched inputs, key padding and
 attention masks, boolean or additive, ``need_weights`` averaged or per head, ``is_causal``),
-separate key/value dimensions, dropout in training. Modules with ``add_bias_kv`` or
-``add_zero_attn`` are left as they are (reported as unsupported by the coverage check).
+separate key/value dimensions, dropout in training, ``add_bias_kv`` (the learnt key/value
+biases appended to the keys and values, kept float: two ``embed_dim`` vectors) and
+``add_zero_attn`` (a zero key/value appended per head), masks padded as PyTorch pads them.
+Subclasses of ``nn.MultiheadAttention`` may compute something else: they are left as they are
+(their ``out_proj`` is reported as unsupported by the coverage check).
 
 The replacement keeps the attributes ``nn.TransformerEncoderLayer`` reads before choosing its
 fused fast path (``batch_first``, ``num_heads``, ``in_proj_weight``/``in_proj_bias``,
@@ -77,6 +80,9 @@ class LinearMultiheadAttention(nn.Module):
         self.out_proj = _linear(
             out.weight.detach(), None if out.bias is None else out.bias.detach()
         )
+        self.bias_k = None if mha.bias_k is None else nn.Parameter(mha.bias_k.detach().clone())
+        self.bias_v = None if mha.bias_v is None else nn.Parameter(mha.bias_v.detach().clone())
+        self.add_zero_attn = mha.add_zero_attn
         self.train(mha.training)
         self.register_forward_pre_hook(_runs_its_forward)
 
@@ -131,9 +137,10 @@ class LinearMultiheadAttention(nn.Module):
             return x.reshape(length, n * h, d).transpose(0, 1).reshape(n, h, length, d)
 
         q = heads(self.q_proj(query), tgt)
-        k = heads(self.k_proj(key), src)
-        v = heads(self.v_proj(value), src)
+        k, v, extra = self._keys_values(self.k_proj(key), self.v_proj(value), heads)
         mask = self._mask(attn_mask, key_padding_mask, is_causal, q.dtype, n, tgt, src)
+        if mask is not None and extra:  # appended keys are visible to every query
+            mask = F.pad(mask, (0, extra))
         p = self.dropout if self.training else 0.0
         if need_weights:
             scores = (q * d**-0.5) @ k.transpose(-2, -1)
@@ -155,6 +162,26 @@ class LinearMultiheadAttention(nn.Module):
         elif self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
+
+    def _keys_values(
+        self, k: torch.Tensor, v: torch.Tensor, heads: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Projected ``(S, N, E)`` keys/values with the extra bias and zero keys, per head.
+
+        Returns:
+            ``(keys, values, number of appended keys)``, heads shaped ``(N, h, S', d)``.
+        """
+        n, extra = k.shape[1], 0
+        if self.bias_k is not None and self.bias_v is not None:
+            k = torch.cat([k, self.bias_k.expand(1, n, -1)])
+            v = torch.cat([v, self.bias_v.expand(1, n, -1)])
+            extra += 1
+        k, v = heads(k, k.shape[0]), heads(v, v.shape[0])
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(*k.shape[:2], 1, k.shape[3])], dim=2)
+            v = torch.cat([v, v.new_zeros(*v.shape[:2], 1, v.shape[3])], dim=2)
+            extra += 1
+        return k, v, extra
 
     def _mask(
         self,
@@ -196,7 +223,7 @@ def split_attention(model: nn.Module) -> list[str]:
     """
     done = []
     for name, mod in list(model.named_modules()):
-        if type(mod) is nn.MultiheadAttention and splittable(mod):
+        if type(mod) is nn.MultiheadAttention:
             replace_module(model, name, LinearMultiheadAttention(mod))
             done.append(name)
     for mod in model.modules():  # its nested-tensor path would hand the split layers nested
@@ -206,19 +233,3 @@ def split_attention(model: nn.Module) -> list[str]:
         log.info("MultiheadAttention as linear layers: %s", ", ".join(done))
     return done
 
-
-def splittable(mha: nn.Module) -> bool:
-    """Whether :func:`split_attention` replaces ``mha`` (no ``add_bias_kv``/``add_zero_attn``).
-
-    Args:
-        mha: a module.
-
-    Returns:
-        True for an ``nn.MultiheadAttention`` without extra key/value biases or zero attention.
-    """
-    return (
-        isinstance(mha, nn.MultiheadAttention)
-        and mha.bias_k is None
-        and mha.bias_v is None
-        and not mha.add_zero_attn
-    )
