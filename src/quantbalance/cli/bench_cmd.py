@@ -172,7 +172,7 @@ def bench_command(
         else:
             names = _names(engines) if engines else list(bm.DEFAULT_ENGINES)
             bm.check_names(names, bm.ENGINES, "engine")
-            bm.check_names(_names(presets), bm.PRESETS, "preset")
+            bm.check_names(_names(presets), bm.ALL_PRESETS, "preset")
             with console.status("loading model and data"):
                 from quantbalance.tasks import load_for_bench
 

@@ -30,7 +30,7 @@ from quantbalance.cli.options import (
 from quantbalance.errors import QuantBalanceError
 from quantbalance.io import atomic_write_text
 from quantbalance.lowering import targeted
-from quantbalance.plan import PRESETS
+from quantbalance.plan import ALL_PRESETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -73,7 +73,7 @@ def quiet_third_party_logs(verbose: bool = False) -> None:
 def presets() -> None:
     """List the named presets."""
     t = Table("preset", "what it is")
-    for k, v in PRESETS.items():
+    for k, v in ALL_PRESETS.items():
         t.add_row(k, v)
     console.print(t)
 
