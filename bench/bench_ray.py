@@ -2,7 +2,7 @@
 
 Usage:
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python bench/bench_ray.py \
-        [--tasks fashion,minilm] [--workers 1,2] [--out bench/results/ray.json]
+        [--tasks fashion,minilm] [--workers 1,2] [--out bench/results/ray.json] [--no-serial]
 
 For each task (split as in ``bench/bench_search.py``, first budget there), the search runs with
 the cache off: serially in this process (``torch.set_num_threads(1)``), then with
@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="fashion,minilm")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--out", default="bench/results/ray.json")
+    ap.add_argument("--no-serial", action="store_true",
+                    help="skip the serial run: Plans are compared with the first Ray run")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import ray
@@ -98,12 +100,17 @@ def main() -> None:
     ray.init(num_cpus=max(counts), include_dashboard=False, log_to_driver=False)
     rows = []
     for task in args.tasks.split(","):
-        base, ref = one(task, None, "serial")
-        rows.append(base)
-        _write(Path(args.out), rows)
+        ref, ref_label = None, "serial"
+        if not args.no_serial:
+            base, ref = one(task, None, "serial")
+            rows.append(base)
+            _write(Path(args.out), rows)
         by_workers = {}
         for n in counts:
             row, res = one(task, RayExecutor(workers=n, threads=1), f"ray-{n}")
+            if ref is None:
+                ref, ref_label = res, row["run"]
+            row["compared_with"] = ref_label
             row["same_plan"] = res.plan == ref.plan
             row["same_metrics"] = res.chosen.metrics == ref.chosen.metrics
             by_workers[n] = row

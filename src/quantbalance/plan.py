@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from quantbalance.args import checked
 from quantbalance.errors import ConfigError, PlanError
@@ -121,6 +127,12 @@ class Plan(FrozenConfig):
             symmetric weights of more than 7 bits gets 7-bit weights (codes within ±64), which
             every x86 int8 kernel computes exactly (see ``quantbalance.lowering``). ``vnni`` (VNNI,
             AMX, Arm): specs as written. None: not decided (``qb.quantize`` fills it in).
+        residual_activation: a static per-tensor activation scheme for every addition of two
+            tensors in the model's own forwards (residual ``Add``): inputs and sum are
+            quantized, calibrated with ``minmax`` (``transform.quantize_residual_adds``; a
+            model torch.fx cannot trace is refused). None (default): additions stay float.
+            ONNX Runtime then runs the ``Add`` as ``QLinearAdd`` and the convolutions feeding
+            it as ``QLinearConv``.
     """
 
     layers: dict[str, LayerSpec | None] = Field(default_factory=dict)
@@ -128,6 +140,23 @@ class Plan(FrozenConfig):
     layer_types: list[str] = Field(default_factory=lambda: list(WEIGHT_LAYER_TYPES))
     name: str = "custom"
     hardware: Int8Target | None = None
+    residual_activation: Scheme | None = None
+
+    @field_validator("residual_activation")
+    @classmethod
+    def _check_residual(cls, v: Scheme | None) -> Scheme | None:
+        if v is not None and not (
+            v.format_kind.activations and isinstance(v.granularity, PerTensor)
+        ):
+            raise ValueError("residual_activation must be a uniform PerTensor() scheme")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("residual_activation", 0) is None:  # Plans without it keep their bytes
+            del data["residual_activation"]
+        return data
 
     @field_validator("layers", "skip")
     @classmethod
@@ -246,10 +275,12 @@ class Plan(FrozenConfig):
         Returns:
             List of ``(name, description)``.
         """
+        adds = self.residual_activation
+        extra = [("(residual additions)", f"A {adds.label} (static)")] if adds else []
         if resolved is not None:
-            return [(n, s.label) for n, s in resolved.items()]
+            return [(n, s.label) for n, s in resolved.items()] + extra
         rows = [(k, v.label if v else "float (kept)") for k, v in self.layers.items()]
-        return rows + [(p, "skip") for p in self.skip]
+        return rows + [(p, "skip") for p in self.skip] + extra
 
 
 def _match(pattern: str, name: str) -> bool:
@@ -320,6 +351,17 @@ PRESET_TABLE: dict[str, tuple[LayerSpec, str]] = {
 PRESETS: dict[str, str] = {name: text for name, (_, text) in PRESET_TABLE.items()}
 #: Preset name -> the spec every layer gets.
 PRESET_SPECS: dict[str, LayerSpec] = {name: spec for name, (spec, _) in PRESET_TABLE.items()}
+#: Presets with Plan-wide options, not placed on the search's axes: name -> (the uniform
+#: preset they extend, the Plan fields they set, description).
+OPTION_PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "w8a8-residual": (
+        "w8a8",
+        {"residual_activation": _act8_static()},
+        "w8a8, and every residual addition's inputs and sum int8 per-tensor static",
+    ),
+}
+#: Every preset name ``preset()`` accepts -> description.
+ALL_PRESETS: dict[str, str] = {**PRESETS, **{k: v[2] for k, v in OPTION_PRESETS.items()}}
 
 
 @checked
@@ -327,12 +369,15 @@ def preset(name: str) -> Plan:
     """A named uniform Plan.
 
     Args:
-        name: one of ``PRESETS``.
+        name: one of ``ALL_PRESETS`` (``PRESETS`` and the option presets).
 
     Returns:
         The Plan (a single ``re:.*`` rule over Linear, Conv and Embedding layers; embeddings
         get the weight scheme only).
     """
+    if name in OPTION_PRESETS:
+        base, fields, _ = OPTION_PRESETS[name]
+        return _uniform_plan(name, PRESET_SPECS[base]).model_copy(update=fields)
     if name not in PRESET_SPECS:
-        raise ConfigError(f"unknown preset {name!r}; accepted: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; accepted: {', '.join(ALL_PRESETS)}")
     return _uniform_plan(name, PRESET_SPECS[name])

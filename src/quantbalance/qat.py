@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from quantbalance.args import checked
 from quantbalance.calibration import FixedObserver, call_model, check_calib_data
-from quantbalance.errors import CalibrationError, ConfigError
+from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
 from quantbalance.formats import Scheme, fake_quantize, quantize_tensor
 from quantbalance.formats.uniform import store_scale
 from quantbalance.nn import ActQuantizer, QuantModule, quantized_type, weight_matrix
@@ -206,6 +206,11 @@ def qat(
             "Embedding): nothing to train"
         )
     the_plan = as_plan(plan)
+    if the_plan.residual_activation is not None:
+        raise UnsupportedError(
+            "qat: residual_activation (quantized residual additions) is not trained by QAT; "
+            "drop it from the Plan, or quantize with qb.quantize"
+        )
     ptq = quantize(model, the_plan, calib, algorithm="rtn", progress=progress)
     fmodel = copy.deepcopy(model).eval()
     fold_batchnorm(fmodel)

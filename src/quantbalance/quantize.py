@@ -24,7 +24,7 @@ from torch import nn
 
 from quantbalance.algorithms.smoothquant import lower_smoothing
 from quantbalance.args import checked
-from quantbalance.errors import ConfigError, UnsupportedError
+from quantbalance.errors import CalibrationError, ConfigError, UnsupportedError
 from quantbalance.evaluate.guards import SQNR_FLOOR_DB
 from quantbalance.evaluate.guards import check_numerics as check
 from quantbalance.formats import PerChannel, PerTensor, PerToken, Scheme
@@ -44,7 +44,13 @@ from quantbalance.quantize_steps import (
     resolve_layers,
     run_steps,
 )
-from quantbalance.transform import coverage, fold_batchnorm, split_attention, unsupported_layers
+from quantbalance.transform import (
+    coverage,
+    fold_batchnorm,
+    quantize_residual_adds,
+    split_attention,
+    unsupported_layers,
+)
 
 __all__ = [
     "EAGER_STEPS",
@@ -151,6 +157,12 @@ def quantize(
         info.algorithm_log.setdefault("smoothquant", {})["lowered"] = lowered
     info.unsupported = unsupported_layers(qmodel)
     info.coverage = _announce(coverage(qmodel))
+    if the_plan.residual_activation is not None:
+        if batches is None:
+            raise CalibrationError(f"plan {the_plan.name!r} needs calibration data for the "
+                                   "static ranges of residual_activation")  # fmt: skip
+        adds = quantize_residual_adds(qmodel, the_plan.residual_activation)
+        log.info("%d residual addition(s) quantized: %s", len(adds), ", ".join(adds))
 
     calibrate_activations(qmodel, batches, progress)
     qmodel.qb_plan = the_plan
@@ -185,6 +197,11 @@ def _quantize_path(
             "offload='disk' or 'cpu' and save_to=<output folder> (and a plan, not bitwidths)"
         )
     the_plan = _with_algorithm(as_plan(plan if plan is not None else "int8-weight"), algorithm)
+    if the_plan.residual_activation is not None:
+        raise UnsupportedError(
+            "residual_activation is not supported block by block (offload=); quantize the "
+            "loaded model, or drop residual_activation from the Plan"
+        )
     return quantize_offloaded(path, the_plan, calib_data, save_to=save_to, offload=offload,
                               device=device, progress=progress)  # fmt: skip
 

@@ -37,7 +37,7 @@ from quantbalance.calibration.batch import map_tensors
 from quantbalance.errors import ConfigError
 from quantbalance.evaluate.task import Task
 from quantbalance.evaluate.timing import Clock, time_interleaved
-from quantbalance.plan import PRESETS
+from quantbalance.plan import ALL_PRESETS
 from quantbalance.progress import steps
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def benchmark(
     registry = ENGINES if registry is None else registry
     check_names(engines, registry, "engine")
     if any(registry[e].per_preset for e in engines):
-        check_names([p.partition("+")[0] for p in presets], PRESETS, "preset")
+        check_names([p.partition("+")[0] for p in presets], ALL_PRESETS, "preset")
         for p in presets:
             if "+" in p:
                 parse_algorithm(p.partition("+")[2])

@@ -175,7 +175,7 @@ def bench_command(
         else:
             names = _names(engines) if engines else list(bm.DEFAULT_ENGINES)
             bm.check_names(names, bm.ENGINES, "engine")
-            bm.check_names(_names(presets), bm.PRESETS, "preset")
+            bm.check_names(_names(presets), bm.ALL_PRESETS, "preset")
             with console.status("loading model and data"):
                 src = load_for_bench(task) if task else _from_factory(model)
             with console.status(f"building and timing {len(names)} engines"):

@@ -35,7 +35,7 @@ from quantbalance.errors import QuantBalanceError
 from quantbalance.hardware import detect
 from quantbalance.io import atomic_write_text, json_safe
 from quantbalance.lowering import targeted
-from quantbalance.plan import PRESETS
+from quantbalance.plan import ALL_PRESETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -78,7 +78,7 @@ def quiet_third_party_logs(verbose: bool = False) -> None:
 def presets() -> None:
     """List the named presets."""
     t = Table("preset", "what it is")
-    for k, v in PRESETS.items():
+    for k, v in ALL_PRESETS.items():
         t.add_row(k, v)
     console.print(t)
 

@@ -25,6 +25,7 @@ from quantbalance.nn import (
     QConv2d,
     QEmbedding,
     QLinear,
+    QuantAdd,
     QuantModule,
     from_matrix,
 )
@@ -280,6 +281,9 @@ def export_module(qmodel: nn.Module) -> nn.Module:
             replace_module(model, name, QDQConv(m, name))
         elif isinstance(m, KeepsForward):  # its own forward, traced on Q/DQ forms
             m.use_forms(_weight_form(m), _act(m, name))
+        elif isinstance(m, QuantAdd):  # Q/DQ on both inputs and the sum: ORT's QLinearAdd
+            for part in ("a", "b", "out"):
+                setattr(m, part, QDQAct(getattr(m, part), f"{name}.{part}"))
     emulated: dict[str, list[str]] = {}
     for name, m in model.named_modules():
         if getattr(m, "emulated", ""):

@@ -15,7 +15,12 @@ from quantbalance.formats import QuantizedTensor, Scheme
 from quantbalance.nn import PARTS, ActQuantizer, quantized_type, weight_matrix
 from quantbalance.plan import Plan
 from quantbalance.quantize_steps import QuantizationInfo
-from quantbalance.transform import fold_batchnorm, replace_module, split_attention
+from quantbalance.transform import (
+    fold_batchnorm,
+    quantize_residual_adds,
+    replace_module,
+    split_attention,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +62,15 @@ def rebuild(
     state.update({k: state[v] for k, v in aliases.items() if v in state})
     for name, spec in layers.items():
         _install_layer(model, name, spec, state, where)
+    plan = Plan(**json.loads(meta["plan"])) if meta.get("plan", "null") != "null" else None
+    if plan is not None and plan.residual_activation is not None:
+        quantize_residual_adds(model, plan.residual_activation, frozen=True)
     fill_meta(model, state, where)  # a meta skeleton (model larger than memory): data from here
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{where}: the skeleton does not match the checkpoint: {e}") from None
     _retie(model, aliases)
-    plan = Plan(**json.loads(meta["plan"])) if meta.get("plan", "null") != "null" else None
     if plan is not None:
         model.qb_plan = plan
         model.qb_info = QuantizationInfo.from_dict(plan, info)

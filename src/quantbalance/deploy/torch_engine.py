@@ -27,7 +27,7 @@ from quantbalance.deploy.kernels import LayerDesc, choose, engine_dtype
 from quantbalance.deploy.torch_modules import Dequant, Int4Linear, Int8Conv2d, Int8Linear
 from quantbalance.errors import UnsupportedError
 from quantbalance.hardware import Hardware, detect
-from quantbalance.nn import QuantModule
+from quantbalance.nn import QuantAdd, QuantModule
 from quantbalance.transform import fold_batchnorm, replace_module
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ def to_torch_engine(
     for mod in model.modules():
         if isinstance(mod, QuantModule):  # quantized in place, inside a Dequant wrapper
             continue
+        if isinstance(mod, QuantAdd):  # quantize and add in float32, as simulated
+            mod.register_forward_pre_hook(functools.partial(_cast_inputs, dtype=torch.float32))
         if isinstance(mod, nn.Embedding):
             mod.to(dt)
         elif isinstance(mod, nn.LayerNorm | nn.BatchNorm2d | nn.Linear | nn.Conv2d):

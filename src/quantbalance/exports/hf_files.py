@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from quantbalance.errors import ConfigError, UnsupportedError
-from quantbalance.nn import QuantModule
+from quantbalance.nn import QuantAdd, QuantModule
 
 #: Files taken over from the source folder (tokenizer and generation settings).
 SOURCE_FILES = (
@@ -38,7 +38,18 @@ def quant_modules(qmodel: nn.Module) -> Iterator[tuple[str, QuantModule]]:
 
     Yields:
         ``(name, module)``.
+
+    Raises:
+        UnsupportedError: the model quantizes its residual additions (``residual_activation``),
+            which these weight formats cannot express.
     """
+    adds = [n for n, m in qmodel.named_modules() if isinstance(m, QuantAdd)]
+    if adds:
+        raise UnsupportedError(
+            f"the model quantizes {len(adds)} residual addition(s) ({adds[0]}, ...; Plan."
+            "residual_activation), which Hugging Face and llama.cpp formats cannot express; "
+            "export ONNX or a qb checkpoint, or quantize without residual_activation"
+        )
     for name, m in qmodel.named_modules():
         if isinstance(m, QuantModule):
             yield name, m

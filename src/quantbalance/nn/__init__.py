@@ -19,6 +19,7 @@ from quantbalance.nn.modules import (
     QuantModule,
     register,
 )
+from quantbalance.nn.residual import QuantAdd
 
 __all__ = [
     "PARTS",
@@ -29,6 +30,7 @@ __all__ = [
     "QConv2d",
     "QEmbedding",
     "QLinear",
+    "QuantAdd",
     "QuantModule",
     "engine_layer",
     "family",
