@@ -43,8 +43,8 @@ import torch
 from torch import nn
 
 from quantbalance.calibration.batch import cast_batch
+from quantbalance.deploy import torch_engine  # its functions looked up when called
 from quantbalance.deploy.kernels import Kernel, LayerDesc, choose, engine_dtype
-from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
 from quantbalance.errors import ConfigError
 from quantbalance.formats import quantize_tensor
 from quantbalance.formats.kinds import qparams_from_range
@@ -155,7 +155,7 @@ def build_kernel(
         mod = choose(LayerDesc.of_module(q), hw)[0].build(q, dtype)
     x = x.to(dtype) if x.is_floating_point() else x
     if compile:
-        mod = compile_isolated(mod)
+        mod = torch_engine.compile_isolated(mod)
     return lambda: mod(x)
 
 
@@ -272,12 +272,13 @@ class TorchLatencyModel(LatencyModel):
             Median milliseconds of one forward pass.
         """
         dtype = engine_dtype(detect())
-        engine = to_torch_engine(model, compile=False).to(dtype)
+        engine = torch_engine.to_torch_engine(model, compile=False).to(dtype)
         batch = cast_batch(example_inputs, dtype)
         with torch.inference_mode():
             if self.compile is not False:
                 try:
-                    return time_model(compile_isolated(engine), batch, repeats=self.repeats)
+                    compiled = torch_engine.compile_isolated(engine)
+                    return time_model(compiled, batch, repeats=self.repeats)
                 except Exception as e:  # torch.compile fails with many exception types
                     log.warning("latency: the float model did not compile (%s); timed eager", e)
             return time_model(engine, batch, repeats=self.repeats)
