@@ -2,10 +2,11 @@
 
 The folder holds ``config.json`` with a ``quantization_config`` (one config group per distinct
 weight/activation scheme of the Plan, targets = the layers' exact names, ``ignore`` = the
-Linear/Embedding layers left float; a float layer's weight whose values bfloat16 or float16 hold
-exactly is stored in that dtype, half the bytes, nothing lost), ``model.safetensors`` packed by the compressed-tensors
-library's own compressors (the format of each group is what the library infers: ``pack-quantized``
-for integer weight-only, ``int-quantized`` with int8 activations, ``float-quantized`` for fp8),
+Linear/Embedding layers left float; a float layer's weight whose values bfloat16 or float16
+hold exactly is stored in that dtype, half the bytes, nothing lost), ``model.safetensors``
+packed by the compressed-tensors library's own compressors (the format of each group is what
+the library infers: ``pack-quantized`` for integer weight-only, ``int-quantized`` with int8
+activations, ``float-quantized`` for fp8),
 the tokenizer and generation files of the source folder, and ``quantbalance_plan.json``.
 
 A layer with no compressed-tensors form (see ``exports/ct_schemes.py``) raises :class:`NoFormError`
