@@ -116,8 +116,9 @@ def test_transformers_search_plan_loads_exactly_with_quantized_embeddings(tmp_pa
     q = qb.quantize(model, res.plan, calib_data=calib, progress=False)
     out = qb.export(q, tmp_path / "ct", format="compressed-tensors", source=tmp_path / "src")
     assert out.notes[0].startswith("quantized embeddings: load in Transformers with")
+    cfg = transformers.CompressedTensorsConfig(dequantize=True)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(tmp_path / "ct"), quantization_config=transformers.CompressedTensorsConfig(dequantize=True)
+        str(tmp_path / "ct"), quantization_config=cfg
     ).eval()
     ids = calib[0]["input_ids"]
     with torch.no_grad():
