@@ -3,7 +3,8 @@ what quantbalance simulated.
 
 Usage:
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python bench/bench_exports.py \
-        [--plan plan.json] [--windows 4] [--out bench/results/exports.json]
+        [--plan plan.json] [--windows 4] [--out bench/results/exports.json] \
+        [--formats gguf,compressed-tensors]
 
 Without ``--plan`` the GGUF Plan is a hand-made GGML-native mix (embedding Q4_0, attention Q4_0,
 MLP Q5_0, ``down_proj`` Q8_0, LM head Q8_0). The Plan is written both as GGUF and as
@@ -191,6 +192,11 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--uniform", action="store_true", help="also each uniform GGML type")
     ap.add_argument("--out", type=Path, default=Path("bench/results/exports.json"))
+    ap.add_argument(
+        "--formats",
+        default="gguf,compressed-tensors",
+        help="formats of the --plan row (a --target transformers Plan: compressed-tensors)",
+    )
     args = ap.parse_args()
     task = load_smollm()
     stream = corpus_ids(task)
@@ -205,7 +211,7 @@ def main() -> None:
     ]
     plan = qb.Plan.load(args.plan) if args.plan else ggml_plan(MIX)
     with tempfile.TemporaryDirectory() as d:
-        rows.append(run(plan, task, windows, Path(d), ["gguf", "compressed-tensors"]))
+        rows.append(run(plan, task, windows, Path(d), args.formats.split(",")))
         mixed = qb.Plan(name="ct-mixed", layers=CT_MIXED, skip=["re:(.*\\.)?lm_head"])
         rows.append(run(mixed, task, windows, Path(d), ["compressed-tensors"]))
         q4 = qb.Plan(

@@ -15,6 +15,7 @@ from torch import nn
 
 import quantbalance as qb
 from quantbalance.deploy import load, save
+from quantbalance.deploy.checkpoint_file import canonical
 from quantbalance.errors import CheckpointError
 from quantbalance.nn import QuantModule
 
@@ -243,3 +244,18 @@ def test_uncalibrated_static_quantizer_is_refused(tmp_path, w8a8_cnn) -> None:
     q.head.input_quantizer.observing = True
     with pytest.raises(CheckpointError, match=r"'head'.*still calibrating"):
         save(q, tmp_path / "q.safetensors")
+
+
+def test_saving_twice_writes_the_same_bytes(tmp_path, w8a8_cnn) -> None:
+    """safetensors keeps metadata in a hash map: the header is made canonical on save."""
+    _, qmodel = w8a8_cnn
+    a = save(qmodel, tmp_path / "a.qb").read_bytes()
+    for i in range(3):
+        assert save(qmodel, tmp_path / f"b{i}.qb").read_bytes() == a
+    (n,) = struct.unpack("<Q", a[:8])
+    header = json.loads(a[8 : 8 + n])
+    keys = list(header["__metadata__"])
+    assert keys == sorted(keys) and next(iter(header)) == "__metadata__"
+    blob = st_save({"x": torch.arange(6.0)}, metadata={"b": "2", "a": "1"})
+    assert st_load(canonical(blob))["x"].equal(torch.arange(6.0))
+    assert len(canonical(blob)) == len(blob)

@@ -150,6 +150,55 @@ def test_mixed_widths_with_quantized_embeddings_are_widened_into_one_group(llama
     assert mixed.files["model.safetensors"] < res.files["model.safetensors"]
 
 
+def test_float_layers_exact_in_half_precision_are_stored_half(llama, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A float layer whose values bfloat16 holds is stored as bfloat16 and loads back (default
+    path, default dtype) bit for bit as float32; a float layer bfloat16 cannot hold stays
+    float32; the note gives the bytes the folder is below quantbalance's count."""
+    from safetensors import safe_open
+
+    model, src, ids = llama
+    with torch.no_grad():  # an embedding (tied to the head) from a bfloat16 checkpoint
+        emb = model.model.embed_tokens.weight
+        before = emb.detach().clone()
+        emb.copy_(emb.to(torch.bfloat16).float())
+    try:
+        keep = "model.layers.0.self_attn.k_proj"  # float, random float32 values
+        plan = qb.Plan(layers={"re:.*": SPECS["int4-g32"]}, skip=["re:(.*\\.)?lm_head", keep])
+        q = qb.quantize(model, plan, progress=False)
+        res = qb.export(q, tmp_path / "ct", format="compressed-tensors", source=src)
+        with safe_open(str(tmp_path / "ct" / "model.safetensors"), "pt") as f:
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+        assert dtypes["model.embed_tokens.weight"] == "BF16"
+        assert dtypes[f"{keep}.weight"] == "F32" and "lm_head.weight" not in dtypes
+        n = emb.numel() * 2
+        assert res.notes == [
+            "1 float layer weight(s) stored in half precision, every value exact (loaded back as "
+            f"the same float32): model.embed_tokens (bfloat16); the folder is {n} bytes below "
+            "quantbalance's size count, which counts float layers at float32"
+        ]
+        hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "ct")).eval()
+        got = hf.model.embed_tokens.weight
+        assert got.dtype == torch.float32 and torch.equal(got, q.model.embed_tokens.weight)
+        assert hf.lm_head.weight is got
+        assert _kl(q, hf, ids) <= 1e-6
+    finally:
+        with torch.no_grad():
+            emb.copy_(before)
+
+
+def test_exact_half_only_when_every_value_survives() -> None:
+    from quantbalance.exports.hf_files import exact_half
+
+    bf = torch.tensor([1.0, -0.0, 3.140625, 2.0**100])  # bfloat16 values (2^100: no float16)
+    fp16 = torch.tensor([1.0, 1.0009765625, 65504.0])  # float16, not bfloat16
+    odd = torch.tensor([1.0, 1.0 + 2**-20])  # neither
+    assert exact_half(bf).dtype == torch.bfloat16
+    assert torch.equal(exact_half(bf).float().view(torch.int32), bf.view(torch.int32))
+    assert exact_half(fp16).dtype == torch.float16 and torch.equal(exact_half(fp16).float(), fp16)
+    assert exact_half(odd) is odd
+    assert exact_half(bf.double()).dtype == torch.float64
+
+
 @pytest.mark.parametrize(
     ("scheme", "match"),
     [

@@ -46,9 +46,15 @@ def test_candidates_per_target() -> None:
             assert spec.activation.symmetric and spec.weight.symmetric  # type: ignore[union-attr]
     assert set(_opts("tensorrt", emb)) == {"float"}
     assert "w8a8-dynamic" in target_candidates("torch", "latency")("x", lin576)
-    with pytest.raises(ConfigError, match=r"accepted: torch, ort, tensorrt, vllm, llama\.cpp"):
+    t = _opts("transformers", lin576)  # one scheme, so a quantized embedding loads exactly
+    assert set(t) == {"float", "w4-g32-sym"} and set(_opts("transformers", emb)) == set(t)
+    assert t["w4-g32-sym"].weight == qb.Scheme(4, granularity=qb.PerGroup(size=32))  # type: ignore[union-attr]
+    assert set(_opts("transformers", lin48)) == {"float"}
+    with pytest.raises(
+        ConfigError, match=r"accepted: torch, ort, tensorrt, vllm, transformers, llama\.cpp"
+    ):
         target_candidates("tflite")
-    assert TARGETS == ("torch", "ort", "tensorrt", "vllm", "llama.cpp")
+    assert TARGETS == ("torch", "ort", "tensorrt", "vllm", "transformers", "llama.cpp")
 
 
 class _Engine:
@@ -90,6 +96,39 @@ def test_llama_cpp_search_plan_exports_exactly(tmp_path) -> None:  # type: ignor
     out = qb.export(q, tmp_path / "m.gguf", format="gguf", source=tmp_path / "src")
     assert set(out.layers.values()) <= set(GGML_SCHEMES)  # nothing fell back
     assert len(out.layers) == sum(k != "float" for k in res.chosen.choice.values())  # type: ignore[union-attr]
+
+
+def test_transformers_search_plan_loads_exactly_with_quantized_embeddings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--target transformers under a byte budget: the chosen Plan (embedding included) exports
+    as one config group, Transformers loads it as simulated, and the folder's tensors are the
+    bytes the search counted (plus the small per-layer ``weight_shape`` and the header)."""
+    pytest.importorskip("compressed_tensors")
+    transformers = pytest.importorskip("transformers")
+    from safetensors import safe_open
+
+    model, calib, ev = _llama_task(tmp_path / "src")
+    budget = 0.45 * sum(p.numel() * 4 for p in model.parameters())
+    res = qb.search(model, (calib, ev), qb.Budget(max_bytes=budget), metric="fid",
+                    cache_dir=tmp_path / "cache", latency_model=_Engine(), front_evals=1,
+                    progress=False, target="transformers", max_evals=2)  # fmt: skip
+    assert res.met_budget and res.chosen.nbytes <= budget
+    assert res.plan.layers.get("model.embed_tokens") is not None  # the embedding is quantized
+    q = qb.quantize(model, res.plan, calib_data=calib, progress=False)
+    out = qb.export(q, tmp_path / "ct", format="compressed-tensors", source=tmp_path / "src")
+    assert out.notes[0].startswith("quantized embeddings: load in Transformers with")
+    cfg = transformers.CompressedTensorsConfig(dequantize=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "ct"), quantization_config=cfg
+    ).eval()
+    ids = calib[0]["input_ids"]
+    with torch.no_grad():
+        a, b = F.log_softmax(q(ids).logits, -1), F.log_softmax(hf(ids).logits, -1)
+    assert float(F.kl_div(b, a, log_target=True, reduction="none").sum(-1).mean()) <= 1e-6
+    with safe_open(str(tmp_path / "ct" / "model.safetensors"), "pt") as f:
+        stored = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118
+        tensor_bytes = sum(f.get_tensor(k).nbytes for k in stored)
+    shapes = sum(k.endswith("weight_shape") for k in stored)
+    assert tensor_bytes - 16 * shapes == res.chosen.nbytes
 
 
 def test_a_target_brings_its_own_uniform_presets(tmp_path) -> None:  # type: ignore[no-untyped-def]

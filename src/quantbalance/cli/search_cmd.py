@@ -236,7 +236,9 @@ def search_command(
     ] = None,
     target: Annotated[
         str | None,
-        typer.Option("--target", help="torch|ort|tensorrt|vllm|llama.cpp: only its exact schemes"),
+        typer.Option(
+            "--target", help="torch|ort|tensorrt|vllm|transformers|llama.cpp: its exact schemes"
+        ),
     ] = None,
     hardware: HardwareOpt = "auto",
     *,

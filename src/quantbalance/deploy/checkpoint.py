@@ -39,7 +39,13 @@ from torch import nn
 
 from quantbalance.algorithms.smoothquant import ScaledActivation, SmoothInput
 from quantbalance.args import checked
-from quantbalance.deploy.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, checksum, read
+from quantbalance.deploy.checkpoint_file import (
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    canonical,
+    checksum,
+    read,
+)
 from quantbalance.deploy.rebuild import rebuild
 from quantbalance.deploy.sharded_file import is_sharded, read_sharded
 from quantbalance.errors import CheckpointError
@@ -80,7 +86,7 @@ def save(qmodel: nn.Module, path: str | Path, *, source: str | None = None) -> P
     if source is not None:
         meta["source"] = source
     meta["checksum"] = checksum(tensors, meta)
-    blob = st_save(tensors, metadata=meta)
+    blob = canonical(st_save(tensors, metadata=meta))
     out = atomic_write(path, lambda tmp: tmp.write_bytes(blob))
     log.info("saved %d tensors (%d bytes) to %s", len(tensors), len(blob), out)
     return out

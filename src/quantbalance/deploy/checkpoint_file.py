@@ -122,3 +122,28 @@ def _header_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{where}: unreadable safetensors header ({e})") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return dict(meta) if isinstance(meta, dict) else {}
+
+
+def canonical(blob: bytes) -> bytes:
+    """The same safetensors file with its metadata keys in sorted order.
+
+    safetensors keeps the metadata in a hash map, so two saves of one model list its keys in
+    different orders and the files differ. The header is re-serialised (compact JSON, as
+    safetensors writes it) with sorted metadata and padded with spaces to its old length, so the
+    tensor offsets are unchanged; a header that would not fit is left as it is.
+
+    Args:
+        blob: a safetensors file's bytes.
+
+    Returns:
+        The bytes, with a canonical header.
+    """
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    if meta is not None:
+        header = {"__metadata__": dict(sorted(meta.items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:
+        return blob
+    return blob[:8] + text.ljust(n) + blob[8 + n :]

@@ -2,9 +2,11 @@
 
 The folder holds ``config.json`` with a ``quantization_config`` (one config group per distinct
 weight/activation scheme of the Plan, targets = the layers' exact names, ``ignore`` = the
-Linear/Embedding layers left float), ``model.safetensors`` packed by the compressed-tensors
-library's own compressors (the format of each group is what the library infers: ``pack-quantized``
-for integer weight-only, ``int-quantized`` with int8 activations, ``float-quantized`` for fp8),
+Linear/Embedding layers left float; a float layer's weight whose values bfloat16 or float16
+hold exactly is stored in that dtype, half the bytes, nothing lost), ``model.safetensors``
+packed by the compressed-tensors library's own compressors (the format of each group is what
+the library infers: ``pack-quantized`` for integer weight-only, ``int-quantized`` with int8
+activations, ``float-quantized`` for fp8),
 the tokenizer and generation files of the source folder, and ``quantbalance_plan.json``.
 
 A layer with no compressed-tensors form (see ``exports/ct_schemes.py``) raises :class:`NoFormError`
@@ -29,6 +31,7 @@ from quantbalance.exports.hf_files import (
     atomic_folder,
     copy_source_files,
     embeddings_tied,
+    exact_half,
     float_tensors,
     hf_config,
     quant_modules,
@@ -129,6 +132,31 @@ def _loading_notes(qmodel: nn.Module, groups: dict[str, Any]) -> list[str]:
     ]
 
 
+def _halve_float_layers(tensors: dict[str, torch.Tensor], ignore: list[str]) -> list[str]:
+    """Store each float layer's weight as bfloat16/float16 where that holds its values exactly.
+
+    Transformers loads the folder in the config's float32 and casts these back to the very same
+    values. quantbalance's size count (the search's budget) counts float layers at float32, so
+    the note says how many bytes the folder is below it.
+    """
+    halved: list[str] = []
+    saved = 0
+    for name in ignore:
+        t = tensors.get(f"{name}.weight")
+        h = exact_half(t) if t is not None else None
+        if h is not None and h is not t:
+            tensors[f"{name}.weight"] = h
+            saved += t.numel() * (t.element_size() - h.element_size())
+            halved.append(f"{name} ({str(h.dtype).removeprefix('torch.')})")
+    if not halved:
+        return []
+    return [
+        f"{len(halved)} float layer weight(s) stored in half precision, every value exact (loaded "
+        f"back as the same float32): {', '.join(halved)}; the folder is {saved} bytes below "
+        "quantbalance's size count, which counts float layers at float32"
+    ]
+
+
 @register("compressed-tensors")
 def write_compressed_tensors(
     qmodel: nn.Module,
@@ -184,6 +212,7 @@ def write_compressed_tensors(
         n for n, m in qmodel.named_modules()
         if isinstance(m, nn.Linear | nn.Embedding | QuantModule) and n not in schemes
     ]  # fmt: skip
+    halved = _halve_float_layers(tensors, ignore)
     groups, fmt = _config_groups(schemes)
     if bits is not None:
         narrow = sorted({m.qweight.scheme.bits for _, m in quant_modules(qmodel)} - {bits})
@@ -192,7 +221,7 @@ def write_compressed_tensors(
             "group (the same values, more bytes): Transformers 5.24 cannot load a mix of bit "
             "widths with quantized embeddings exactly; widen=False keeps one group per scheme"
         )
-    notes += _loading_notes(qmodel, groups)
+    notes += _loading_notes(qmodel, groups) + halved
     qcfg = QuantizationConfig(
         config_groups=groups, format=fmt, quantization_status="compressed", ignore=ignore
     )

@@ -88,6 +88,27 @@ def float_tensors(qmodel: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def exact_half(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as bfloat16 (else float16) when every value survives the round trip bit for bit.
+
+    A float32 weight that came from a bfloat16/float16 checkpoint stores in half the bytes with
+    nothing lost: loading casts it back to the same float32 values. Otherwise ``t`` unchanged.
+
+    Args:
+        t: a float tensor.
+
+    Returns:
+        The half-size tensor holding exactly the same values, or ``t``.
+    """
+    if t.dtype != torch.float32:
+        return t
+    for half in (torch.bfloat16, torch.float16):
+        h = t.to(half)
+        if torch.equal(h.to(torch.float32).view(torch.int32), t.view(torch.int32)):
+            return h
+    return t
+
+
 def hf_config(qmodel: nn.Module, what: str) -> Any:
     """The model's Hugging Face config (``qmodel.config``).
 

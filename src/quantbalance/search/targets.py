@@ -1,21 +1,30 @@
 """Deployment targets narrow the search to what the engine runs exactly.
 
-=============  ===========================================================================
-target          candidates per layer (float always included)
-=============  ===========================================================================
-``torch``       the defaults (``default_candidates``; the simulation runs in PyTorch)
-``ort``         int8 weights, W8A8 (static uint8 activations), int4/int3 asymmetric weights
-                in groups of 128 (``MatMulNBits``); convolutions int8 / W8A8 / W4A8
-``tensorrt``    int8 weights per channel, W8A8 with *symmetric* int8 activations (zero point
-                0, which TensorRT requires), fp8 (e4m3) weights; embeddings stay float
-``vllm``        compressed-tensors schemes vLLM loads: int8 weights (W8A16), W8A8 with
-                symmetric int8 weights and per-token dynamic activations, symmetric int4
-                weights in groups of 64 or 32 (Marlin), fp8 weights; embeddings stay float
-``llama.cpp``   the bit-exact GGML-native schemes (``formats.ggml``): Q8_0, Q5_0, Q4_0, where a
-                row is whole blocks of 32; embeddings too. Q5_1/Q4_1 are left out: their
-                fp16 block minimum is not bit-exact and costs 1 byte per 32 weights more in
-                the file than quantbalance counts, so a byte budget would be exceeded silently
-=============  ===========================================================================
+================  =================================================================================
+target            candidates per layer (float always included)
+================  =================================================================================
+``torch``         the defaults (``default_candidates``; the simulation runs in PyTorch)
+``ort``           int8 weights, W8A8 (static uint8 activations), int4/int3 asymmetric weights
+                  in groups of 128 (``MatMulNBits``); convolutions int8 / W8A8 / W4A8
+``tensorrt``      int8 weights per channel, W8A8 with *symmetric* int8 activations (zero point
+                  0, which TensorRT requires), fp8 (e4m3) weights; embeddings stay float
+``vllm``          compressed-tensors schemes vLLM loads: int8 weights (W8A16), W8A8 with
+                  symmetric int8 weights and per-token dynamic activations, symmetric int4
+                  weights in groups of 64 or 32 (Marlin), fp8 weights; embeddings stay float
+                  (neither vLLM nor Transformers loads a quantized embedding beside other
+                  config groups; a float32 embedding is often most of a small LM's budget:
+                  SmolLM2-135M's costs 113 MB, so its smallest vllm Plan is 189 MB)
+``transformers``  a compressed-tensors folder Transformers 5.24 loads *exactly* with the
+                  embedding quantized: one scheme, symmetric int4 in groups of 32 (fp32
+                  scales, counted as the folder stores them), for every Linear and Embedding,
+                  or float. Its ``dequantize=True`` path decodes every layer with one config
+                  group's scheme, so a second scheme (or a second group size) beside a
+                  quantized embedding would not load as simulated
+``llama.cpp``     the bit-exact GGML-native schemes (``formats.ggml``): Q8_0, Q5_0, Q4_0, where a
+                  row is whole blocks of 32; embeddings too. Q5_1/Q4_1 are left out: their
+                  fp16 block minimum is not bit-exact and costs 1 byte per 32 weights more in
+                  the file than quantbalance counts, so a byte budget would be exceeded silently
+================  =================================================================================
 
 A group size is offered only where it divides the layer's input length (compressed-tensors and
 llama.cpp both reject partial groups), so every candidate is exportable as measured.
@@ -34,7 +43,7 @@ from quantbalance.lowering import plan_target
 from quantbalance.plan import LayerSpec, Plan
 from quantbalance.search.sensitivity import FLOAT, Options, default_candidates, latency_candidates
 
-TARGETS = ("torch", "ort", "tensorrt", "vllm", "llama.cpp")
+TARGETS = ("torch", "ort", "tensorrt", "vllm", "transformers", "llama.cpp")
 
 _INT8 = LayerSpec(weight=Scheme(8, granularity=PerChannel()))
 
@@ -78,6 +87,12 @@ def _vllm(module: nn.Module) -> Options:
     return opts
 
 
+def _transformers(module: nn.Module) -> Options:
+    if not isinstance(module, nn.Linear | nn.Embedding) or _row_length(module) % 32:
+        return {FLOAT: None}
+    return {FLOAT: None, "w4-g32-sym": LayerSpec(weight=Scheme(4, granularity=PerGroup(size=32)))}
+
+
 def _llama_cpp(module: nn.Module) -> Options:
     if not isinstance(module, nn.Linear | nn.Embedding) or _row_length(module) % BLOCK:
         return {FLOAT: None}
@@ -103,6 +118,7 @@ def target_candidates(target: str, objective: str = "bytes") -> Callable[[str, n
         "ort": _ort,
         "tensorrt": _tensorrt,
         "vllm": _vllm,
+        "transformers": _transformers,
         "llama.cpp": _llama_cpp,
     }
     if target not in table:
