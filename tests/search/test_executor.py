@@ -107,11 +107,11 @@ def test_algorithm_options_travel_to_workers() -> None:
 
 
 def test_cli_ray_option_picks_the_address() -> None:
-    from quantbalance.cli.search_cmd import _executor
+    from quantbalance.cli.search_cmd import search_config
     from quantbalance.search.executor import RayExecutor
 
-    assert _executor(None) is None
-    local, head = _executor("local"), _executor("10.0.0.1:6379")
+    assert search_config().executor is None
+    local, head = search_config(ray="local").executor, search_config(ray="10.0.0.1:6379").executor
     assert isinstance(local, RayExecutor) and local.address is None
     assert isinstance(head, RayExecutor) and head.address == "10.0.0.1:6379"
 
