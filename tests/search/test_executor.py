@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import copy
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,8 @@ def test_cli_ray_option_picks_the_address() -> None:
     local, head = search_config(ray="local").executor, search_config(ray="10.0.0.1:6379").executor
     assert isinstance(local, RayExecutor) and local.address is None
     assert isinstance(head, RayExecutor) and head.address == "10.0.0.1:6379"
+    ray_module = sys.modules.get("ray")  # validating the options connects to nothing
+    assert ray_module is None or not ray_module.is_initialized()
 
 
 ray = pytest.importorskip("ray")

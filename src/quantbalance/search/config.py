@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -36,7 +37,7 @@ from quantbalance.formats.config import FrozenConfig
 from quantbalance.options import check_algorithm
 from quantbalance.plan import LayerSpec
 from quantbalance.search.costs import LatencyModel
-from quantbalance.search.executor import Executor
+from quantbalance.search.executor import is_executor
 from quantbalance.search.targets import TARGETS
 
 #: The fields whose values may be live objects (recorded by name, not as data).
@@ -55,6 +56,15 @@ def _known_target(v: str) -> str:
     if v not in TARGETS:
         raise ValueError(f"unknown target {v!r}; accepted: {', '.join(TARGETS)}")
     return v
+
+
+def _executor_value(v: Any) -> Any:
+    if v is None or v in ("serial", "ray") or (not isinstance(v, str) and is_executor(v)):
+        return v
+    raise ValueError(
+        "give 'serial', 'ray' or an executor (an object with map(fn, items, shared) and "
+        "workers: search.executor)"
+    )
 
 
 def _measure_count(v: bool | int) -> bool | int:
@@ -113,7 +123,7 @@ class SearchConfig(FrozenConfig):
     eval_id: StrictStr | None = None
     measure: Annotated[StrictBool | StrictInt, AfterValidator(_measure_count)] = True
     progress: StrictBool = True
-    executor: Literal["serial", "ray"] | Executor | None = None
+    executor: Annotated[Any, BeforeValidator(_executor_value)] = None
     target: Annotated[StrictStr, AfterValidator(_known_target)] | None = None
     sqnr_floor_db: float = Field(default=SQNR_FLOOR_DB, strict=True, allow_inf_nan=False)
     hardware: Literal["auto", "vnni", "avx2"] = "auto"

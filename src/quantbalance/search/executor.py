@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -184,12 +185,31 @@ def make_executor(executor: str | Executor | None, address: str | None = None) -
         return SerialExecutor()
     if executor == "ray":
         return RayExecutor(address=address or os.environ.get("QB_RAY_ADDRESS") or None)
-    if isinstance(executor, Executor):
+    if is_executor(executor):
         return executor
     raise ConfigError(
         f"executor={executor!r}: accepted 'serial', 'ray' or an object with map(fn, items, "
         "shared) and workers"
     )
+
+
+def is_executor(obj: Any) -> bool:
+    """Whether ``obj`` has an executor's ``map`` and ``workers``, without touching them.
+
+    ``isinstance(obj, Executor)`` reads ``workers``, which :class:`RayExecutor` computes by
+    connecting to Ray: checking a configuration must not start a cluster.
+
+    Args:
+        obj: any object.
+
+    Returns:
+        True for an executor.
+    """
+    try:
+        inspect.getattr_static(obj, "workers")
+    except AttributeError:
+        return False
+    return callable(getattr(type(obj), "map", None))
 
 
 class MemoryCache(Cache):

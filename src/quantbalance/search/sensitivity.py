@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ from quantbalance.search.candidates import (
     layer_options,
     spec_key,
 )
+from quantbalance.search.config import SearchConfig
 from quantbalance.search.evaluator import (
     PlanEvaluator,
     Source,
@@ -167,37 +167,26 @@ class SensitivityTable:
 @checked
 def sensitivity(
     model: nn.Module,
-    task_or: Any,
-    candidates: Candidates = None,
+    source: Any,
     layers: Sequence[str] | None = None,
-    cache_dir: str | os.PathLike[str] | None = "default",
     *,
-    metric: str | None = None,
-    higher_is_better: bool | None = None,
-    measure: bool | int = True,
-    algorithm: str | None = None,
-    eval_id: str | None = None,
-    progress: bool = True,
-    executor: str | Executor | None = None,
+    config: SearchConfig | None = None,
+    **overrides: Any,
 ) -> SensitivityTable:
     """Metric change of quantizing each layer alone under each candidate, plus proxies.
 
     Args:
         model: the float model (not modified).
-        task_or: a ``Task`` or ``(calib_data, eval_fn)``.
-        candidates: see :func:`layer_options` (default: per-type defaults).
+        source: a ``Task`` or ``(calib_data, eval_fn)``.
         layers: layer names (default: every quantizable layer).
-        cache_dir: cache folder; ``"default"`` = :func:`default_cache_dir`, None = no cache.
-        metric: the protected metric (default the task's primary metric).
-        higher_is_better: its direction.
-        measure: True: real eval for every pair; False: proxies only; an integer k: real eval
-            for k pairs spread over the proxy ranking, the others estimated from the proxy by a
-            least-squares fit (screening for large models).
-        algorithm: overrides every candidate's algorithm (default round to nearest).
-        eval_id: extra identity of the eval function for the cache.
-        progress: show progress bars.
-        executor: ``"serial"`` (default), ``"ray"`` or an ``Executor``
-            (``search.executor``): where the single-layer measurements run.
+        config: the options, as for ``search`` (:class:`SearchConfig`); this reads
+            ``candidates`` (see :func:`layer_options`), ``algorithm`` (overrides every
+            candidate's), ``cache_dir``, ``metric``/``higher_is_better``/``eval_id``,
+            ``measure`` (True: real eval for every pair; False: proxies only; an integer k:
+            real eval for k pairs spread over the proxy ranking, the others estimated from the
+            proxy by a least-squares fit), ``progress`` and ``executor`` (where the
+            single-layer measurements run).
+        **overrides: :class:`SearchConfig` fields laid over ``config``.
 
     Returns:
         The :class:`SensitivityTable`.
@@ -211,18 +200,19 @@ def sensitivity(
         >>> sorted(t.entries["0"])
         ['float', 'int8-weight', 'w3-g128', 'w4-g128', 'w8a8']
     """
-    src = as_source(task_or, metric, higher_is_better, eval_id)
-    cache = Cache(default_cache_dir() if cache_dir == "default" else cache_dir)
+    cfg = (config or SearchConfig()).merged(overrides)
+    src = as_source(source, cfg.metric, cfg.higher_is_better, cfg.eval_id)
+    cache = Cache(default_cache_dir() if cfg.cache_dir == "default" else cfg.cache_dir)
     base = copy.deepcopy(model).eval()
     fold_batchnorm(base)
     split_attention(base)
     names = list(layers) if layers is not None else list(quantizable_layers(base))
-    options = layer_options(base, names, candidates, algorithm)
+    options = layer_options(base, names, cfg.candidates, cfg.algorithm)
     mkey = model_hash(model)
     ev = PlanEvaluator(model, src, None, cache, {"model": mkey, "data": data_hash(src.calib_data)})
     reference = ev.reference()  # measured in every run, before any cache lookup
-    return run_sensitivity(model, base, src, options, cache, mkey, reference, measure, progress,
-                           make_executor(executor))  # fmt: skip
+    return run_sensitivity(model, base, src, options, cache, mkey, reference, cfg.measure,
+                           cfg.progress, make_executor(cfg.executor))  # fmt: skip
 
 
 def run_sensitivity(

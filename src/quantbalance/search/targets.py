@@ -41,7 +41,7 @@ from quantbalance.formats import PerChannel, PerGroup, PerTensor, PerToken, Sche
 from quantbalance.formats.ggml import BLOCK, EXACT, GGML_SCHEMES
 from quantbalance.lowering import plan_target
 from quantbalance.plan import LayerSpec, Plan
-from quantbalance.search.sensitivity import FLOAT, Options, default_candidates, latency_candidates
+from quantbalance.search.candidates import FLOAT, Options, default_candidates, latency_candidates
 
 TARGETS = ("torch", "ort", "tensorrt", "vllm", "transformers", "llama.cpp")
 
