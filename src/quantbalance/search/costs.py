@@ -14,7 +14,7 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -27,6 +27,7 @@ from quantbalance.nn import weight_matrix
 from quantbalance.plan import LayerSpec, Plan
 from quantbalance.progress import steps
 from quantbalance.search.cache import data_hash, machine_id
+from quantbalance.search.latency_calibration import spec_id, spec_ratios
 from quantbalance.transform import quantizable_layers
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ class CostTable:
         rest_latency_ms: whole float model time minus the sum of its float layers (≥ 0).
         model_latency_ms: the whole float model, measured end to end.
         engine: the latency model's name.
+        calibration: the ratios applied to the standalone layer timings, ``float`` and each
+            calibrated spec's label (``search.latency_calibration``); empty: uncalibrated.
     """
 
     nbytes: dict[str, dict[str, int]]
@@ -141,6 +144,7 @@ class CostTable:
     rest_latency_ms: float
     model_latency_ms: float
     engine: str
+    calibration: dict[str, float] = field(default_factory=dict)
 
     def plan_bytes(self, choice: dict[str, str]) -> int:
         """Predicted (exact, barring tied weights) bytes of a choice (layer -> option key)."""
@@ -220,15 +224,48 @@ def measure_costs(
     timer = timer if callable(timer) else time_model
     whole = float(cache.get_or("model_latency", whole_key, lambda: timer(model, example_inputs)))
     float_sum = sum(latency[n][k] for n in names for k, s in options[n].items() if s is None)
+    rest, calibration = max(0.0, whole - float_sum), {}
+    cal = getattr(latency_model, "calibrate", False)
+    engines = getattr(latency_model, "engines_latency_ms", None)
+    if callable(engines) and (cal is True or (cal == "auto" and float_sum > whole)):
+        rest, calibration = _calibrate(
+            model, options, latency, whole, example_inputs, engines, cache, whole_key
+        )
     return CostTable(
         nbytes=nbytes,
         latency_ms=latency,
         input_shapes=shapes,
         rest_bytes=model_nbytes(model) - _float_weight_bytes(model, names),
-        rest_latency_ms=max(0.0, whole - float_sum),
+        rest_latency_ms=rest,
         model_latency_ms=whole,
         engine=latency_model.name,
+        calibration=calibration,
     )
+
+
+def _calibrate(
+    model: nn.Module,
+    options: dict[str, dict[str, LayerSpec | None]],
+    latency: dict[str, dict[str, float]],
+    whole: float,
+    example_inputs: Any,
+    engines: Any,
+    cache: Any,
+    key: dict[str, Any],
+) -> tuple[float, dict[str, float]]:
+    """Scale ``latency`` in place by the whole-engine calibration; ``(rest, label -> ratio)``."""
+    ratios, r_float, rest = spec_ratios(
+        model, options, latency, whole, example_inputs, engines, cache, key
+    )
+    labels = {"float": r_float}
+    for n, opts in options.items():
+        for k, s in opts.items():
+            r = r_float if s is None else ratios.get(spec_id(s))
+            if r is not None:
+                latency[n][k] *= r
+                labels.setdefault("float" if s is None else s.label, r)
+    log.info("latency calibrated against whole engines: %s", labels)
+    return rest, labels
 
 
 def _bytes_per_layer(

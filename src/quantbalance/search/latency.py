@@ -26,6 +26,10 @@ The engine runs the whole network under ``torch.compile``, and the model of cost
   eager, it held every elementwise op that the engine fuses (ReLU, residual adds, norms in the
   engine dtype), and every plan of a small CNN was over-predicted by that difference (fashion,
   batch 64: w8a8 predicted 1.8-2.9x its deployed time).
+
+Where the layers timed alone do not add up to the engine (small layers: per-call overhead,
+fusion, channels-last int8 between convolutions), each spec is calibrated against one
+whole-engine run of its uniform plan (``search.latency_calibration``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from quantbalance.lowering import lower_spec, plan_target
 from quantbalance.nn import REGISTRY, ActQuantizer, engine_layer, weight_matrix
 from quantbalance.plan import LayerSpec
 from quantbalance.progress import steps
+from quantbalance.search.latency_calibration import METHOD, time_uniform_engines
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +206,15 @@ def _signature(module: nn.Module, spec: LayerSpec | None, shape: Sequence[int]) 
     )
 
 
+def _env_mode(var: str) -> bool | Literal["auto"]:
+    """``$var`` as ``"auto"`` (default, unset), True (``1``) or False (``0``)."""
+    v = os.environ.get(var, "auto").strip().lower()
+    modes: dict[str, bool | Literal["auto"]] = {"auto": "auto", "1": True, "0": False}
+    if v not in modes:
+        raise ConfigError(f"{var}={v!r}; accepted: auto, 1, 0")
+    return modes[v]
+
+
 def default_compile() -> bool | Literal["auto"]:
     """``TorchLatencyModel``'s default ``compile``: ``$QB_LATENCY_COMPILE``, else ``"auto"``.
 
@@ -213,11 +227,19 @@ def default_compile() -> bool | Literal["auto"]:
     Raises:
         ConfigError: the variable holds anything else.
     """
-    v = os.environ.get("QB_LATENCY_COMPILE", "auto").strip().lower()
-    modes: dict[str, bool | Literal["auto"]] = {"auto": "auto", "1": True, "0": False}
-    if v not in modes:
-        raise ConfigError(f"QB_LATENCY_COMPILE={v!r}; accepted: auto, 1, 0")
-    return modes[v]
+    return _env_mode("QB_LATENCY_COMPILE")
+
+
+def default_calibrate() -> bool | Literal["auto"]:
+    """``TorchLatencyModel``'s default ``calibrate``: ``$QB_LATENCY_CALIBRATE``, else ``"auto"``.
+
+    Returns:
+        ``"auto"``, True or False.
+
+    Raises:
+        ConfigError: the variable holds anything else.
+    """
+    return _env_mode("QB_LATENCY_CALIBRATE")
 
 
 def _warm(fn: Callable[[], Any], warmup: int) -> tuple[Callable[[], Any], float]:
@@ -243,6 +265,10 @@ class TorchLatencyModel:
             ``False``: all eager (no compilation; over-predicts int8-activation layers and the
             elementwise ops that the engine fuses). None: ``$QB_LATENCY_COMPILE`` (``auto``,
             ``1`` or ``0``), else ``"auto"``.
+        calibrate: scale the standalone timings by whole-engine runs of uniform plans
+            (``search.latency_calibration``): ``"auto"`` (default) where the float layers
+            timed alone exceed the whole compiled float model, never when ``compile=False``;
+            True: always; False: never. None: ``$QB_LATENCY_CALIBRATE``, else ``"auto"``.
     """
 
     def __init__(
@@ -251,15 +277,20 @@ class TorchLatencyModel:
         warmup: int = 2,
         min_sample_s: float = 0.002,
         compile: bool | Literal["auto"] | None = None,
+        calibrate: bool | Literal["auto"] | None = None,
     ) -> None:
         compile = default_compile() if compile is None else compile
-        if compile not in (True, False, "auto"):
-            raise ConfigError(f"compile={compile!r}; accepted: 'auto', True, False")
+        calibrate = default_calibrate() if calibrate is None else calibrate
+        for arg, v in (("compile", compile), ("calibrate", calibrate)):
+            if v not in (True, False, "auto"):
+                raise ConfigError(f"{arg}={v!r}; accepted: 'auto', True, False")
+        self.calibrate = False if compile is False and calibrate == "auto" else calibrate
         hw = detect()
         # Timings depend on the kernels chosen here: caches keyed on the name stay apart.
         dt = str(engine_dtype(hw)).removeprefix("torch.")
         mode = {True: "/compiled", False: "/eager", "auto": "/fused"}[compile]
-        self.name = f"torch-cpu/{hw.int8_target}/{dt}{mode}"  # the plan target is in the sig
+        cal = "" if self.calibrate is False else f"/cal-{METHOD}"  # old timings not reused
+        self.name = f"torch-cpu/{hw.int8_target}/{dt}{mode}{cal}"  # the plan target: in the sig
         self.compile = compile
         self.repeats = repeats
         self.warmup = warmup
@@ -304,6 +335,21 @@ class TorchLatencyModel:
                 except Exception as e:  # torch.compile fails with many exception types
                     log.warning("latency: the float model did not compile (%s); timed eager", e)
             return time_model(engine, batch, repeats=self.repeats)
+
+    def engines_latency_ms(
+        self, model: nn.Module, plans: dict[str, dict[str, LayerSpec]], example_inputs: Any
+    ) -> dict[str, float]:
+        """Whole compiled engines of uniform plans and the float model, timed interleaved.
+
+        Args:
+            model: the float model (BatchNorm folded).
+            plans: plan id -> layer -> spec.
+            example_inputs: one batch.
+
+        Returns:
+            plan id -> median ms, and ``"float"``.
+        """
+        return time_uniform_engines(model, plans, example_inputs, self.repeats)
 
     def latency_many(
         self, items: Sequence[tuple[str, nn.Module, LayerSpec | None, tuple[int, ...]]]

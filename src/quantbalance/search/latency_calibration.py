@@ -1,0 +1,234 @@
+"""Calibrate the per-layer latency model against whole compiled engines.
+
+Each layer's kernel is timed alone (``search.latency``), but the engine runs the whole network
+under ``torch.compile``, which keeps activations int8 and channels-last between int8
+convolutions, fuses ReLUs and residual adds into the convolutions and drops the per-call
+overhead of small kernels. On a small CNN (fashion, batch 64: 14 layers of ~1 ms) the layers
+timed one by one did not add up to the engine: the float layers summed to 1.27x the whole
+compiled float model, the int8 convolutions to 2.2x their engine, and the dequantized layers
+with dynamic input ranges to 0.5x theirs (the compiled engine re-lays their inputs out).
+
+So each spec is calibrated against one whole-engine run of its *uniform plan*: every layer that
+may take the spec takes it, the others stay float. With the rest of the model ``R`` (the whole
+float model minus its float layers), the float layers' calibrated times ``c_f`` and the spec's
+standalone times ``t_S``, the ratio is::
+
+    r_S = (W_S - R - sum(c_f over the layers not in the plan)) / sum(t_S over the plan)
+
+and every layer's time under ``S`` is ``r_S * t_S``: exact for the uniform plans, apportioned
+by the standalone timings for mixed ones. The float ratio comes free from the whole float
+model already measured: ``r_float = min(1, W_float / sum(t_float))`` (``R`` is then 0 when the
+float layers alone exceed the whole model).
+
+``calibrate="auto"`` calibrates only where the standalone timings demonstrably do not add up:
+when the float layers timed alone exceed the whole compiled float model. On models with large
+layers (minilm, batch 32: every row within 5 % uncalibrated) the float layers fit inside the
+whole model and no engine is built, so the search pays nothing there. Specs whose layers hold
+less than :data:`MIN_SHARE` of their uniform plan's predicted time are not calibrated: their
+ratio would be the noise of two whole-model timings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantbalance.calibration.batch import call_model
+from quantbalance.deploy.bench_result import time_interleaved
+from quantbalance.deploy.torch_engine import to_torch_engine
+from quantbalance.lowering import plan_target
+from quantbalance.plan import LayerSpec, Plan
+from quantbalance.quantize import quantize
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever the calibration changes what it measures (it is part of every cache key).
+METHOD = "uniform-engine-1"
+#: A spec's layers must hold this share of its uniform plan's predicted time to be calibrated.
+MIN_SHARE = 0.25
+#: Ratios are clamped to ``[1 / MAX_RATIO, MAX_RATIO]`` (a warning says when).
+MAX_RATIO = 10.0
+
+Options = dict[str, dict[str, LayerSpec | None]]
+EngineTimer = Callable[[nn.Module, dict[str, dict[str, LayerSpec]], Any], dict[str, float]]
+
+
+def spec_id(spec: LayerSpec) -> str:
+    """Key of a spec's latency group (the algorithm does not change the deployed kernels).
+
+    Args:
+        spec: the spec.
+
+    Returns:
+        Its JSON with ``algorithm`` set to ``rtn``.
+    """
+    return spec.model_copy(update={"algorithm": "rtn"}).model_dump_json()
+
+
+def uniform_plans(options: Options) -> dict[str, dict[str, LayerSpec]]:
+    """Each non-float spec's uniform plan: every layer that may take it, with it.
+
+    Args:
+        options: layer -> option key -> spec (None = float).
+
+    Returns:
+        spec id -> layer -> spec, in first-seen order.
+    """
+    plans: dict[str, dict[str, LayerSpec]] = {}
+    for name, opts in options.items():
+        for spec in opts.values():
+            if spec is not None:
+                plans.setdefault(spec_id(spec), {}).setdefault(name, spec)
+    return plans
+
+
+def float_ratio(float_ms: dict[str, float], whole_ms: float) -> tuple[float, float]:
+    """The float layers' ratio and the rest of the model.
+
+    Args:
+        float_ms: layer -> its float layer timed alone.
+        whole_ms: the whole float model as the engine runs it.
+
+    Returns:
+        ``(r_float, rest_ms)``: ``r_float = min(1, whole / sum)``, ``rest = whole - r * sum``.
+    """
+    total = sum(float_ms.values())
+    if total <= 0:
+        return 1.0, max(0.0, whole_ms)
+    ratio = min(1.0, whole_ms / total)
+    return ratio, max(0.0, whole_ms - ratio * total)
+
+
+def _plan_key(layers: dict[str, LayerSpec]) -> str:
+    text = "|".join(f"{n}={spec_id(s)}" for n, s in layers.items())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def spec_ratios(
+    model: nn.Module,
+    options: Options,
+    latency: dict[str, dict[str, float]],
+    whole_ms: float,
+    example_inputs: Any,
+    timer: EngineTimer,
+    cache: Any,
+    key: dict[str, Any],
+) -> tuple[dict[str, float], float, float]:
+    """Calibration ratios of the float layers and of every spec (see the module doc).
+
+    Args:
+        model: the float model (BatchNorm folded).
+        options: layer -> option key -> spec.
+        latency: layer -> option key -> standalone milliseconds.
+        whole_ms: the whole float model as the engine runs it.
+        example_inputs: the timing batch.
+        timer: ``timer(model, {plan id: layer -> spec}, example_inputs)`` -> plan id -> ms,
+            the engines timed interleaved, ``"float"`` (the float engine) among them.
+        cache: a ``search.cache.Cache`` (whole-engine times under ``engine_latency``).
+        key: the cache key's common part (model, data, machine, engine).
+
+    Returns:
+        ``(spec id -> ratio, r_float, rest_ms)``; uncalibrated specs are absent.
+    """
+    float_ms = {
+        n: next(latency[n][k] for k, s in opts.items() if s is None)
+        for n, opts in options.items()
+        if any(s is None for s in opts.values())
+    }
+    r_float, rest = float_ratio(float_ms, whole_ms)
+    todo: dict[str, tuple[dict[str, LayerSpec], float, float]] = {}
+    for sid, layers in uniform_plans(options).items():
+        own = sum(latency[n][_key_of(options[n], sid)] for n in layers)
+        others = r_float * sum(v for n, v in float_ms.items() if n not in layers)
+        if any(n not in float_ms for n in options if n not in layers):
+            continue  # a layer outside the plan cannot stay float: no uniform plan
+        if own <= 0 or own < MIN_SHARE * (rest + others + own):
+            continue
+        todo[sid] = (layers, own, rest + others)
+    if not todo:
+        return {}, r_float, rest
+    whole = _engine_times(model, todo, example_inputs, timer, cache, key, whole_ms)
+    ratios = {}
+    for sid, (_, own, outside) in todo.items():
+        if sid not in whole:
+            continue
+        r = (whole[sid] - outside) / own
+        ratios[sid] = min(MAX_RATIO, max(1 / MAX_RATIO, r))
+        if ratios[sid] != r:
+            log.warning("latency calibration: ratio %.3g clamped to %.3g (%s)", r, ratios[sid], sid)
+    return ratios, r_float, rest
+
+
+def _key_of(opts: dict[str, LayerSpec | None], sid: str) -> str:
+    return next(k for k, s in opts.items() if s is not None and spec_id(s) == sid)
+
+
+def _engine_times(
+    model: nn.Module,
+    todo: dict[str, tuple[dict[str, LayerSpec], float, float]],
+    example_inputs: Any,
+    timer: EngineTimer,
+    cache: Any,
+    key: dict[str, Any],
+    whole_ms: float,
+) -> dict[str, float]:
+    """Whole-engine ms of each uniform plan (cached), rescaled to the float model's ``whole_ms``.
+
+    The engines are timed interleaved with the float engine; each time is scaled by
+    ``whole_ms / float engine`` so that load drifting between this run and the float model's
+    own timing cancels.
+    """
+    keys = {
+        sid: {**key, "method": METHOD, "plan": _plan_key(lay)} for sid, (lay, _, _) in todo.items()
+    }
+    got = {sid: cache.get("engine_latency", k) for sid, k in keys.items()}
+    missing = {sid: todo[sid][0] for sid, v in got.items() if v is None}
+    if missing:
+        log.info("latency calibration: timing %d whole engines", len(missing))
+        ms = timer(model, missing, example_inputs)
+        scale = whole_ms / ms["float"] if ms.get("float", 0) > 0 else 1.0
+        for sid in (s for s in missing if s in ms):
+            got[sid] = cache.put("engine_latency", keys[sid], float(ms[sid] * scale))
+    return {sid: float(v) for sid, v in got.items() if v is not None}
+
+
+def time_uniform_engines(
+    model: nn.Module, plans: dict[str, dict[str, LayerSpec]], example_inputs: Any, rounds: int
+) -> dict[str, float]:
+    """Median ms of the compiled torch engine of each plan and of the float model, interleaved.
+
+    Each plan is quantized round-to-nearest with the timing batch as calibration data (the
+    algorithm and the ranges do not change the kernels) and built with ``to_torch_engine``, as
+    deployed. A plan that fails to quantize or compile is left out (a warning says why).
+
+    Args:
+        model: the float model (BatchNorm folded).
+        plans: plan id -> layer -> spec.
+        example_inputs: the timing batch.
+        rounds: timed rounds.
+
+    Returns:
+        plan id -> ms, and ``"float"``: the float model's engine.
+    """
+    runs = {"float": to_torch_engine(model)}
+    for i, (pid, layers) in enumerate(plans.items()):
+        specs = {n: s.model_copy(update={"algorithm": "rtn"}) for n, s in layers.items()}
+        plan = Plan(name=f"calibrate-{i}", layers=specs, hardware=plan_target())
+        try:
+            runs[pid] = to_torch_engine(quantize(model, plan, [example_inputs], progress=False))
+            with torch.inference_mode():
+                call_model(runs[pid], example_inputs)  # compile and warm up
+        except Exception as e:  # quantize / torch.compile fail with many exception types
+            log.warning("latency calibration: the uniform plan %s was not timed (%s)", i, e)
+            runs.pop(pid, None)
+    calls = {pid: lambda b, e=eng: call_model(e, b) for pid, eng in runs.items()}
+    with torch.inference_mode():
+        for run in calls.values():
+            run(example_inputs)
+    ms = time_interleaved(calls, {0: example_inputs}, rounds)
+    return {pid: per[0] for pid, per in ms.items()}
