@@ -27,7 +27,7 @@ from quantbalance.nn import weight_matrix
 from quantbalance.plan import LayerSpec, Plan
 from quantbalance.progress import steps
 from quantbalance.search.cache import data_hash, machine_id
-from quantbalance.search.latency_calibration import spec_id, spec_ratios
+from quantbalance.search.latency_calibration import calibrate
 from quantbalance.transform import quantizable_layers
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def measure_costs(
     cal = getattr(latency_model, "calibrate", False)
     engines = getattr(latency_model, "engines_latency_ms", None)
     if callable(engines) and (cal is True or (cal == "auto" and float_sum > whole)):
-        rest, calibration = _calibrate(
+        rest, calibration = calibrate(
             model, options, latency, whole, example_inputs, engines, cache, whole_key
         )
     return CostTable(
@@ -241,31 +241,6 @@ def measure_costs(
         engine=latency_model.name,
         calibration=calibration,
     )
-
-
-def _calibrate(
-    model: nn.Module,
-    options: dict[str, dict[str, LayerSpec | None]],
-    latency: dict[str, dict[str, float]],
-    whole: float,
-    example_inputs: Any,
-    engines: Any,
-    cache: Any,
-    key: dict[str, Any],
-) -> tuple[float, dict[str, float]]:
-    """Scale ``latency`` in place by the whole-engine calibration; ``(rest, label -> ratio)``."""
-    ratios, r_float, rest = spec_ratios(
-        model, options, latency, whole, example_inputs, engines, cache, key
-    )
-    labels = {"float": r_float}
-    for n, opts in options.items():
-        for k, s in opts.items():
-            r = r_float if s is None else ratios.get(spec_id(s))
-            if r is not None:
-                latency[n][k] *= r
-                labels.setdefault("float" if s is None else s.label, r)
-    log.info("latency calibrated against whole engines: %s", labels)
-    return rest, labels
 
 
 def _bytes_per_layer(

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 METHOD = "uniform-engine-1"
 #: A spec's layers must hold this share of its uniform plan's predicted time to be calibrated.
 MIN_SHARE = 0.25
+#: Seconds of interleaved timing the whole engines get (at least ``repeats`` rounds, at most 5x).
+ROUND_S = 2.0
 #: Ratios are clamped to ``[1 / MAX_RATIO, MAX_RATIO]`` (a warning says when).
 MAX_RATIO = 10.0
 
@@ -109,7 +113,7 @@ def _plan_key(layers: dict[str, LayerSpec]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def spec_ratios(
+def calibrate(
     model: nn.Module,
     options: Options,
     latency: dict[str, dict[str, float]],
@@ -118,13 +122,13 @@ def spec_ratios(
     timer: EngineTimer,
     cache: Any,
     key: dict[str, Any],
-) -> tuple[dict[str, float], float, float]:
-    """Calibration ratios of the float layers and of every spec (see the module doc).
+) -> tuple[float, dict[str, float]]:
+    """Scale the standalone timings in place by their calibration ratios (see the module doc).
 
     Args:
         model: the float model (BatchNorm folded).
         options: layer -> option key -> spec.
-        latency: layer -> option key -> standalone milliseconds.
+        latency: layer -> option key -> standalone milliseconds; scaled in place.
         whole_ms: the whole float model as the engine runs it.
         example_inputs: the timing batch.
         timer: ``timer(model, {plan id: layer -> spec}, example_inputs)`` -> plan id -> ms,
@@ -133,8 +137,31 @@ def spec_ratios(
         key: the cache key's common part (model, data, machine, engine).
 
     Returns:
-        ``(spec id -> ratio, r_float, rest_ms)``; uncalibrated specs are absent.
+        ``(rest_ms, label -> ratio)``: ``float`` and each calibrated spec's label.
     """
+
+    def engines(todo: dict[str, tuple[dict[str, LayerSpec], float, float]]) -> dict[str, float]:
+        return _engine_times(model, todo, example_inputs, timer, cache, key, whole_ms)
+
+    ratios, r_float, rest = _ratios(options, latency, whole_ms, engines)
+    labels = {"float": r_float}
+    for n, opts in options.items():
+        for k, s in opts.items():
+            r = r_float if s is None else ratios.get(spec_id(s))
+            if r is not None:
+                latency[n][k] *= r
+                labels.setdefault("float" if s is None else s.label, r)
+    log.info("latency calibrated against whole engines: %s", labels)
+    return rest, labels
+
+
+def _ratios(
+    options: Options,
+    latency: dict[str, dict[str, float]],
+    whole_ms: float,
+    engines: Callable[[dict[str, tuple[dict[str, LayerSpec], float, float]]], dict[str, float]],
+) -> tuple[dict[str, float], float, float]:
+    """``(spec id -> ratio, r_float, rest_ms)``; uncalibrated specs are absent."""
     float_ms = {
         n: next(latency[n][k] for k, s in opts.items() if s is None)
         for n, opts in options.items()
@@ -152,7 +179,7 @@ def spec_ratios(
         todo[sid] = (layers, own, rest + others)
     if not todo:
         return {}, r_float, rest
-    whole = _engine_times(model, todo, example_inputs, timer, cache, key, whole_ms)
+    whole = engines(todo)
     ratios = {}
     for sid, (_, own, outside) in todo.items():
         if sid not in whole:
@@ -189,8 +216,12 @@ def _engine_times(
     got = {sid: cache.get("engine_latency", k) for sid, k in keys.items()}
     missing = {sid: todo[sid][0] for sid, v in got.items() if v is None}
     if missing:
-        log.info("latency calibration: timing %d whole engines", len(missing))
+        t0 = time.perf_counter()
         ms = timer(model, missing, example_inputs)
+        log.info(
+            "latency calibration: %d whole engines built and timed in %.1f s",
+            len(missing), time.perf_counter() - t0,
+        )  # fmt: skip
         scale = whole_ms / ms["float"] if ms.get("float", 0) > 0 else 1.0
         for sid in (s for s in missing if s in ms):
             got[sid] = cache.put("engine_latency", keys[sid], float(ms[sid] * scale))
@@ -210,7 +241,7 @@ def time_uniform_engines(
         model: the float model (BatchNorm folded).
         plans: plan id -> layer -> spec.
         example_inputs: the timing batch.
-        rounds: timed rounds.
+        rounds: timed rounds (more for small engines, see :data:`ROUND_S`).
 
     Returns:
         plan id -> ms, and ``"float"``: the float model's engine.
@@ -228,7 +259,11 @@ def time_uniform_engines(
             runs.pop(pid, None)
     calls = {pid: lambda b, e=eng: call_model(e, b) for pid, eng in runs.items()}
     with torch.inference_mode():
+        t0 = time.perf_counter()
         for run in calls.values():
             run(example_inputs)
+        one_round = time.perf_counter() - t0
+    # small engines: more rounds (up to ROUND_S of timing), so that a load spike is an outlier
+    rounds = min(5 * rounds, max(rounds, math.ceil(ROUND_S / max(one_round, 1e-6))))
     ms = time_interleaved(calls, {0: example_inputs}, rounds)
     return {pid: per[0] for pid, per in ms.items()}
