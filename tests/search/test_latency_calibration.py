@@ -107,6 +107,13 @@ def test_ratios_are_clamped_and_failed_engines_leave_the_spec_uncalibrated(
     c = costs(fake, Cache(None))
     assert c.calibration == {"float": 1.0} and c.latency_ms["0"]["w8a8"] == 6.0
 
+    def broken(m: nn.Module, plans: dict, b: Any) -> dict[str, float]:
+        raise RuntimeError("inductor said no")
+
+    fake.engines_latency_ms = broken  # type: ignore[method-assign]
+    assert costs(fake, Cache(None)).calibration == {"float": 1.0}
+    assert "whole engines were not timed (inductor said no)" in caplog.text
+
 
 def test_the_method_is_in_the_name_so_old_timings_are_not_reused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
