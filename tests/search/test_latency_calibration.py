@@ -55,21 +55,30 @@ def costs(fake: Fake, cache: Cache, options: dict | None = None) -> Any:
 
 
 def test_ratios_make_uniform_plans_exact_and_are_recorded(tmp_path: Path) -> None:
-    # float layers alone: 2 x 4 = 8 ms > the whole float model, 6 ms: calibrated. The engines
-    # run at 2x the cached float model's load: times rescale by 6 / 12.
-    fake = Fake("auto", 6.0, {"float": 12.0, W8A8.label: 6.0, INT8W.label: 14.0})
+    # float layers alone: 2 x 4 = 8 ms > the whole float model, 6 ms: calibrated.
+    fake = Fake("auto", 6.0, {"float": 6.0, W8A8.label: 3.0, INT8W.label: 7.0})
     c = costs(fake, Cache(tmp_path))
     assert c.calibration == pytest.approx({"float": 0.75, W8A8.label: 0.25, INT8W.label: 0.7})
     assert c.rest_latency_ms == 0.0 and c.model_latency_ms == 6.0
     assert c.latency_ms["0"] == pytest.approx({"float": 3.0, "w8a8": 1.5, "int8": 3.5})
-    for key, engine in (("float", 12.0), ("w8a8", 6.0), ("int8", 14.0)):
-        uniform = c.plan_latency({"0": key, "2": key})
-        assert uniform == pytest.approx(engine * 6.0 / 12.0)  # the engine, in the float's units
+    for key, engine in (("float", 6.0), ("w8a8", 3.0), ("int8", 7.0)):
+        assert c.plan_latency({"0": key, "2": key}) == pytest.approx(engine)
     assert c.plan_latency({"0": "w8a8", "2": "float"}) == pytest.approx(1.5 + 3.0)
     assert len(fake.timed) == 1 and sorted(fake.timed[0]) == sorted([W8A8.label, INT8W.label])
     again = Fake("auto", 6.0, {"float": 1.0, W8A8.label: 1.0, INT8W.label: 1.0})
     assert costs(again, Cache(tmp_path)).calibration == c.calibration  # whole engines cached
     assert again.timed == []
+
+
+def test_the_engines_own_float_run_sets_the_units() -> None:
+    # The engines' run (more rounds) saw the float model at 12 ms, not the 6 ms timed alone:
+    # it becomes the whole float model, and every uniform plan predicts its engine exactly.
+    fake = Fake("auto", 6.0, {"float": 12.0, W8A8.label: 6.0, INT8W.label: 14.0})
+    c = costs(fake, Cache(None))
+    assert c.model_latency_ms == 12.0 and c.rest_latency_ms == pytest.approx(4.0)
+    assert c.calibration == pytest.approx({"float": 1.0, W8A8.label: 1 / 6, INT8W.label: 1.0})
+    for key, engine in (("float", 12.0), ("w8a8", 6.0), ("int8", 14.0)):
+        assert c.plan_latency({"0": key, "2": key}) == pytest.approx(engine)
 
 
 def test_auto_calibrates_only_where_layers_do_not_add_up(tmp_path: Path) -> None:

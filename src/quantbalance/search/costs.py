@@ -228,7 +228,7 @@ def measure_costs(
     cal = getattr(latency_model, "calibrate", False)
     engines = getattr(latency_model, "engines_latency_ms", None)
     if callable(engines) and (cal is True or (cal == "auto" and float_sum > whole)):
-        rest, calibration = calibrate(
+        rest, calibration, whole = calibrate(
             model, options, latency, whole, example_inputs, engines, cache, whole_key
         )
     return CostTable(

@@ -122,7 +122,7 @@ def calibrate(
     timer: EngineTimer,
     cache: Any,
     key: dict[str, Any],
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float], float]:
     """Scale the standalone timings in place by their calibration ratios (see the module doc).
 
     Args:
@@ -137,13 +137,15 @@ def calibrate(
         key: the cache key's common part (model, data, machine, engine).
 
     Returns:
-        ``(rest_ms, label -> ratio)``: ``float`` and each calibrated spec's label.
+        ``(rest_ms, label -> ratio, whole float model ms)``: the ratios of ``float`` and of
+        each calibrated spec's label; the float engine as timed beside the uniform plans'
+        (more rounds than ``whole_ms``; ``whole_ms`` when no engine was timed).
     """
 
     def engines(todo: dict[str, tuple[dict[str, LayerSpec], float, float]]) -> dict[str, float]:
-        return _engine_times(model, todo, example_inputs, timer, cache, key, whole_ms)
+        return _engine_times(model, todo, example_inputs, timer, cache, key)
 
-    ratios, r_float, rest = _ratios(options, latency, whole_ms, engines)
+    ratios, r_float, rest, whole = _ratios(options, latency, whole_ms, engines)
     labels = {"float": r_float}
     for n, opts in options.items():
         for k, s in opts.items():
@@ -152,7 +154,7 @@ def calibrate(
                 latency[n][k] *= r
                 labels.setdefault("float" if s is None else s.label, r)
     log.info("latency calibrated against whole engines: %s", labels)
-    return rest, labels
+    return rest, labels, whole
 
 
 def _ratios(
@@ -160,8 +162,8 @@ def _ratios(
     latency: dict[str, dict[str, float]],
     whole_ms: float,
     engines: Callable[[dict[str, tuple[dict[str, LayerSpec], float, float]]], dict[str, float]],
-) -> tuple[dict[str, float], float, float]:
-    """``(spec id -> ratio, r_float, rest_ms)``; uncalibrated specs are absent."""
+) -> tuple[dict[str, float], float, float, float]:
+    """``(spec id -> ratio, r_float, rest_ms, whole float ms)``; uncalibrated specs absent."""
     float_ms = {
         n: next(latency[n][k] for k, s in opts.items() if s is None)
         for n, opts in options.items()
@@ -171,24 +173,25 @@ def _ratios(
     todo: dict[str, tuple[dict[str, LayerSpec], float, float]] = {}
     for sid, layers in uniform_plans(options).items():
         own = sum(latency[n][_key_of(options[n], sid)] for n in layers)
-        others = r_float * sum(v for n, v in float_ms.items() if n not in layers)
+        others = sum(v for n, v in float_ms.items() if n not in layers)
         if any(n not in float_ms for n in options if n not in layers):
             continue  # a layer outside the plan cannot stay float: no uniform plan
-        if own <= 0 or own < MIN_SHARE * (rest + others + own):
+        if own <= 0 or own < MIN_SHARE * (rest + r_float * others + own):
             continue
-        todo[sid] = (layers, own, rest + others)
+        todo[sid] = (layers, own, others)
     if not todo:
-        return {}, r_float, rest
+        return {}, r_float, rest, whole_ms
     whole = engines(todo)
+    r_float, rest = float_ratio(float_ms, whole.get("float", whole_ms))
     ratios = {}
-    for sid, (_, own, outside) in todo.items():
+    for sid, (_, own, others) in todo.items():
         if sid not in whole:
             continue
-        r = (whole[sid] - outside) / own
+        r = (whole[sid] - rest - r_float * others) / own
         ratios[sid] = min(MAX_RATIO, max(1 / MAX_RATIO, r))
         if ratios[sid] != r:
             log.warning("latency calibration: ratio %.3g clamped to %.3g (%s)", r, ratios[sid], sid)
-    return ratios, r_float, rest
+    return ratios, r_float, rest, whole.get("float", whole_ms)
 
 
 def _key_of(opts: dict[str, LayerSpec | None], sid: str) -> str:
@@ -202,17 +205,17 @@ def _engine_times(
     timer: EngineTimer,
     cache: Any,
     key: dict[str, Any],
-    whole_ms: float,
 ) -> dict[str, float]:
-    """Whole-engine ms of each uniform plan (cached), rescaled to the float model's ``whole_ms``.
+    """Whole-engine ms of each uniform plan and of the float engine (``"float"``), cached.
 
-    The engines are timed interleaved with the float engine; each time is scaled by
-    ``whole_ms / float engine`` so that load drifting between this run and the float model's
-    own timing cancels.
+    The engines are timed interleaved with the float engine; each plan is cached relative to
+    the float engine of its own run, so that runs under different loads stay comparable.
     """
     keys = {
         sid: {**key, "method": METHOD, "plan": _plan_key(lay)} for sid, (lay, _, _) in todo.items()
     }
+    float_key = {**key, "method": METHOD, "plan": "float"}
+    float_ms = cache.get("engine_latency", float_key)
     got = {sid: cache.get("engine_latency", k) for sid, k in keys.items()}
     missing = {sid: todo[sid][0] for sid, v in got.items() if v is None}
     if missing:
@@ -226,10 +229,15 @@ def _engine_times(
             "latency calibration: %d whole engines built and timed in %.1f s",
             len(missing), time.perf_counter() - t0,
         )  # fmt: skip
-        scale = whole_ms / ms["float"] if ms.get("float", 0) > 0 else 1.0
-        for sid in (s for s in missing if s in ms):
-            got[sid] = cache.put("engine_latency", keys[sid], float(ms[sid] * scale))
-    return {sid: float(v) for sid, v in got.items() if v is not None}
+        if ms.get("float", 0) > 0:
+            if float_ms is None:
+                float_ms = cache.put("engine_latency", float_key, float(ms["float"]))
+            for sid in (s for s in missing if s in ms):
+                got[sid] = cache.put("engine_latency", keys[sid], ms[sid] / ms["float"])
+    if float_ms is None:
+        return {}
+    out = {sid: float(v) * float(float_ms) for sid, v in got.items() if v is not None}
+    return {"float": float(float_ms), **out}
 
 
 def time_uniform_engines(
