@@ -27,9 +27,8 @@ The engine runs the whole network under ``torch.compile``, and the model of cost
   engine dtype), and every plan of a small CNN was over-predicted by that difference (fashion,
   batch 64: w8a8 predicted 1.8-2.9x its deployed time).
 
-Where the layers timed alone do not add up to the engine (small layers: per-call overhead,
-fusion, channels-last int8 between convolutions), each spec is calibrated against one
-whole-engine run of its uniform plan (``search.latency_calibration``).
+Where the layers timed alone do not add up to the engine (small layers), each spec is calibrated
+against a whole-engine run of its uniform plan (``search.latency_calibration``).
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ from quantbalance.lowering import lower_spec, plan_target
 from quantbalance.nn import REGISTRY, ActQuantizer, engine_layer, weight_matrix
 from quantbalance.plan import LayerSpec
 from quantbalance.progress import steps
-from quantbalance.search.latency_calibration import METHOD, time_uniform_engines
+from quantbalance.search.latency_calibration import METHOD, ROUND_S, time_uniform_engines
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +319,8 @@ class TorchLatencyModel:
             example_inputs: one batch.
 
         Returns:
-            Median milliseconds of one forward pass.
+            Median milliseconds of one forward pass (at least ``repeats`` runs; a small model
+            gets ``ROUND_S`` seconds of runs, up to ``50 * repeats``).
         """
         from quantbalance.deploy.torch_engine import compile_isolated, to_torch_engine
         from quantbalance.search.costs import time_model
@@ -328,13 +328,19 @@ class TorchLatencyModel:
         dtype = engine_dtype(detect())
         engine = to_torch_engine(model, compile=False).to(dtype)
         batch = _cast(example_inputs, dtype)
+
+        def timed(fn: nn.Module) -> float:  # small models: ROUND_S of runs, spikes are outliers
+            one = time_model(fn, batch, repeats=1)
+            runs = min(50 * self.repeats, math.ceil(ROUND_S * 1e3 / max(one, 1e-3)))
+            return time_model(fn, batch, repeats=max(self.repeats, runs))
+
         with torch.inference_mode():
             if self.compile is not False:
                 try:
-                    return time_model(compile_isolated(engine), batch, repeats=self.repeats)
+                    return timed(compile_isolated(engine))
                 except Exception as e:  # torch.compile fails with many exception types
                     log.warning("latency: the float model did not compile (%s); timed eager", e)
-            return time_model(engine, batch, repeats=self.repeats)
+            return timed(engine)
 
     def engines_latency_ms(
         self, model: nn.Module, plans: dict[str, dict[str, LayerSpec]], example_inputs: Any

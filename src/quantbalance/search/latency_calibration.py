@@ -277,5 +277,8 @@ def time_uniform_engines(
         one_round = time.perf_counter() - t0
     # small engines: more rounds (up to ROUND_S of timing), so that a load spike is an outlier
     rounds = min(5 * rounds, max(rounds, math.ceil(ROUND_S / max(one_round, 1e-6))))
-    ms = time_interleaved(calls, {0: example_inputs}, rounds)
-    return {pid: per[0] for pid, per in ms.items()}
+    ms = {pid: per[0] for pid, per in time_interleaved(calls, {0: example_inputs}, rounds).items()}
+    log.info("latency calibration: %d rounds, engine / float: %s", rounds, {
+        i: round(ms[pid] / ms["float"], 3) for i, pid in enumerate(ms)
+    })  # fmt: skip
+    return ms
