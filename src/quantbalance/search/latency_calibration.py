@@ -16,9 +16,10 @@ standalone times ``t_S``, the ratio is::
     r_S = (W_S - R - sum(c_f over the layers not in the plan)) / sum(t_S over the plan)
 
 and every layer's time under ``S`` is ``r_S * t_S``: exact for the uniform plans, apportioned
-by the standalone timings for mixed ones. The float ratio comes free from the whole float
-model already measured: ``r_float = min(1, W_float / sum(t_float))`` (``R`` is then 0 when the
-float layers alone exceed the whole model).
+by the standalone timings for mixed ones. The float engine is timed in the same interleaved
+rounds (each plan is cached relative to it, so runs under different loads stay comparable);
+it becomes the whole float model ``W_float``, and ``r_float = min(1, W_float / sum(t_float))``
+(``R`` is then 0 when the float layers alone exceed the whole model).
 
 ``calibrate="auto"`` calibrates only where the standalone timings demonstrably do not add up:
 when the float layers timed alone exceed the whole compiled float model. On models with large
