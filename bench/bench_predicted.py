@@ -8,7 +8,8 @@ For each preset (and the chosen Plan of a search, ``--plan``) on the task's exam
 
 * predicted: the search's cost model, ``search.costs.measure_costs`` with the default
   ``TorchLatencyModel`` (each layer's torch-engine module timed alone: compiled where it
-  quantizes its input, eager elsewhere; plus the rest of the compiled float model), exactly as
+  quantizes its input, eager elsewhere; plus the rest of the compiled float model; calibrated
+  against whole engines where the layers alone do not add up, ratios printed), exactly as
   ``quantbalance search`` predicts it; and the all-eager model (``compile=False``) beside it;
 * measured: the deployed torch engine (``to_torch_engine``, compiled) timed in the same process,
   interleaved with the float engines (``quantbalance.bench.benchmark``);
@@ -49,7 +50,7 @@ FLOAT_ENGINES = ("float", "bf16", "bf16-compile", "ort-float", "engine-float")
 
 def predictions(
     task: Task, plans: dict[str, Plan], compile: bool | Literal["auto"] = "auto"
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """The search's predicted latency (ms) of each Plan and of the float model.
 
     Args:
@@ -59,7 +60,8 @@ def predictions(
             False (all eager).
 
     Returns:
-        name -> predicted milliseconds (``float`` included).
+        ``(name -> predicted milliseconds (``float`` included), the calibration ratios applied
+        to the layers' standalone timings (``CostTable.calibration``; empty: none))``.
     """
     base = copy.deepcopy(task.model).eval()
     fold_batchnorm(base)
@@ -72,7 +74,7 @@ def predictions(
     )  # fmt: skip
     out = {"float": costs.plan_latency(dict.fromkeys(names, "float"))}
     out.update({name: costs.plan_latency(choice) for name, choice in choices.items()})
-    return out
+    return out, costs.calibration
 
 
 def _float_engine(ctx: BenchContext, preset: str | None) -> Runner:
@@ -121,8 +123,8 @@ def run(
         plans["chosen"] = chosen
         registry["chosen"] = _plan_engine(chosen)
         engines.append("chosen")
-    predicted = predictions(task, plans)
-    eager = predictions(task, plans, compile=False)
+    predicted, calibration = predictions(task, plans)
+    eager, _ = predictions(task, plans, compile=False)
     b = bm._batch_len(task.example_inputs)
     res = bm.benchmark(
         task, engines=engines, presets=presets, batch_sizes=[b], rounds=rounds,
@@ -146,7 +148,7 @@ def run(
     return {
         "task": task_name, "batch": b, "rounds": rounds, "threads": threads,
         "fastest_float": ref, "fastest_float_ms": ref_ms, "hardware": detect().to_dict(),
-        "load_avg_start": load0,
+        "load_avg_start": load0, "calibration": calibration,
         "load_avg": os.getloadavg()[0], "rows": rows, "benchmark": res.to_dict(),
     }  # fmt: skip
 
@@ -168,6 +170,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['task']}, batch {result['batch']}, {result['threads']} threads; fastest float "
         f"engine: {result['fastest_float']} ({f(result['fastest_float_ms'], '.1f')} ms); load "
         f"{result.get('load_avg_start', 0):.1f} at the start, {result['load_avg']:.1f} at the end",
+        "calibration (whole engine / layers timed alone): "
+        + (", ".join(f"{k} {v:.2f}" for k, v in result.get("calibration", {}).items()) or "none"),
         "",
         "| plan | predicted ms (search default / all eager) | measured ms | predicted / "
         "measured (default / eager) | × fastest float | note |",

@@ -102,7 +102,7 @@ def test_auto_mode_times_what_the_compiled_engine_fuses(monkeypatch: pytest.Monk
         TorchLatencyModel(compile="yes")  # type: ignore[arg-type]
     for env, mode in (("auto", "/fused"), ("0", "/eager"), ("1", "/compiled")):
         monkeypatch.setenv("QB_LATENCY_COMPILE", env)
-        assert TorchLatencyModel().name.endswith(mode)
+        assert mode in TorchLatencyModel().name
     monkeypatch.setenv("QB_LATENCY_COMPILE", "yes")
     with pytest.raises(qb.ConfigError, match="QB_LATENCY_COMPILE='yes'; accepted: auto, 1, 0"):
         TorchLatencyModel()

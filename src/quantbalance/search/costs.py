@@ -14,7 +14,7 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -29,6 +29,7 @@ from quantbalance.nn import weight_matrix
 from quantbalance.plan import LayerSpec, Plan
 from quantbalance.progress import steps
 from quantbalance.search.cache import data_hash, machine_id
+from quantbalance.search.latency_calibration import calibrate
 from quantbalance.transform import quantizable_layers
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ class CostTable:
         rest_latency_ms: whole float model time minus the sum of its float layers (≥ 0).
         model_latency_ms: the whole float model, measured end to end.
         engine: the latency model's name.
+        calibration: the ratios applied to the standalone layer timings, ``float`` and each
+            calibrated spec's label (``search.latency_calibration``); empty: uncalibrated.
     """
 
     nbytes: dict[str, dict[str, int]]
@@ -148,6 +151,7 @@ class CostTable:
     rest_latency_ms: float
     model_latency_ms: float
     engine: str
+    calibration: dict[str, float] = field(default_factory=dict)
 
     def plan_bytes(self, choice: dict[str, str]) -> int:
         """Predicted (exact, barring tied weights) bytes of a choice (layer -> option key)."""
@@ -225,14 +229,22 @@ def measure_costs(
     timer = timer if callable(timer) else time_model
     whole = float(cache.get_or("model_latency", whole_key, lambda: timer(model, example_inputs)))
     float_sum = sum(latency[n][k] for n in names for k, s in options[n].items() if s is None)
+    rest, calibration = max(0.0, whole - float_sum), {}
+    cal = getattr(latency_model, "calibrate", False)
+    engines = getattr(latency_model, "engines_latency_ms", None)
+    if callable(engines) and (cal is True or (cal == "auto" and float_sum > whole)):
+        rest, calibration, whole = calibrate(
+            model, options, latency, whole, example_inputs, engines, cache, whole_key
+        )
     return CostTable(
         nbytes=nbytes,
         latency_ms=latency,
         input_shapes=shapes,
         rest_bytes=model_nbytes(model) - _float_weight_bytes(model, names),
-        rest_latency_ms=max(0.0, whole - float_sum),
+        rest_latency_ms=rest,
         model_latency_ms=whole,
         engine=latency_model.name,
+        calibration=calibration,
     )
 
 

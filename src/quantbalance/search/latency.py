@@ -26,6 +26,9 @@ The engine runs the whole network under ``torch.compile``, and the model of cost
   eager, it held every elementwise op that the engine fuses (ReLU, residual adds, norms in the
   engine dtype), and every plan of a small CNN was over-predicted by that difference (fashion,
   batch 64: w8a8 predicted 1.8-2.9x its deployed time).
+
+Where the layers timed alone do not add up to the engine (small layers), each spec is calibrated
+against a whole-engine run of its uniform plan (``search.latency_calibration``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from quantbalance.nn import REGISTRY, ActQuantizer, engine_layer, weight_matrix
 from quantbalance.plan import LayerSpec
 from quantbalance.progress import steps
 from quantbalance.search.costs import LatencyModel, time_model
+from quantbalance.search.latency_calibration import METHOD, ROUND_S, time_uniform_engines
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +195,15 @@ def _signature(module: nn.Module, spec: LayerSpec | None, shape: Sequence[int]) 
     )
 
 
+def _env_mode(var: str) -> bool | Literal["auto"]:
+    """``$var`` as ``"auto"`` (default, unset), True (``1``) or False (``0``)."""
+    v = os.environ.get(var, "auto").strip().lower()
+    modes: dict[str, bool | Literal["auto"]] = {"auto": "auto", "1": True, "0": False}
+    if v not in modes:
+        raise ConfigError(f"{var}={v!r}; accepted: auto, 1, 0")
+    return modes[v]
+
+
 def default_compile() -> bool | Literal["auto"]:
     """``TorchLatencyModel``'s default ``compile``: ``$QB_LATENCY_COMPILE``, else ``"auto"``.
 
@@ -203,11 +216,19 @@ def default_compile() -> bool | Literal["auto"]:
     Raises:
         ConfigError: the variable holds anything else.
     """
-    v = os.environ.get("QB_LATENCY_COMPILE", "auto").strip().lower()
-    modes: dict[str, bool | Literal["auto"]] = {"auto": "auto", "1": True, "0": False}
-    if v not in modes:
-        raise ConfigError(f"QB_LATENCY_COMPILE={v!r}; accepted: auto, 1, 0")
-    return modes[v]
+    return _env_mode("QB_LATENCY_COMPILE")
+
+
+def default_calibrate() -> bool | Literal["auto"]:
+    """``TorchLatencyModel``'s default ``calibrate``: ``$QB_LATENCY_CALIBRATE``, else ``"auto"``.
+
+    Returns:
+        ``"auto"``, True or False.
+
+    Raises:
+        ConfigError: the variable holds anything else.
+    """
+    return _env_mode("QB_LATENCY_CALIBRATE")
 
 
 def _warm(fn: Callable[[], Any], warmup: int) -> tuple[Callable[[], Any], float]:
@@ -233,6 +254,10 @@ class TorchLatencyModel(LatencyModel):
             ``False``: all eager (no compilation; over-predicts int8-activation layers and the
             elementwise ops that the engine fuses). None: ``$QB_LATENCY_COMPILE`` (``auto``,
             ``1`` or ``0``), else ``"auto"``.
+        calibrate: scale the standalone timings by whole-engine runs of uniform plans
+            (``search.latency_calibration``): ``"auto"`` (default) where the float layers
+            timed alone exceed the whole compiled float model, never when ``compile=False``;
+            True: always; False: never. None: ``$QB_LATENCY_CALIBRATE``, else ``"auto"``.
     """
 
     def __init__(
@@ -241,15 +266,20 @@ class TorchLatencyModel(LatencyModel):
         warmup: int = 2,
         min_sample_s: float = 0.002,
         compile: bool | Literal["auto"] | None = None,
+        calibrate: bool | Literal["auto"] | None = None,
     ) -> None:
         compile = default_compile() if compile is None else compile
-        if compile not in (True, False, "auto"):
-            raise ConfigError(f"compile={compile!r}; accepted: 'auto', True, False")
+        calibrate = default_calibrate() if calibrate is None else calibrate
+        for arg, v in (("compile", compile), ("calibrate", calibrate)):
+            if v not in (True, False, "auto"):
+                raise ConfigError(f"{arg}={v!r}; accepted: 'auto', True, False")
+        self.calibrate = False if compile is False and calibrate == "auto" else calibrate
         hw = detect()
         # Timings depend on the kernels chosen here: caches keyed on the name stay apart.
         dt = str(engine_dtype(hw)).removeprefix("torch.")
         mode = {True: "/compiled", False: "/eager", "auto": "/fused"}[compile]
-        self.name = f"torch-cpu/{hw.int8_target}/{dt}{mode}"  # the plan target is in the sig
+        cal = "" if self.calibrate is False else f"/cal-{METHOD}"  # old timings not reused
+        self.name = f"torch-cpu/{hw.int8_target}/{dt}{mode}{cal}"  # the plan target: in the sig
         self.compile = compile
         self.repeats = repeats
         self.warmup = warmup
@@ -269,19 +299,40 @@ class TorchLatencyModel(LatencyModel):
             example_inputs: one batch.
 
         Returns:
-            Median milliseconds of one forward pass.
+            Median milliseconds of one forward pass (at least ``repeats`` runs; a small model
+            gets ``ROUND_S`` seconds of runs, up to ``50 * repeats``).
         """
         dtype = engine_dtype(detect())
         engine = torch_engine.to_torch_engine(model, compile=False).to(dtype)
         batch = cast_batch(example_inputs, dtype)
+
+        def timed(fn: nn.Module) -> float:  # small models: ROUND_S of runs, spikes are outliers
+            one = time_model(fn, batch, repeats=1)
+            runs = min(50 * self.repeats, math.ceil(ROUND_S * 1e3 / max(one, 1e-3)))
+            return time_model(fn, batch, repeats=max(self.repeats, runs))
+
         with torch.inference_mode():
             if self.compile is not False:
                 try:
-                    compiled = torch_engine.compile_isolated(engine)
-                    return time_model(compiled, batch, repeats=self.repeats)
+                    return timed(torch_engine.compile_isolated(engine))
                 except Exception as e:  # torch.compile fails with many exception types
                     log.warning("latency: the float model did not compile (%s); timed eager", e)
-            return time_model(engine, batch, repeats=self.repeats)
+            return timed(engine)
+
+    def engines_latency_ms(
+        self, model: nn.Module, plans: dict[str, dict[str, LayerSpec]], example_inputs: Any
+    ) -> dict[str, float]:
+        """Whole compiled engines of uniform plans and the float model, timed interleaved.
+
+        Args:
+            model: the float model (BatchNorm folded).
+            plans: plan id -> layer -> spec.
+            example_inputs: one batch.
+
+        Returns:
+            plan id -> median ms, and ``"float"``.
+        """
+        return time_uniform_engines(model, plans, example_inputs, self.repeats)
 
     def latency_many(
         self, items: Sequence[tuple[str, nn.Module, LayerSpec | None, tuple[int, ...]]]
