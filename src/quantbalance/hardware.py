@@ -165,11 +165,6 @@ def from_sources(
     if not cpuinfo and probes:
         flags = {k for k, v in probes.items() if v}
     isa_env = env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA")
-    isa_up = (isa_env or "ALL").upper()
-    allow_vnni, allow_bf16, allow_amx = _ONEDNN_ISA.get(isa_up, (True, True, True))
-    avx512_ok = isa_up not in ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
-    cpu_vnni = bool({"avx512_vnni", "avx_vnni"} & flags)
-    arm = arch.lower() in ("aarch64", "arm64")
     return Hardware(
         arch=arch,
         cpu_model=model,
@@ -179,18 +174,27 @@ def from_sources(
         torch_capability=torch_capability,
         flags=tuple(sorted(flags & set(_X86_FLAGS + _ARM_FLAGS))),
         onednn_max_isa=isa_env,
-        avx2="avx2" in flags,
-        avx512="avx512f" in flags and avx512_ok,
-        cpu_vnni=cpu_vnni,
-        vnni=allow_vnni and (("avx512_vnni" in flags and avx512_ok) or "avx_vnni" in flags),
-        amx="amx_int8" in flags and allow_amx,
-        native_bf16=(
-            (bool({"avx512_bf16", "amx_bf16"} & flags) and allow_bf16 and avx512_ok)
-            or (arm and "bf16" in flags)
-        ),
-        neon=arm and ("asimd" in flags or not cpuinfo),
-        arm_dotprod=arm and "asimddp" in flags,
+        **_features(flags, isa_env, arch, bool(cpuinfo)),
     )
+
+
+def _features(flags: set[str], isa_env: str | None, arch: str, read_cpuinfo: bool) -> dict:
+    """The CPU's features as oneDNN may use them: its flags under the ``ONEDNN_MAX_CPU_ISA`` cap."""
+    isa_up = (isa_env or "ALL").upper()
+    allow_vnni, allow_bf16, allow_amx = _ONEDNN_ISA.get(isa_up, (True, True, True))
+    avx512_ok = isa_up not in ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
+    arm = arch.lower() in ("aarch64", "arm64")
+    bf16 = bool({"avx512_bf16", "amx_bf16"} & flags) and allow_bf16 and avx512_ok
+    return {
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags and avx512_ok,
+        "cpu_vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "vnni": allow_vnni and (("avx512_vnni" in flags and avx512_ok) or "avx_vnni" in flags),
+        "amx": "amx_int8" in flags and allow_amx,
+        "native_bf16": bf16 or (arm and "bf16" in flags),
+        "neon": arm and ("asimd" in flags or not read_cpuinfo),
+        "arm_dotprod": arm and "asimddp" in flags,
+    }
 
 
 def _parse_cpuinfo(text: str) -> tuple[set[str], str, int | None]:
