@@ -2,6 +2,7 @@
 
 Usage: OMP_WAIT_POLICY=PASSIVE python bench/bench_latency.py [--task minilm|fashion] [--rounds 5]
        [--threads 2] [--engines float,bf16,...] [--presets w8a8,int8-weight,w4-g128] [--out PATH]
+       [--n-test 10000]
 
 A thin wrapper over `quantbalance.bench.benchmark` (the same run as `quantbalance bench --task`):
 every engine is built, scored with the task's evaluation (minilm: cosine to the float embeddings on
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from quantbalance.bench import benchmark as bm
-from quantbalance.tasks import BENCH_TASKS, load_for_bench
+from quantbalance.tasks import BENCH_TASKS, load, load_for_bench
 
 
 def main() -> None:
@@ -36,11 +37,17 @@ def main() -> None:
     ap.add_argument("--presets", default=",".join(bm.DEFAULT_PRESETS))
     ap.add_argument("--batch", default=None, help="batch sizes, e.g. 1,32 (default: 1 and the "
                     "task's example batch)")  # fmt: skip
+    ap.add_argument("--n-test", type=int, default=None,
+                    help="fashion: accuracy on this many test images (default 1,024; 10000 = all)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/latency-TASK)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.n_test is not None and args.task != "fashion":
+        ap.error("--n-test is for --task fashion")
+    task = (load_for_bench(args.task) if args.n_test is None
+            else load(args.task, **{**BENCH_TASKS[args.task], "n_test": args.n_test}))  # fmt: skip
     result = bm.benchmark(
-        load_for_bench(args.task),
+        task,
         engines=args.engines.split(","),
         presets=args.presets.split(","),
         batch_sizes=[int(b) for b in args.batch.split(",")] if args.batch else None,
