@@ -57,6 +57,28 @@ def test_offloaded_equals_fully_loaded(ckpt: Path, tmp_path: Path, algorithm: st
     assert loaded.qb_info.layers == full.qb_info.layers
 
 
+@pytest.mark.parametrize("algorithm", ["rtn", "gptq"])
+def test_a_bfloat16_checkpoint_is_quantized_as_the_whole_folder(
+    tmp_path: Path, algorithm: str
+) -> None:
+    """The model quantbalance loads from a folder (float32, ``frontends.hf``) with and without
+    offload: offloading used to compute in the checkpoint's bf16, another model's codes."""
+    torch.set_num_threads(1)
+    folder = make_llama_checkpoint(tmp_path / "bf16", layers=2, dtype=torch.bfloat16)
+    calib = calib_batches()
+    out = qb.quantize(str(folder), "w4-g128", calib, algorithm=algorithm, offload="disk",
+                      save_to=tmp_path / "q", progress=False)  # fmt: skip
+    whole = qb.quantize(_full(folder), "w4-g128", calib, algorithm=algorithm, progress=False)
+    _, tensors = read_sharded(out)
+    qmods = {n: m for n, m in whole.named_modules() if isinstance(m, QuantModule)}
+    assert len(qmods) == 2 * 7 + 1  # and the embedding
+    for name, mod in qmods.items():
+        for part, t in mod.qweight.parts().items():
+            assert torch.equal(tensors[f"{name}.qweight_{part}"], t), (name, part)
+    x = calib[0]
+    assert torch.equal(qb.load(out, folder)(**x).logits, whole(**x).logits)
+
+
 def test_cpu_offload_equals_disk(ckpt: Path, tmp_path: Path) -> None:
     a = qb.quantize(str(ckpt), "w4-g128", offload="disk", save_to=tmp_path / "a", progress=False)
     b = qb.quantize(str(ckpt), "w4-g128", offload="cpu", save_to=tmp_path / "b", progress=False)

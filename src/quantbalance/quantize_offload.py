@@ -41,6 +41,7 @@ from quantbalance.calibration.offload import (
     InMemory,
     SafetensorsShards,
     TensorSource,
+    drop,
     materialize,
     offload_hooks,
 )
@@ -69,7 +70,9 @@ def skeleton(
 
     Args:
         folder: a Hugging Face model folder.
-        dtype: parameter dtype (default: the config's ``dtype``, else float32).
+        dtype: parameter dtype (default float32, whatever the checkpoint stores: what
+            ``qb.quantize`` computes in when it loads the folder whole (``frontends.hf``), so
+            that offloading quantizes the same model, code for code).
         calibration: turn the key/value cache off (calibration runs each block once per
             batch); False keeps the config's setting (a model loaded for generation).
 
@@ -85,9 +88,7 @@ def skeleton(
     config = AutoConfig.from_pretrained(folder)
     if calibration and hasattr(config, "use_cache"):
         config.use_cache = False  # calibration keeps no key/value caches
-    want = dtype or getattr(config, "dtype", None) or torch.float32
-    if isinstance(want, str):
-        want = getattr(torch, want)
+    want = dtype or torch.float32
     with init_empty_weights():
         try:
             model = AutoModelForCausalLM.from_config(config, dtype=want)
@@ -160,8 +161,11 @@ def quantize_offloaded(
     batches = move_batch(batches, dev) if batches else batches
     with without_blocks(model, prefix):
         materialize(model, "", source, dev)
-    if getattr(model.config, "tie_word_embeddings", False):
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    if tied:
         model.tie_weights()
+    else:  # the untied LM head is not needed until the end: no memory for it meanwhile
+        drop(model.get_output_embeddings())
     t0 = time.perf_counter()
     writer = ShardedWriter(save_to)
     try:
@@ -209,6 +213,9 @@ def _run(
         finish({n: s for n, s in specs.items() if n.startswith(bname + ".")})
         writer.add(bname, block)
         finished.add(bname)
+        tied = getattr(model.config, "tie_word_embeddings", False)
+        if bname == f"{prefix}.0" and not tied:  # block 0's inputs are computed: read it again
+            drop(model.get_input_embeddings())  # at the end, when the outside is written
 
     ctx.install = install if steps == ("gptq",) else None
     ctx.blocks = offload_hooks(source, dev, finalize)
@@ -219,6 +226,8 @@ def _run(
         if name not in finished:
             ctx.blocks.enter(name, block)  # type: ignore[misc]
             ctx.blocks.exit(name, block)  # type: ignore[misc]
+    with without_blocks(model, prefix):  # the embeddings and head dropped above
+        materialize(model, "", source, dev)
     finish({n: s for n, s in specs.items() if n not in installed})
     info = QuantizationInfo(plan=Plan(name="offloaded"), algorithm_log=ctx.log)
     info.layers = {n: s.label for n, s in specs.items()}
