@@ -80,7 +80,7 @@ def cases(tmp: Path) -> dict[str, tuple[Callable[..., Any], Callable[[], dict[st
         "Plan.model_validate": (qb.Plan.model_validate, lambda: {"obj": {"layers": {}}}),
         "export_onnx": (qb.export_onnx, lambda: {"qmodel": q, "example_inputs": CALIB[0],
                         "path": tmp / "m.onnx"}),
-        "sensitivity": (qb.sensitivity, lambda: {"model": net(), "task_or": (CALIB, ev),
+        "sensitivity": (qb.sensitivity, lambda: {"model": net(), "source": (CALIB, ev),
                         "candidates": [None], "layers": None, "cache_dir": None, "metric": "s",
                         "progress": False}),
         "search": (qb.search, lambda: {"model": net(), "source": (CALIB, ev),
