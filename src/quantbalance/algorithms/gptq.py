@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,26 @@ ROW_CHUNK = 4096  # rows solved at once when parameters are per row (bounds the 
 
 
 _SLOT = OptionsSlot(GPTQOptions, "GPTQ", "gptq")
+
+
+class _Dequantized(Mapping[str, torch.Tensor]):
+    """The solved layers' weights for the block's second run, dequantized when swapped in.
+
+    Dequantizing each layer as soon as it is solved held every earlier layer's float weights
+    through the later layers' Hessian factorisations (a block of float32 weights at the peak).
+    """
+
+    def __init__(self, qweights: dict[str, QuantizedTensor]) -> None:
+        self._q = qweights
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._q[name].dequantize()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._q)
+
+    def __len__(self) -> int:
+        return len(self._q)
 
 #: The options in force (defaults outside any ``gptq_options`` block).
 current_gptq_options = _SLOT.current
@@ -194,8 +215,8 @@ def gptq(ctx: QuantContext) -> None:
     report: dict[str, dict[str, Any]] = ctx.log.setdefault("gptq", {})  # JSON-able
     t0 = time.perf_counter()
 
-    def finish(names: list[str]) -> dict[str, torch.Tensor]:
-        out = {}
+    def finish(names: list[str]) -> Mapping[str, torch.Tensor]:
+        out: dict[str, QuantizedTensor] = {}
         # the previous layer's Hessian and its factorisation: layers sharing an input come one
         # after another (q/k/v, gate/up); only one Hessian is kept (memory)
         last: tuple[torch.Tensor, Any, PreparedHessian] | None = None
@@ -218,8 +239,8 @@ def gptq(ctx: QuantContext) -> None:
             ctx.qweights[n] = res.qweight
             report[n] = {"loss": round(res.loss, 6), "dead": res.dead, "fallback": res.fallback,
                          "damp": res.damp if res.damp != float("inf") else None}  # fmt: skip
-            out[n] = res.qweight.dequantize()
-        return out
+            out[n] = res.qweight
+        return _Dequantized(out)
 
     def done(names: list[str]) -> None:
         for n in names:
